@@ -1,0 +1,99 @@
+//! Child processes of the environment: started with their output in a log file and their working
+//! directory inside the environment's directory, killed on drop.
+//!
+//! A test binary killed with SIGKILL cannot run destructors, so every environment directory also
+//! records its owner's pid; the next environment started on the machine reaps the processes of
+//! environments whose owner is gone (recognised by their working directory, so a recycled pid of
+//! an unrelated process is never touched).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::{Error, Result};
+
+/// Prefix of environment directories under the system temp dir.
+pub(crate) const ENV_DIR_PREFIX: &str = "phantom-env-";
+
+/// A running child process owned by the environment.
+#[derive(Debug)]
+pub(crate) struct ManagedProcess {
+    pub(crate) what: &'static str,
+    child: Child,
+    pub(crate) log: PathBuf,
+}
+
+impl ManagedProcess {
+    /// Starts `command` with stdout/stderr appended to `<dir>/<what>.log` and `dir` as its cwd.
+    pub(crate) fn spawn(what: &'static str, mut command: Command, dir: &Path) -> Result<Self> {
+        let log = dir.join(format!("{what}.log"));
+        let out = File::create(&log).map_err(Error::io(format!("creating {}", log.display())))?;
+        let err = out.try_clone().map_err(Error::io("cloning a log file handle"))?;
+        let program = PathBuf::from(command.get_program());
+        let child = command
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| Error::Spawn { what, program, source })?;
+        let mut pids = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("pids"))
+            .map_err(Error::io("recording a child pid"))?;
+        writeln!(pids, "{}", child.id()).map_err(Error::io("recording a child pid"))?;
+        Ok(Self { what, child, log })
+    }
+
+    /// Fails with the log's tail when the process has exited.
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                Err(Error::Exited { what: self.what, status, log: self.log.clone(), tail: log_tail(&self.log, 30) })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ManagedProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The last `lines` lines of a log file.
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<_> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Kills the processes of environments whose owning process no longer exists and removes their
+/// directories.
+pub(crate) fn reap_stale_environments() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let is_env = entry.file_name().to_string_lossy().starts_with(ENV_DIR_PREFIX);
+        let Ok(owner) = std::fs::read_to_string(dir.join("owner")) else { continue };
+        if !is_env || Path::new("/proc").join(owner.trim()).exists() {
+            continue;
+        }
+        for pid in std::fs::read_to_string(dir.join("pids")).unwrap_or_default().lines() {
+            let cwd = std::fs::read_link(Path::new("/proc").join(pid).join("cwd"));
+            if cwd.is_ok_and(|cwd| cwd == dir) {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        tracing::warn!(dir = %dir.display(), "removed a stale test environment left by a killed process");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,58 @@
+//! The real components' binaries, installed and cached by `scripts/install-tools.sh`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::{Error, Result};
+
+/// Paths of the cached tools.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub etcd: PathBuf,
+    pub etcdctl: PathBuf,
+    pub kube_apiserver: PathBuf,
+    pub kube_controller_manager: PathBuf,
+    pub kubectl: PathBuf,
+    pub bao: PathBuf,
+}
+
+impl Tools {
+    /// The install script shipped with this crate.
+    pub fn script() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/install-tools.sh")
+    }
+
+    /// Installs whatever is missing (a no-op taking milliseconds once cached) and returns the
+    /// paths. Blocking: the first run builds Kubernetes from source, which takes minutes. The
+    /// script holds a lock, so concurrent callers build once.
+    pub fn ensure() -> Result<Self> {
+        let script = Self::script();
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("--print-paths")
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|source| Error::Spawn { what: "the tool installer", program: script.clone(), source })?;
+        if !out.status.success() {
+            return Err(Error::Install { script, status: out.status });
+        }
+        let paths: HashMap<String, PathBuf> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), PathBuf::from(v)))
+            .collect();
+        let get = |key: &'static str| {
+            paths.get(key).cloned().ok_or_else(|| Error::ToolMissing { key, script: script.clone() })
+        };
+        Ok(Self {
+            etcd: get("ETCD")?,
+            etcdctl: get("ETCDCTL")?,
+            kube_apiserver: get("KUBE_APISERVER")?,
+            kube_controller_manager: get("KUBE_CONTROLLER_MANAGER")?,
+            kubectl: get("KUBECTL")?,
+            bao: get("BAO")?,
+        })
+    }
+}
