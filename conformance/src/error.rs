@@ -8,7 +8,10 @@ pub enum Error {
         "installing the test tools failed ({script} exited with {status}); its output is above. \
          Fix the cause and re-run: the script resumes where it stopped"
     )]
-    Install { script: PathBuf, status: std::process::ExitStatus },
+    Install {
+        script: PathBuf,
+        status: std::process::ExitStatus,
+    },
 
     #[error("the install script did not report {key}; run {script} --print-paths by hand")]
     ToolMissing { key: &'static str, script: PathBuf },
@@ -22,10 +25,19 @@ pub enum Error {
     },
 
     #[error("{what} exited early with {status}; last lines of {log}:\n{tail}")]
-    Exited { what: &'static str, status: std::process::ExitStatus, log: PathBuf, tail: String },
+    Exited {
+        what: &'static str,
+        status: std::process::ExitStatus,
+        log: PathBuf,
+        tail: String,
+    },
 
     #[error("timed out after {after:?} waiting for {what}{}", last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
-    Timeout { what: String, after: Duration, last_error: Option<String> },
+    Timeout {
+        what: String,
+        after: Duration,
+        last_error: Option<String>,
+    },
 
     #[error("generating TLS material failed: {0}")]
     Pki(#[from] rcgen::Error),
@@ -45,10 +57,18 @@ pub enum Error {
     },
 
     #[error("building a Kubernetes client from {kubeconfig}: {message}")]
-    KubeConfig { kubeconfig: PathBuf, message: String },
+    KubeConfig {
+        kubeconfig: PathBuf,
+        message: String,
+    },
 
     #[error("OpenBao {method} {path} answered {status}: {errors}")]
-    OpenBao { method: &'static str, path: String, status: u16, errors: String },
+    OpenBao {
+        method: &'static str,
+        path: String,
+        status: u16,
+        errors: String,
+    },
 
     #[error("OpenBao {method} {path} could not be reached: {source}")]
     OpenBaoTransport {
@@ -59,7 +79,11 @@ pub enum Error {
     },
 
     #[error("{command} failed with {status}: {stderr}")]
-    Command { command: String, status: std::process::ExitStatus, stderr: String },
+    Command {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
 }
 
 impl Error {

@@ -12,7 +12,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::{Env, EnvOptions};
 
-type CaseFn = dyn Fn(Arc<Env>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync;
+type CaseFn =
+    dyn Fn(Arc<Env>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync;
 
 /// A named test case run against the shared environment.
 pub struct Case {
@@ -32,13 +33,19 @@ impl Case {
         F: Fn(Arc<Env>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        Self { name, run: Arc::new(move |env| Box::pin(f(env))) }
+        Self {
+            name,
+            run: Arc::new(move |env| Box::pin(f(env))),
+        }
     }
 }
 
 /// Deadline of one case; `PHANTOM_CASE_TIMEOUT_SECS` overrides the default of 180 s.
 fn case_timeout() -> Duration {
-    let secs = std::env::var("PHANTOM_CASE_TIMEOUT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(180);
+    let secs = std::env::var("PHANTOM_CASE_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(180);
     Duration::from_secs(secs)
 }
 
@@ -46,21 +53,32 @@ fn case_timeout() -> Duration {
 pub fn run(options: EnvOptions, cases: Vec<Case>) -> ! {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
         )
         .with_test_writer()
         .try_init();
     let args = Arguments::from_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
 
     // Listing needs no environment.
     let env = if args.list {
         Err("not started for --list".to_owned())
     } else {
-        runtime.block_on(Env::start_with(options)).map(Arc::new).map_err(|e| e.to_string())
+        runtime
+            .block_on(Env::start_with(options))
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
     };
     if let Ok(env) = &env {
-        eprintln!("phantom-conformance: environment ready in {:.1?} ({})", env.started_in(), env.dir().display());
+        eprintln!(
+            "phantom-conformance: environment ready in {:.1?} ({})",
+            env.started_in(),
+            env.dir().display()
+        );
     }
 
     let timeout = case_timeout();
@@ -70,9 +88,12 @@ pub fn run(options: EnvOptions, cases: Vec<Case>) -> ! {
             let env = env.clone();
             let handle = runtime.handle().clone();
             Trial::test(case.name, move || {
-                let env = env.map_err(|e| Failed::from(format!("the test environment did not start: {e}")))?;
+                let env = env.map_err(|e| {
+                    Failed::from(format!("the test environment did not start: {e}"))
+                })?;
                 let run = (case.run)(env.clone());
-                let outcome = handle.block_on(async move { tokio::time::timeout(timeout, run).await });
+                let outcome =
+                    handle.block_on(async move { tokio::time::timeout(timeout, run).await });
                 match outcome {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(Failed::from(format!("{e:?}{}", processes_note(&env)))),

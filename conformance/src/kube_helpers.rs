@@ -40,21 +40,38 @@ impl Env {
     /// Creates a namespace named `<prefix>-<random>` with `labels`; returns its name.
     pub async fn create_namespace(&self, prefix: &str, labels: &[(&str, &str)]) -> Result<String> {
         let name = format!("{prefix}-{}", crate::random_hex(3));
+        self.create_namespace_named(&name, labels).await?;
+        Ok(name)
+    }
+
+    /// Creates the namespace `name` with `labels`.
+    pub async fn create_namespace_named(&self, name: &str, labels: &[(&str, &str)]) -> Result<()> {
         let mut ns = Namespace::default();
-        ns.metadata.name = Some(name.clone());
-        ns.metadata.labels =
-            Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>());
+        ns.metadata.name = Some(name.to_owned());
+        ns.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        );
         Api::<Namespace>::all(self.client())
             .create(&PostParams::default(), &ns)
             .await
             .map_err(Error::kube(format!("creating namespace {name}")))?;
-        Ok(name)
+        Ok(())
     }
 
     /// Creates a ServiceAccount unless it exists.
     pub async fn ensure_service_account(&self, namespace: &str, name: &str) -> Result<()> {
         let api: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
-        if api.get_opt(name).await.map_err(Error::kube(format!("reading ServiceAccount {namespace}/{name}")))?.is_some() {
+        if api
+            .get_opt(name)
+            .await
+            .map_err(Error::kube(format!(
+                "reading ServiceAccount {namespace}/{name}"
+            )))?
+            .is_some()
+        {
             return Ok(());
         }
         let mut sa = ServiceAccount::default();
@@ -62,12 +79,20 @@ impl Env {
         match api.create(&PostParams::default(), &sa).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(Error::kube(format!("creating ServiceAccount {namespace}/{name}"))(e)),
+            Err(e) => Err(Error::kube(format!(
+                "creating ServiceAccount {namespace}/{name}"
+            ))(e)),
         }
     }
 
     /// Mints a token for a ServiceAccount through the TokenRequest API.
-    pub async fn token_request(&self, namespace: &str, service_account: &str, audiences: &[&str], ttl: Duration) -> Result<String> {
+    pub async fn token_request(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[&str],
+        ttl: Duration,
+    ) -> Result<String> {
         let api: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
         let request = TokenRequest {
             spec: TokenRequestSpec {
@@ -80,24 +105,46 @@ impl Env {
         let resp = api
             .create_token_request(service_account, &PostParams::default(), &request)
             .await
-            .map_err(Error::kube(format!("TokenRequest for {namespace}/{service_account}")))?;
+            .map_err(Error::kube(format!(
+                "TokenRequest for {namespace}/{service_account}"
+            )))?;
         Ok(resp.status.map(|s| s.token).unwrap_or_default())
     }
 
     /// The identity a pod running as `namespace/service_account` presents to OpenBao (the
     /// ServiceAccount is created if missing; the token has audience `openbao` and lives 10 minutes).
-    pub async fn pod_identity(&self, namespace: &str, service_account: &str) -> Result<PodIdentity> {
-        self.ensure_service_account(namespace, service_account).await?;
-        let token = self.token_request(namespace, service_account, &["openbao"], Duration::from_secs(600)).await?;
-        Ok(PodIdentity { namespace: namespace.to_owned(), service_account: service_account.to_owned(), token })
+    pub async fn pod_identity(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<PodIdentity> {
+        self.ensure_service_account(namespace, service_account)
+            .await?;
+        let token = self
+            .token_request(
+                namespace,
+                service_account,
+                &["openbao"],
+                Duration::from_secs(600),
+            )
+            .await?;
+        Ok(PodIdentity {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            token,
+        })
     }
 
     /// Gives OpenBao a reviewer identity (ServiceAccount bound to `system:auth-delegator`) and
     /// points its Kubernetes auth method at this API server.
     pub(crate) async fn configure_openbao_kubernetes_auth(&self) -> Result<()> {
-        self.ensure_service_account(REVIEWER_NAMESPACE, REVIEWER_SERVICE_ACCOUNT).await?;
+        self.ensure_service_account(REVIEWER_NAMESPACE, REVIEWER_SERVICE_ACCOUNT)
+            .await?;
         let binding = ClusterRoleBinding {
-            metadata: kube::api::ObjectMeta { name: Some("openbao-token-reviewer".into()), ..Default::default() },
+            metadata: kube::api::ObjectMeta {
+                name: Some("openbao-token-reviewer".into()),
+                ..Default::default()
+            },
             role_ref: RoleRef {
                 api_group: "rbac.authorization.k8s.io".into(),
                 kind: "ClusterRole".into(),
@@ -111,13 +158,31 @@ impl Env {
             }]),
         };
         Api::<ClusterRoleBinding>::all(self.client())
-            .patch("openbao-token-reviewer", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&binding))
+            .patch(
+                "openbao-token-reviewer",
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&binding),
+            )
             .await
-            .map_err(Error::kube("binding OpenBao's reviewer to system:auth-delegator"))?;
+            .map_err(Error::kube(
+                "binding OpenBao's reviewer to system:auth-delegator",
+            ))?;
         let reviewer_jwt = self
-            .token_request(REVIEWER_NAMESPACE, REVIEWER_SERVICE_ACCOUNT, &[], Duration::from_secs(24 * 3600))
+            .token_request(
+                REVIEWER_NAMESPACE,
+                REVIEWER_SERVICE_ACCOUNT,
+                &[],
+                Duration::from_secs(24 * 3600),
+            )
             .await?;
-        self.openbao().configure_kubernetes_auth("kubernetes", self.api_url(), &self.ca().cert_pem, &reviewer_jwt).await
+        self.openbao()
+            .configure_kubernetes_auth(
+                "kubernetes",
+                self.api_url(),
+                &self.ca().cert_pem,
+                &reviewer_jwt,
+            )
+            .await
     }
 
     /// Installs (server-side apply) Phantom's three CRDs and waits until they are Established.
@@ -125,26 +190,35 @@ impl Env {
         let api: Api<CustomResourceDefinition> = Api::all(self.client());
         for file in phantom_crds::all_crds() {
             let name = file.crd.name_any();
-            api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&file.crd))
-                .await
-                .map_err(Error::kube(format!("applying CRD {name}")))?;
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&file.crd),
+            )
+            .await
+            .map_err(Error::kube(format!("applying CRD {name}")))?;
         }
         for file in phantom_crds::all_crds() {
             let name = file.crd.name_any();
-            wait::until(format!("CRD {name} to be Established"), Duration::from_secs(30), Duration::from_millis(100), || {
-                let api = api.clone();
-                let name = name.clone();
-                async move {
-                    let crd = api.get(&name).await?;
-                    let established = crd
-                        .status
-                        .and_then(|s| s.conditions)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True");
-                    Ok::<_, kube::Error>(established.then_some(()))
-                }
-            })
+            wait::until(
+                format!("CRD {name} to be Established"),
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+                || {
+                    let api = api.clone();
+                    let name = name.clone();
+                    async move {
+                        let crd = api.get(&name).await?;
+                        let established = crd
+                            .status
+                            .and_then(|s| s.conditions)
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True");
+                        Ok::<_, kube::Error>(established.then_some(()))
+                    }
+                },
+            )
             .await?;
         }
         Ok(())
@@ -155,7 +229,9 @@ impl Env {
     pub async fn wait_for_default_service_account(&self, namespace: &str) -> Result<()> {
         let api: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
         wait::until(
-            format!("the default ServiceAccount of {namespace} (is kube-controller-manager running?)"),
+            format!(
+                "the default ServiceAccount of {namespace} (is kube-controller-manager running?)"
+            ),
             Duration::from_secs(30),
             Duration::from_millis(100),
             || async { api.get_opt("default").await.map(|sa| sa.map(|_| ())) },
@@ -173,7 +249,12 @@ impl Env {
             .iter()
             .enumerate()
             .filter(|(_, n)| {
-                contains(n.as_bytes()) || contains(base64::engine::general_purpose::STANDARD.encode(n).as_bytes())
+                contains(n.as_bytes())
+                    || contains(
+                        base64::engine::general_purpose::STANDARD
+                            .encode(n)
+                            .as_bytes(),
+                    )
             })
             .map(|(i, _)| i)
             .collect())

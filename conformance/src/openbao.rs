@@ -27,7 +27,12 @@ pub struct KubernetesRole {
 
 impl KubernetesRole {
     /// A role for one ServiceAccount of one namespace, with the given policies and audience `openbao`.
-    pub fn for_service_account(name: &str, namespace: &str, service_account: &str, policies: &[&str]) -> Self {
+    pub fn for_service_account(
+        name: &str,
+        namespace: &str,
+        service_account: &str,
+        policies: &[&str],
+    ) -> Self {
         Self {
             name: name.to_owned(),
             service_account_names: vec![service_account.to_owned()],
@@ -41,7 +46,11 @@ impl KubernetesRole {
 
 impl OpenBao {
     pub fn new(addr: impl Into<String>, root_token: impl Into<String>) -> Self {
-        Self { addr: addr.into(), root_token: root_token.into(), http: reqwest::Client::new() }
+        Self {
+            addr: addr.into(),
+            root_token: root_token.into(),
+            http: reqwest::Client::new(),
+        }
     }
 
     /// Base address, e.g. `http://127.0.0.1:8200`.
@@ -54,7 +63,13 @@ impl OpenBao {
         &self.root_token
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> Result<Option<Value>> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Option<Value>> {
         let method_name: &'static str = match method.as_str() {
             "GET" => "GET",
             "PUT" => "PUT",
@@ -62,51 +77,98 @@ impl OpenBao {
             "DELETE" => "DELETE",
             _ => "LIST",
         };
-        let mut req = self.http.request(method, format!("{}/v1/{path}", self.addr));
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.addr));
         if let Some(token) = token {
             req = req.header("X-Vault-Token", token);
         }
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let transport = |source| Error::OpenBaoTransport { method: method_name, path: path.to_owned(), source };
+        let transport = |source| Error::OpenBaoTransport {
+            method: method_name,
+            path: path.to_owned(),
+            source,
+        };
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
         let text = resp.text().await.map_err(transport)?;
-        let value: Option<Value> = if text.trim().is_empty() { None } else { serde_json::from_str(&text).ok() };
+        let value: Option<Value> = if text.trim().is_empty() {
+            None
+        } else {
+            serde_json::from_str(&text).ok()
+        };
         if !status.is_success() {
             let errors = value
                 .as_ref()
                 .and_then(|v| v.get("errors"))
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| text.chars().take(200).collect());
-            return Err(Error::OpenBao { method: method_name, path: path.to_owned(), status: status.as_u16(), errors });
+            return Err(Error::OpenBao {
+                method: method_name,
+                path: path.to_owned(),
+                status: status.as_u16(),
+                errors,
+            });
         }
         Ok(value)
     }
 
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Result<Option<Value>> {
-        self.call(method, path, Some(&self.root_token), Some(body)).await
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Option<Value>> {
+        self.call(method, path, Some(&self.root_token), Some(body))
+            .await
     }
 
     /// `GET /v1/sys/health`.
     pub async fn health(&self) -> Result<Value> {
-        Ok(self.call(reqwest::Method::GET, "sys/health", None, None).await?.unwrap_or_default())
+        Ok(self
+            .call(reqwest::Method::GET, "sys/health", None, None)
+            .await?
+            .unwrap_or_default())
     }
 
     /// Enables an auth method of `kind` at `mount` (idempotent).
     pub async fn enable_auth(&self, mount: &str, kind: &str) -> Result<()> {
-        let mounts = self.call(reqwest::Method::GET, "sys/auth", Some(&self.root_token), None).await?.unwrap_or_default();
-        if mounts.get("data").and_then(|d| d.get(format!("{mount}/"))).is_some() {
+        let mounts = self
+            .call(
+                reqwest::Method::GET,
+                "sys/auth",
+                Some(&self.root_token),
+                None,
+            )
+            .await?
+            .unwrap_or_default();
+        if mounts
+            .get("data")
+            .and_then(|d| d.get(format!("{mount}/")))
+            .is_some()
+        {
             return Ok(());
         }
-        self.admin(reqwest::Method::POST, &format!("sys/auth/{mount}"), json!({ "type": kind })).await?;
+        self.admin(
+            reqwest::Method::POST,
+            &format!("sys/auth/{mount}"),
+            json!({ "type": kind }),
+        )
+        .await?;
         Ok(())
     }
 
     /// Points the Kubernetes auth method at an API server; OpenBao validates pod tokens with
     /// TokenReview using `reviewer_jwt`.
-    pub async fn configure_kubernetes_auth(&self, mount: &str, host: &str, ca_pem: &str, reviewer_jwt: &str) -> Result<()> {
+    pub async fn configure_kubernetes_auth(
+        &self,
+        mount: &str,
+        host: &str,
+        ca_pem: &str,
+        reviewer_jwt: &str,
+    ) -> Result<()> {
         self.enable_auth(mount, "kubernetes").await?;
         self.admin(
             reqwest::Method::POST,
@@ -124,7 +186,12 @@ impl OpenBao {
 
     /// Writes an ACL policy.
     pub async fn put_policy(&self, name: &str, hcl: &str) -> Result<()> {
-        self.admin(reqwest::Method::PUT, &format!("sys/policies/acl/{name}"), json!({ "policy": hcl })).await?;
+        self.admin(
+            reqwest::Method::PUT,
+            &format!("sys/policies/acl/{name}"),
+            json!({ "policy": hcl }),
+        )
+        .await?;
         Ok(())
     }
 
@@ -148,34 +215,64 @@ impl OpenBao {
         if let Some(aud) = &role.audience {
             body["audience"] = json!(aud);
         }
-        self.admin(reqwest::Method::POST, &format!("auth/{mount}/role/{}", role.name), body).await?;
+        self.admin(
+            reqwest::Method::POST,
+            &format!("auth/{mount}/role/{}", role.name),
+            body,
+        )
+        .await?;
         Ok(())
     }
 
     /// Writes a KV v2 secret; returns the new version.
     pub async fn kv_put(&self, mount: &str, path: &str, data: Value) -> Result<u64> {
-        let resp = self.admin(reqwest::Method::POST, &format!("{mount}/data/{path}"), json!({ "data": data })).await?;
-        Ok(resp.and_then(|v| v.pointer("/data/version").and_then(Value::as_u64)).unwrap_or(0))
+        let resp = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("{mount}/data/{path}"),
+                json!({ "data": data }),
+            )
+            .await?;
+        Ok(resp
+            .and_then(|v| v.pointer("/data/version").and_then(Value::as_u64))
+            .unwrap_or(0))
     }
 
     /// Reads a KV v2 secret's data with `token`.
     pub async fn kv_get(&self, token: &str, mount: &str, path: &str) -> Result<Value> {
-        let resp = self.call(reqwest::Method::GET, &format!("{mount}/data/{path}"), Some(token), None).await?;
-        Ok(resp.and_then(|v| v.pointer("/data/data").cloned()).unwrap_or_default())
+        let resp = self
+            .call(
+                reqwest::Method::GET,
+                &format!("{mount}/data/{path}"),
+                Some(token),
+                None,
+            )
+            .await?;
+        Ok(resp
+            .and_then(|v| v.pointer("/data/data").cloned())
+            .unwrap_or_default())
     }
 
     /// Logs in through the Kubernetes auth method with a ServiceAccount token; returns the client token.
     pub async fn login_kubernetes(&self, mount: &str, role: &str, jwt: &str) -> Result<String> {
         let resp = self
-            .call(reqwest::Method::POST, &format!("auth/{mount}/login"), None, Some(json!({ "role": role, "jwt": jwt })))
+            .call(
+                reqwest::Method::POST,
+                &format!("auth/{mount}/login"),
+                None,
+                Some(json!({ "role": role, "jwt": jwt })),
+            )
             .await?;
-        resp.and_then(|v| v.pointer("/auth/client_token").and_then(Value::as_str).map(str::to_owned)).ok_or_else(|| {
-            Error::OpenBao {
-                method: "POST",
-                path: format!("auth/{mount}/login"),
-                status: 200,
-                errors: "the answer carried no auth.client_token".to_owned(),
-            }
+        resp.and_then(|v| {
+            v.pointer("/auth/client_token")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| Error::OpenBao {
+            method: "POST",
+            path: format!("auth/{mount}/login"),
+            status: 200,
+            errors: "the answer carried no auth.client_token".to_owned(),
         })
     }
 }

@@ -29,7 +29,9 @@ impl ManagedProcess {
     pub(crate) fn spawn(what: &'static str, mut command: Command, dir: &Path) -> Result<Self> {
         let log = dir.join(format!("{what}.log"));
         let out = File::create(&log).map_err(Error::io(format!("creating {}", log.display())))?;
-        let err = out.try_clone().map_err(Error::io("cloning a log file handle"))?;
+        let err = out
+            .try_clone()
+            .map_err(Error::io("cloning a log file handle"))?;
         let program = PathBuf::from(command.get_program());
         let child = command
             .current_dir(dir)
@@ -37,7 +39,11 @@ impl ManagedProcess {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|source| Error::Spawn { what, program, source })?;
+            .map_err(|source| Error::Spawn {
+                what,
+                program,
+                source,
+            })?;
         let mut pids = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -50,9 +56,12 @@ impl ManagedProcess {
     /// Fails with the log's tail when the process has exited.
     pub(crate) fn check_alive(&mut self) -> Result<()> {
         match self.child.try_wait() {
-            Ok(Some(status)) => {
-                Err(Error::Exited { what: self.what, status, log: self.log.clone(), tail: log_tail(&self.log, 30) })
-            }
+            Ok(Some(status)) => Err(Error::Exited {
+                what: self.what,
+                status,
+                log: self.log.clone(),
+                tail: log_tail(&self.log, 30),
+            }),
             _ => Ok(()),
         }
     }
@@ -79,15 +88,25 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
 /// Kills the processes of environments whose owning process no longer exists and removes their
 /// directories.
 pub(crate) fn reap_stale_environments() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for entry in entries.flatten() {
         let dir = entry.path();
-        let is_env = entry.file_name().to_string_lossy().starts_with(ENV_DIR_PREFIX);
-        let Ok(owner) = std::fs::read_to_string(dir.join("owner")) else { continue };
+        let is_env = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(ENV_DIR_PREFIX);
+        let Ok(owner) = std::fs::read_to_string(dir.join("owner")) else {
+            continue;
+        };
         if !is_env || Path::new("/proc").join(owner.trim()).exists() {
             continue;
         }
-        for pid in std::fs::read_to_string(dir.join("pids")).unwrap_or_default().lines() {
+        for pid in std::fs::read_to_string(dir.join("pids"))
+            .unwrap_or_default()
+            .lines()
+        {
             let cwd = std::fs::read_link(Path::new("/proc").join(pid).join("cwd"));
             if cwd.is_ok_and(|cwd| cwd == dir) {
                 let _ = Command::new("kill").args(["-KILL", pid]).status();
@@ -95,5 +114,92 @@ pub(crate) fn reap_stale_environments() {
         }
         tracing::warn!(dir = %dir.display(), "removed a stale test environment left by a killed process");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reaps_processes_of_a_dead_owner_and_removes_the_directory() {
+        let dir = tempfile::Builder::new()
+            .prefix(ENV_DIR_PREFIX)
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        // A pid that existed and is gone: a finished child of ours.
+        let mut gone = Command::new("true").spawn().expect("spawn true");
+        let dead_owner = gone.id();
+        gone.wait().expect("wait true");
+        std::fs::write(dir.join("owner"), dead_owner.to_string()).expect("write owner");
+        let mut orphan = ManagedProcess::spawn(
+            "orphan",
+            {
+                let mut c = Command::new("sleep");
+                c.arg("600");
+                c
+            },
+            &dir,
+        )
+        .expect("spawn sleep");
+
+        reap_stale_environments();
+
+        let status = orphan.child.wait().expect("wait for the orphan");
+        assert!(!status.success(), "the orphan was not killed");
+        assert!(
+            !dir.exists(),
+            "the stale directory {} was not removed",
+            dir.display()
+        );
+    }
+
+    #[test]
+    fn leaves_environments_of_live_owners_alone() {
+        let dir = tempfile::Builder::new()
+            .prefix(ENV_DIR_PREFIX)
+            .tempdir()
+            .expect("temp dir");
+        std::fs::write(dir.path().join("owner"), std::process::id().to_string())
+            .expect("write owner");
+        let mut child = ManagedProcess::spawn(
+            "live",
+            {
+                let mut c = Command::new("sleep");
+                c.arg("600");
+                c
+            },
+            dir.path(),
+        )
+        .expect("spawn sleep");
+        reap_stale_environments();
+        assert!(
+            child.check_alive().is_ok(),
+            "a live environment's process was killed"
+        );
+        assert!(dir.path().exists());
+    }
+
+    #[test]
+    fn an_exited_process_reports_its_log_tail() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut c = Command::new("sh");
+        c.args([
+            "-c",
+            "echo first; echo 'listen tcp: address already in use' >&2; exit 3",
+        ]);
+        let mut p = ManagedProcess::spawn("failing", c, dir.path()).expect("spawn sh");
+        let err = loop {
+            if let Err(e) = p.check_alive() {
+                break e;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("failing exited early") && text.contains("address already in use"),
+            "{text}"
+        );
     }
 }

@@ -34,9 +34,16 @@ impl Tools {
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
             .output()
-            .map_err(|source| Error::Spawn { what: "the tool installer", program: script.clone(), source })?;
+            .map_err(|source| Error::Spawn {
+                what: "the tool installer",
+                program: script.clone(),
+                source,
+            })?;
         if !out.status.success() {
-            return Err(Error::Install { script, status: out.status });
+            return Err(Error::Install {
+                script,
+                status: out.status,
+            });
         }
         let paths: HashMap<String, PathBuf> = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -44,7 +51,10 @@ impl Tools {
             .map(|(k, v)| (k.to_owned(), PathBuf::from(v)))
             .collect();
         let get = |key: &'static str| {
-            paths.get(key).cloned().ok_or_else(|| Error::ToolMissing { key, script: script.clone() })
+            paths.get(key).cloned().ok_or_else(|| Error::ToolMissing {
+                key,
+                script: script.clone(),
+            })
         };
         Ok(Self {
             etcd: get("ETCD")?,

@@ -9,7 +9,12 @@ use crate::{Error, Result};
 /// Polls `check` every `interval` until it returns `Ok(Some(v))`, or fails with
 /// [`Error::Timeout`] after `timeout`. `Ok(None)` and `Err` both mean "not yet"; the last error
 /// is reported on timeout.
-pub async fn until<T, E, F, Fut>(what: impl Into<String>, timeout: Duration, interval: Duration, check: F) -> Result<T>
+pub async fn until<T, E, F, Fut>(
+    what: impl Into<String>,
+    timeout: Duration,
+    interval: Duration,
+    check: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<Option<T>, E>>,
@@ -43,7 +48,11 @@ where
             Err(e) => last_error = Some(e.to_string()),
         }
         if Instant::now() >= deadline {
-            return Err(Error::Timeout { what: what.into(), after: timeout, last_error });
+            return Err(Error::Timeout {
+                what: what.into(),
+                after: timeout,
+                last_error,
+            });
         }
         tokio::time::sleep(interval).await;
     }

@@ -20,9 +20,21 @@ use crate::common::{CelRule, CommonStatus};
     status = "AttestationRequirementStatus",
     doc = "TEE evidence (AMD SEV-SNP, Intel TDX) and OpenBao endpoint constraints that gate the release of secrets.",
     printcolumn(name = "TEEs", type_ = "string", json_path = ".spec.teeTypes"),
-    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
-    printcolumn(name = "MaxAge", type_ = "string", json_path = ".spec.freshness.maxEvidenceAge"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "MaxAge",
+        type_ = "string",
+        json_path = ".spec.freshness.maxEvidenceAge"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AttestationRequirementSpec {
@@ -158,7 +170,9 @@ pub struct Freshness {
 
 impl Default for Freshness {
     fn default() -> Self {
-        Self { max_evidence_age: default_max_evidence_age() }
+        Self {
+            max_evidence_age: default_max_evidence_age(),
+        }
     }
 }
 

@@ -20,10 +20,22 @@ use crate::common::CommonStatus;
     namespaced,
     status = "SecretBindingStatus",
     doc = "Which pods of this namespace receive which OpenBao secrets, and how each is delivered. Holds paths and names only, never a secret value.",
-    printcolumn(name = "Admitted", type_ = "string", json_path = r#".status.conditions[?(@.type=="Admitted")].status"#),
+    printcolumn(
+        name = "Admitted",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Admitted")].status"#
+    ),
     printcolumn(name = "Role", type_ = "string", json_path = ".spec.openbao.role"),
-    printcolumn(name = "ServiceAccount", type_ = "string", json_path = ".spec.selector.serviceAccountName"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "ServiceAccount",
+        type_ = "string",
+        json_path = ".spec.selector.serviceAccountName"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SecretBindingSpec {
@@ -101,7 +113,10 @@ pub enum Engine {
 #[serde(rename_all = "camelCase")]
 pub struct SecretItem {
     /// Name of the secret within the binding (used by the socket API and in status).
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Path below the mount, e.g. `payments/db` (no leading slash, no `data/` prefix for KV v2).
     #[schemars(length(min = 1, max = 512), regex(pattern = r"^[^/\s][^\s]*$"))]
@@ -155,7 +170,10 @@ pub struct Delivery {
     pub name: Option<String>,
     /// File path relative to the secrets volume (kind `file`), e.g. `db/password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"))]
+    #[schemars(
+        length(min = 1, max = 255),
+        regex(pattern = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    )]
     pub path: Option<String>,
     /// Octal file mode as a string (kind `file`), `"0400"` by default. A string because YAML
     /// parsers disagree on whether `0400` is octal.
@@ -182,7 +200,10 @@ pub struct Refresh {
 
 impl Default for Refresh {
     fn default() -> Self {
-        Self { interval: default_refresh_interval(), jitter_percent: default_jitter_percent() }
+        Self {
+            interval: default_refresh_interval(),
+            jitter_percent: default_jitter_percent(),
+        }
     }
 }
 

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct CelRule {
     /// Name of the rule, unique within its list; status errors and decisions refer to it.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// CEL expression that must evaluate to a bool.
     #[schemars(length(min = 1, max = 10240))]
@@ -28,7 +31,10 @@ pub struct CelRule {
 #[serde(rename_all = "camelCase")]
 pub struct MatchCondition {
     /// Name of the condition, unique within the policy.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// CEL expression over `object`, `oldObject`, `namespaceObject` and `request`.
     #[schemars(length(min = 1, max = 10240))]

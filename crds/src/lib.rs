@@ -5,6 +5,9 @@
 //! crate (policy engine, admission, controller, sidecar) reads and writes these types rather than
 //! its own copies.
 
+// kube-derive takes one `printcolumn(...)` per column, which clippy mistakes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 mod attestation;
 mod binding;
 mod common;

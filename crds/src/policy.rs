@@ -22,12 +22,33 @@ use crate::common::{CelRule, CommonStatus, LocalObjectReference, MatchCondition}
     category = "phantom",
     status = "PhantomPolicyStatus",
     doc = "Cluster-wide rules that decide which pods get secrets from OpenBao, how they are delivered, and under which conditions keys are released.",
-    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.injection.mode"),
-    printcolumn(name = "Enforcement", type_ = "string", json_path = ".spec.enforcement"),
-    printcolumn(name = "Canary", type_ = "integer", json_path = ".spec.injection.canary.percent"),
-    printcolumn(name = "Digest", type_ = "string", json_path = ".status.compiledDigest", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Enforcement",
+        type_ = "string",
+        json_path = ".spec.enforcement"
+    ),
+    printcolumn(
+        name = "Canary",
+        type_ = "integer",
+        json_path = ".spec.injection.canary.percent"
+    ),
+    printcolumn(
+        name = "Digest",
+        type_ = "string",
+        json_path = ".status.compiledDigest",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PhantomPolicySpec {
@@ -137,7 +158,10 @@ pub struct Rules {
 #[serde(rename_all = "camelCase")]
 pub struct PluginRef {
     /// Name of the plugin within the policy.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Where the module's bytes come from.
     pub module: ModuleSource,
@@ -203,7 +227,9 @@ pub struct KeyRelease {
 }
 
 /// eBPF detections the node monitor can apply.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Detection {
     /// `ptrace()` against a protected process.

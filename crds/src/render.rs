@@ -15,8 +15,14 @@ pub struct CrdFile {
 /// The three CRDs, in a stable order.
 pub fn all_crds() -> Vec<CrdFile> {
     vec![
-        CrdFile { file_name: "phantompolicies.phantom.dev.yaml", crd: PhantomPolicy::crd() },
-        CrdFile { file_name: "secretbindings.phantom.dev.yaml", crd: SecretBinding::crd() },
+        CrdFile {
+            file_name: "phantompolicies.phantom.dev.yaml",
+            crd: PhantomPolicy::crd(),
+        },
+        CrdFile {
+            file_name: "secretbindings.phantom.dev.yaml",
+            crd: SecretBinding::crd(),
+        },
         CrdFile {
             file_name: "attestationrequirements.phantom.dev.yaml",
             crd: AttestationRequirement::crd(),

@@ -46,13 +46,20 @@ fn check<K: DeserializeOwned + Serialize>(path: &Path, doc: Value) {
     let back = serde_json::to_value(&typed).expect("serialize");
     let mut lost = Vec::new();
     lost_fields(&doc, &back, "", &mut lost);
-    assert!(lost.is_empty(), "{}: fields unknown to the API types: {lost:?}", path.display());
+    assert!(
+        lost.is_empty(),
+        "{}: fields unknown to the API types: {lost:?}",
+        path.display()
+    );
 }
 
 #[test]
 fn every_example_is_a_valid_typed_object() {
     let files = examples();
-    assert!(files.len() >= 4, "expected the examples under crds/examples, found {files:?}");
+    assert!(
+        files.len() >= 4,
+        "expected the examples under crds/examples, found {files:?}"
+    );
     for path in files {
         let text = std::fs::read_to_string(&path).expect("read example");
         let doc: Value = serde_yaml::from_str(&text).expect("example is YAML");
@@ -77,12 +84,18 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(binding.spec.openbao.audience, "openbao");
     assert_eq!(binding.spec.secrets[0].mount, "secret");
     assert_eq!(binding.spec.refresh.jitter_percent, 10);
-    assert_eq!(std::time::Duration::from(binding.spec.refresh.interval), std::time::Duration::from_secs(240));
+    assert_eq!(
+        std::time::Duration::from(binding.spec.refresh.interval),
+        std::time::Duration::from_secs(240)
+    );
 
     let policy: PhantomPolicy = serde_yaml::from_str(
         "apiVersion: phantom.dev/v1alpha1\nkind: PhantomPolicy\nmetadata: {name: p}\nspec: {}\n",
     )
     .expect("empty policy parses");
-    assert_eq!(policy.spec.injection.mode, phantom_crds::InjectionMode::Sidecar);
+    assert_eq!(
+        policy.spec.injection.mode,
+        phantom_crds::InjectionMode::Sidecar
+    );
     assert_eq!(policy.spec.enforcement, phantom_crds::Enforcement::Enforce);
 }

@@ -1,0 +1,90 @@
+//! `phantom-env`: the test environment for humans. `phantom-env up` starts etcd, kube-apiserver,
+//! kube-controller-manager and OpenBao on loopback, installs Phantom's CRDs, prints how to reach
+//! them, and tears everything down on Ctrl-C.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use phantom_conformance::{Env, EnvOptions, Tools};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "phantom-env",
+    version,
+    about = "A real local control plane + OpenBao for trying and testing Phantom"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install (or verify) the cached tools: etcd, kube-apiserver, kube-controller-manager, kubectl, bao.
+    Install,
+    /// Start the environment and keep it running until Ctrl-C.
+    Up {
+        /// Do not install Phantom's CRDs.
+        #[arg(long, env = "PHANTOM_ENV_NO_CRDS")]
+        no_crds: bool,
+        /// Also write the `export` lines to this file (for `source`).
+        #[arg(long, env = "PHANTOM_ENV_FILE")]
+        env_file: Option<std::path::PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Install => {
+            let tools = tokio::task::spawn_blocking(Tools::ensure).await??;
+            println!("{tools:#?}");
+        }
+        Command::Up { no_crds, env_file } => {
+            let env = Env::start_with(EnvOptions::default())
+                .await
+                .context("starting the environment")?;
+            if !no_crds {
+                env.install_crds()
+                    .await
+                    .context("installing Phantom's CRDs")?;
+            }
+            let exports = format!(
+                "export KUBECONFIG={}\nexport BAO_ADDR={}\nexport BAO_TOKEN={}\n",
+                env.kubeconfig().display(),
+                env.openbao().addr(),
+                env.openbao().root_token()
+            );
+            if let Some(path) = env_file {
+                std::fs::write(&path, &exports)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            eprintln!(
+                "phantom-env: up in {:.1?}; API server {}, OpenBao {}; logs in {}",
+                env.started_in(),
+                env.api_url(),
+                env.openbao().addr(),
+                env.dir().display()
+            );
+            println!("{exports}");
+            eprintln!(
+                "phantom-env: kubectl is {}; press Ctrl-C to tear down",
+                env.tools().kubectl.display()
+            );
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("phantom-env: tearing down");
+        }
+    }
+    Ok(())
+}
