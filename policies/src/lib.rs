@@ -1,0 +1,13 @@
+//! Phantom's policy engine. The controller, the admission server and the sidecar all compile and
+//! evaluate policies through this crate and nothing else.
+//!
+//! * [`PolicySet::compile`] turns PhantomPolicy / SecretBinding / AttestationRequirement objects
+//!   into an immutable set with a content digest, reporting every error with object, field and
+//!   position.
+//! * [`PolicySet::decide`] answers an admission question (pure: no Kubernetes client, no I/O).
+//! * [`PolicySet::check_key_release`] is the sidecar's last gate before releasing a value.
+
+mod error;
+pub mod expr;
+
+pub use error::{Error, Result};
