@@ -28,7 +28,10 @@ pub enum Error {
     },
 
     #[error("plugin {plugin}: {kind}")]
-    Plugin { plugin: String, kind: String },
+    Plugin {
+        plugin: String,
+        kind: crate::wasm::PluginFailure,
+    },
 
     #[error("the input is outside what the cost model allows: {0}; such objects are refused")]
     InputTooLarge(String),

@@ -9,5 +9,6 @@
 
 mod error;
 pub mod expr;
+pub mod wasm;
 
 pub use error::{Error, Result};
