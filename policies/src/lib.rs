@@ -12,3 +12,15 @@ pub mod expr;
 pub mod wasm;
 
 pub use error::{Error, Result};
+mod canary;
+mod compile;
+mod decide;
+mod input;
+mod keyrelease;
+mod selector;
+
+pub use canary::{bucket as canary_bucket, default_key as default_canary_key};
+pub use compile::{ModuleResolver, Modules, ObjectErrors, PolicySet, Sources};
+pub use decide::{BindingRef, CanaryOutcome, Decision, Denial, MonitoringScope, PolicyOutcome};
+pub use input::{AdmissionInput, KeyReleaseInput, RequestInfo, UserInfo};
+pub use keyrelease::KeyReleaseRefusal;

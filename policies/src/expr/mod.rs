@@ -103,7 +103,7 @@ impl Expression {
                 position: first.and_then(|e| {
                     // The parser reports 1-based lines and columns.
                     let (line, column) = e.pos;
-                    (line > 0 && column > 0).then(|| Position {
+                    (line > 0 && column > 0).then_some(Position {
                         line: line as u32,
                         column: column as u32,
                     })

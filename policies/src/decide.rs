@@ -1,0 +1,428 @@
+//! `decide`: the admission question, answered from a compiled [`PolicySet`] alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt;
+use phantom_crds::{Detection, Enforcement, Injection};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::canary;
+use crate::compile::{CompiledPolicy, PolicySet, Rule};
+use crate::expr::{Expression, check_input_bounds, context};
+use crate::input::{AdmissionInput, labels};
+use crate::selector;
+
+/// A reason a pod is (or, under `monitor`, would be) refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    pub policy: String,
+    /// The rule, plugin or match condition that refused.
+    pub rule: String,
+    pub message: String,
+}
+
+/// The canary outcome of one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryOutcome {
+    pub percent: u8,
+    pub key: String,
+    pub bucket: u8,
+    pub selected: bool,
+}
+
+/// What one matched policy said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyOutcome {
+    pub policy: String,
+    pub enforcement: Enforcement,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryOutcome>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<Denial>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Hints returned by plugins, by plugin name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hints: BTreeMap<String, Value>,
+}
+
+impl PolicyOutcome {
+    fn in_canary(&self) -> bool {
+        self.canary.as_ref().is_none_or(|c| c.selected)
+    }
+}
+
+/// A SecretBinding that applies to the pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BindingRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// eBPF monitoring scope of the pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitoringScope {
+    pub detections: BTreeSet<Detection>,
+    pub alert_labels: BTreeMap<String, String>,
+}
+
+/// The answer to an admission question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// `false` when an enforced policy refused the pod (the API server rejects it with `denials`).
+    pub allowed: bool,
+    /// Whether the pod gets Phantom injected.
+    pub inject: bool,
+    /// Injection settings of the deciding policy (the first enforced, in-canary policy by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection: Option<Injection>,
+    /// The policy whose injection settings apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deciding_policy: Option<String>,
+    /// Every policy that matched the pod, enforced or monitored, in or out of its canary.
+    pub matched: Vec<PolicyOutcome>,
+    /// Refusals of enforced, in-canary policies.
+    pub denials: Vec<Denial>,
+    /// What `monitor` policies would have refused.
+    pub would_deny: Vec<Denial>,
+    /// Whether some `monitor` policy would have injected the pod.
+    pub would_inject: bool,
+    pub bindings: Vec<BindingRef>,
+    pub monitoring: MonitoringScope,
+    /// Policies whose key-release conditions the sidecar must check before releasing a value.
+    pub key_release_policies: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Digest of the policy set that decided.
+    pub policy_digest: String,
+}
+
+impl PolicySet {
+    /// Decides injection for one pod. Pure: no I/O besides running the policies' own CEL and WASM.
+    /// Any evaluation failure of an enforced policy refuses the pod (fail closed).
+    pub fn decide(&self, input: &AdmissionInput) -> Decision {
+        let mut decision = Decision {
+            allowed: true,
+            inject: false,
+            injection: None,
+            deciding_policy: None,
+            matched: Vec::new(),
+            denials: Vec::new(),
+            would_deny: Vec::new(),
+            would_inject: false,
+            bindings: Vec::new(),
+            monitoring: MonitoringScope::default(),
+            key_release_policies: Vec::new(),
+            warnings: Vec::new(),
+            policy_digest: self.digest().to_owned(),
+        };
+        let null = Value::Null;
+        let old = input.old_object.as_ref().unwrap_or(&null);
+        let ns_object = input.namespace_object.as_ref().unwrap_or(&null);
+        let request = serde_json::to_value(&input.request).unwrap_or_default();
+        let refuse = |decision: &mut Decision, message: String| {
+            decision.allowed = false;
+            decision.denials.push(Denial {
+                policy: "-".into(),
+                rule: "input".into(),
+                message,
+            });
+        };
+        for (name, value) in [
+            ("object", &input.object),
+            ("oldObject", old),
+            ("namespaceObject", ns_object),
+        ] {
+            if let Err(e) = check_input_bounds(name, value, &self.inner.limits) {
+                refuse(
+                    &mut decision,
+                    format!("the object is outside what Phantom's policies may evaluate: {e}"),
+                );
+                return decision;
+            }
+        }
+        let ctx = match context(&[
+            ("object", &input.object),
+            ("oldObject", old),
+            ("namespaceObject", ns_object),
+            ("request", &request),
+        ]) {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                refuse(&mut decision, e);
+                return decision;
+            }
+        };
+        let namespace = if input.request.namespace.is_empty() {
+            input
+                .object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            input.request.namespace.clone()
+        };
+        let (pod_labels, ns_labels) = (labels(&input.object), labels(ns_object));
+        let plugin_input = json!({"object": input.object, "oldObject": old, "namespaceObject": ns_object, "request": request});
+
+        for policy in &self.inner.policies {
+            let spec = &policy.object.spec;
+            if !selector::matches(spec.match_.namespace_selector.as_ref(), &ns_labels)
+                || !selector::matches(spec.match_.object_selector.as_ref(), &pod_labels)
+            {
+                continue;
+            }
+            let mut outcome = PolicyOutcome {
+                policy: policy.name.clone(),
+                enforcement: spec.enforcement,
+                canary: None,
+                denials: Vec::new(),
+                warnings: Vec::new(),
+                hints: BTreeMap::new(),
+            };
+            match match_conditions(policy, &ctx) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(denial) => {
+                    outcome.denials.push(denial);
+                    decision.matched.push(outcome);
+                    continue;
+                }
+            }
+            if let Some(canary) = &spec.injection.canary {
+                let key = match &policy.canary_key {
+                    None => Ok(canary::default_key(&input.object, &namespace)),
+                    Some(expr) => expr.eval_string(&ctx).map_err(|e| e.to_string()),
+                };
+                match key {
+                    Ok(key) => {
+                        let bucket = canary::bucket(&policy.name, &key);
+                        let selected = canary::selected(&policy.name, &key, canary.percent);
+                        outcome.canary = Some(CanaryOutcome {
+                            percent: canary.percent,
+                            key,
+                            bucket,
+                            selected,
+                        });
+                    }
+                    Err(e) => outcome.denials.push(Denial {
+                        policy: policy.name.clone(),
+                        rule: "canary.key".into(),
+                        message: format!("the canary key expression failed: {e}"),
+                    }),
+                }
+            }
+            if outcome.in_canary() && outcome.denials.is_empty() {
+                for rule in &policy.validations {
+                    if let Some(denial) = validate(policy, rule, &ctx) {
+                        outcome.denials.push(denial);
+                    }
+                }
+                self.run_plugins(policy, &plugin_input, &mut outcome);
+            }
+            decision.matched.push(outcome);
+        }
+
+        self.aggregate(&mut decision, input, &namespace, &pod_labels);
+        decision
+    }
+
+    fn run_plugins(
+        &self,
+        policy: &CompiledPolicy,
+        plugin_input: &Value,
+        outcome: &mut PolicyOutcome,
+    ) {
+        for plugin in &policy.plugins {
+            let input = json!({"request": plugin_input, "settings": plugin.settings});
+            let bytes = serde_json::to_vec(&input).unwrap_or_default();
+            match self
+                .inner
+                .host
+                .evaluate(&plugin.module, &bytes, plugin.limits)
+            {
+                Ok(verdict) => {
+                    outcome.warnings.extend(
+                        verdict
+                            .warnings
+                            .iter()
+                            .map(|w| format!("{}/{}: {w}", policy.name, plugin.name)),
+                    );
+                    if let Some(hints) = verdict.hints {
+                        outcome.hints.insert(plugin.name.clone(), hints);
+                    }
+                    if !verdict.allowed {
+                        outcome.denials.push(Denial {
+                            policy: policy.name.clone(),
+                            rule: plugin.name.clone(),
+                            message: verdict
+                                .message
+                                .unwrap_or_else(|| format!("refused by plugin {}", plugin.name)),
+                        });
+                    }
+                }
+                Err(e) => outcome.denials.push(Denial {
+                    policy: policy.name.clone(),
+                    rule: plugin.name.clone(),
+                    message: format!("plugin {} {e}; refusing (fail closed)", plugin.name),
+                }),
+            }
+        }
+    }
+
+    fn aggregate(
+        &self,
+        decision: &mut Decision,
+        input: &AdmissionInput,
+        namespace: &str,
+        pod_labels: &BTreeMap<String, String>,
+    ) {
+        let enforced: Vec<&PolicyOutcome> = decision
+            .matched
+            .iter()
+            .filter(|o| o.enforcement == Enforcement::Enforce && o.in_canary())
+            .collect();
+        for o in &decision.matched {
+            let target = if o.enforcement == Enforcement::Enforce {
+                &mut decision.denials
+            } else {
+                &mut decision.would_deny
+            };
+            if o.in_canary() || !o.denials.is_empty() {
+                target.extend(o.denials.iter().cloned());
+            }
+            decision.warnings.extend(o.warnings.iter().cloned());
+        }
+        decision.would_inject = decision.matched.iter().any(|o| {
+            o.enforcement == Enforcement::Monitor && o.in_canary() && o.denials.is_empty()
+        });
+        decision.allowed = decision.denials.is_empty();
+
+        let service_account = input
+            .object
+            .pointer("/spec/serviceAccountName")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        decision.bindings = self
+            .inner
+            .bindings
+            .iter()
+            .filter(|b| b.namespace().as_deref() == Some(namespace))
+            .filter(|b| {
+                b.spec
+                    .selector
+                    .service_account_name
+                    .as_deref()
+                    .is_none_or(|sa| sa == service_account)
+            })
+            .filter(|b| {
+                b.spec.selector.pod_selector.is_none()
+                    || selector::matches(b.spec.selector.pod_selector.as_ref(), pod_labels)
+            })
+            .map(|b| BindingRef {
+                namespace: namespace.to_owned(),
+                name: b.name_any(),
+            })
+            .collect();
+
+        let policies: BTreeMap<&str, &CompiledPolicy> = self
+            .inner
+            .policies
+            .iter()
+            .map(|p| (p.name.as_str(), p))
+            .collect();
+        let Some(first) = enforced.first() else {
+            return;
+        };
+        if !decision.allowed {
+            return;
+        }
+        if decision.bindings.is_empty() {
+            decision.warnings.push(format!(
+                "policy {} selects this pod, but no SecretBinding in namespace {namespace} selects it (ServiceAccount {service_account}); nothing to inject",
+                first.policy
+            ));
+            return;
+        }
+        let deciding = policies[first.policy.as_str()];
+        decision.inject = true;
+        decision.injection = Some(deciding.object.spec.injection.clone());
+        decision.deciding_policy = Some(deciding.name.clone());
+        for o in &enforced[1..] {
+            let mode = policies[o.policy.as_str()].object.spec.injection.mode;
+            if mode != deciding.object.spec.injection.mode {
+                decision.warnings.push(format!(
+                    "policies {} and {} ask for different injection modes; {} decides (first by name)",
+                    deciding.name, o.policy, deciding.name
+                ));
+            }
+        }
+        for o in &enforced {
+            let policy = policies[o.policy.as_str()];
+            if let Some(m) = policy.object.spec.monitoring.as_ref().filter(|m| m.enabled) {
+                let all = [
+                    Detection::Ptrace,
+                    Detection::ProcMem,
+                    Detection::ProcessVmReadv,
+                ];
+                decision
+                    .monitoring
+                    .detections
+                    .extend(m.detections.clone().unwrap_or_else(|| all.to_vec()));
+                decision
+                    .monitoring
+                    .alert_labels
+                    .extend(m.alert_labels.clone());
+            }
+            if policy.object.spec.key_release.is_some() {
+                decision.key_release_policies.push(policy.name.clone());
+            }
+        }
+    }
+}
+
+fn match_conditions(policy: &CompiledPolicy, ctx: &cel::Context) -> Result<bool, Denial> {
+    for (name, expr) in &policy.match_conditions {
+        match expr.eval_bool(ctx) {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(e) => {
+                return Err(Denial {
+                    policy: policy.name.clone(),
+                    rule: name.clone(),
+                    message: format!(
+                        "match condition {name} failed to evaluate: {e}; refusing (fail closed)"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Evaluates one rule; `Some` when it refuses.
+pub(crate) fn validate(policy: &CompiledPolicy, rule: &Rule, ctx: &cel::Context) -> Option<Denial> {
+    let message = match rule.expr.eval_bool(ctx) {
+        Ok(true) => return None,
+        Ok(false) => rule_message(rule, ctx),
+        Err(e) => format!(
+            "rule {} failed to evaluate: {e}; refusing (fail closed)",
+            rule.name
+        ),
+    };
+    Some(Denial {
+        policy: policy.name.clone(),
+        rule: rule.name.clone(),
+        message,
+    })
+}
+
+/// The message of a failed rule: messageExpression, then message, then the expression itself.
+pub(crate) fn rule_message(rule: &Rule, ctx: &cel::Context) -> String {
+    rule.message_expr
+        .as_ref()
+        .and_then(|m: &Expression| m.eval_string(ctx).ok())
+        .or_else(|| rule.message.clone())
+        .unwrap_or_else(|| format!("failed rule {}: {}", rule.name, rule.expr.source()))
+}
