@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test toolchain tools crds env
+.PHONY: help demo test toolchain tools plugins crds env
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -13,7 +13,7 @@ help: ## list the targets
 demo: toolchain tools ## Phantom end to end on a real local control plane + OpenBao (~10 s once built)
 	$(CARGO) run -q -p phantom-conformance --bin phantom-demo
 
-test: toolchain tools ## the whole suite: fmt, clippy, unit + real-cluster tests, drift checks
+test: toolchain tools plugins ## the whole suite: fmt, clippy, unit + real-cluster tests, drift checks
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	# Includes the drift tests (crds/tests/drift.rs: checked-in CRD YAML == the Rust types).
@@ -26,6 +26,11 @@ toolchain: ## rustfmt and clippy for the active toolchain
 
 tools: ## install and cache etcd, kube-apiserver, kube-controller-manager, kubectl and bao
 	bash conformance/scripts/install-tools.sh
+
+PLUGINS := phantom-plugin-require-labels phantom-plugin-no-privileged phantom-plugin-team-rollout
+plugins: toolchain ## build the example WASM policy plugins (wasm32-unknown-unknown)
+	@rustup target list --installed | grep -q '^wasm32-unknown-unknown$$' || rustup target add wasm32-unknown-unknown
+	$(CARGO) build -q --release --target wasm32-unknown-unknown $(addprefix -p ,$(PLUGINS))
 
 crds: ## regenerate crds/yaml from the Rust types
 	$(CARGO) run -q -p phantom-crds --bin crdgen

@@ -45,11 +45,15 @@ pub struct PolicyOutcome {
     /// Hints returned by plugins, by plugin name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hints: BTreeMap<String, Value>,
+    /// A plugin that asked not to inject this pod (hint `{"inject": false}`), e.g. a rollout plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declined_by: Option<String>,
 }
 
 impl PolicyOutcome {
-    fn in_canary(&self) -> bool {
-        self.canary.as_ref().is_none_or(|c| c.selected)
+    /// Whether the policy applies to the pod: inside its canary and not declined by a plugin.
+    fn selects_pod(&self) -> bool {
+        self.canary.as_ref().is_none_or(|c| c.selected) && self.declined_by.is_none()
     }
 }
 
@@ -180,6 +184,7 @@ impl PolicySet {
                 denials: Vec::new(),
                 warnings: Vec::new(),
                 hints: BTreeMap::new(),
+                declined_by: None,
             };
             match match_conditions(policy, &ctx) {
                 Ok(true) => {}
@@ -213,7 +218,7 @@ impl PolicySet {
                     }),
                 }
             }
-            if outcome.in_canary() && outcome.denials.is_empty() {
+            if outcome.selects_pod() && outcome.denials.is_empty() {
                 for rule in &policy.validations {
                     if let Some(denial) = validate(policy, rule, &ctx) {
                         outcome.denials.push(denial);
@@ -250,6 +255,11 @@ impl PolicySet {
                             .map(|w| format!("{}/{}: {w}", policy.name, plugin.name)),
                     );
                     if let Some(hints) = verdict.hints {
+                        if hints.get("inject") == Some(&Value::Bool(false)) {
+                            outcome
+                                .declined_by
+                                .get_or_insert_with(|| plugin.name.clone());
+                        }
                         outcome.hints.insert(plugin.name.clone(), hints);
                     }
                     if !verdict.allowed {
@@ -281,7 +291,7 @@ impl PolicySet {
         let enforced: Vec<&PolicyOutcome> = decision
             .matched
             .iter()
-            .filter(|o| o.enforcement == Enforcement::Enforce && o.in_canary())
+            .filter(|o| o.enforcement == Enforcement::Enforce && o.selects_pod())
             .collect();
         for o in &decision.matched {
             let target = if o.enforcement == Enforcement::Enforce {
@@ -289,13 +299,13 @@ impl PolicySet {
             } else {
                 &mut decision.would_deny
             };
-            if o.in_canary() || !o.denials.is_empty() {
+            if o.selects_pod() || !o.denials.is_empty() {
                 target.extend(o.denials.iter().cloned());
             }
             decision.warnings.extend(o.warnings.iter().cloned());
         }
         decision.would_inject = decision.matched.iter().any(|o| {
-            o.enforcement == Enforcement::Monitor && o.in_canary() && o.denials.is_empty()
+            o.enforcement == Enforcement::Monitor && o.selects_pod() && o.denials.is_empty()
         });
         decision.allowed = decision.denials.is_empty();
 
