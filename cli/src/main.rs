@@ -1,0 +1,123 @@
+//! `phantomctl`: Phantom's command line. Offline policy work for platform teams: lint policies,
+//! run policy test suites, and show how a policy change changes decisions (for pull requests).
+
+mod diff;
+mod load;
+mod suite;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use phantom_policies::wasm::PluginHost;
+use phantom_policies::{Modules, ObjectErrors, PolicySet, Sources};
+
+#[derive(Parser, Debug)]
+#[command(name = "phantomctl", version, about = "Phantom's command line")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Work with PhantomPolicy, SecretBinding and AttestationRequirement files offline.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Compile policies and print every error with its field and position; exit 1 on errors.
+    Lint {
+        /// YAML files or directories.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run policy test suites (`*.test.yaml`) and print a pass/fail table; exit 1 on failures.
+    Test {
+        /// A suite file or a directory searched for `*.test.yaml`.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+    /// The decisions that change between two versions of the policies, over a corpus of manifests.
+    Diff {
+        /// The old policies: a directory, or a git revision (then `--head`'s path at that revision).
+        #[arg(long, env = "PHANTOM_DIFF_BASE")]
+        base: String,
+        /// The new policies: a directory.
+        #[arg(long, env = "PHANTOM_DIFF_HEAD")]
+        head: PathBuf,
+        /// Pods, workloads and Namespaces to decide on.
+        #[arg(long, env = "PHANTOM_DIFF_RESOURCES")]
+        resources: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Markdown, env = "PHANTOM_DIFF_OUTPUT")]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Markdown,
+    Json,
+}
+
+/// Compiles with module paths resolved relative to `base_dir`.
+fn compile(
+    sources: &Sources,
+    base_dir: Option<PathBuf>,
+) -> anyhow::Result<(PolicySet, Vec<ObjectErrors>)> {
+    let host = PluginHost::new().map_err(|e| anyhow::anyhow!("starting the WASM host: {e}"))?;
+    let modules = Modules {
+        base_dir,
+        ..Modules::default()
+    };
+    Ok(PolicySet::compile(sources, &host, &modules))
+}
+
+fn base_dir(path: &std::path::Path) -> Option<PathBuf> {
+    if path.is_dir() {
+        Some(path.to_owned())
+    } else {
+        path.parent().map(ToOwned::to_owned)
+    }
+}
+
+fn lint(files: &[PathBuf]) -> anyhow::Result<bool> {
+    let loaded = load::Loaded::from_paths(files)?;
+    let (set, errors) = compile(&loaded.sources, files.first().and_then(|f| base_dir(f)))?;
+    for e in &errors {
+        print!("{e}");
+    }
+    let total = loaded.sources.policies.len()
+        + loaded.sources.bindings.len()
+        + loaded.sources.requirements.len();
+    if errors.is_empty() {
+        println!("ok: {total} object(s) compile; policy set {}", set.digest());
+    } else {
+        println!("{} of {total} object(s) do not compile", errors.len());
+    }
+    Ok(errors.is_empty())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy(PolicyCommand::Lint { files }) => lint(&files),
+        Command::Policy(PolicyCommand::Test { path }) => suite::run(&path),
+        Command::Policy(PolicyCommand::Diff {
+            base,
+            head,
+            resources,
+            output,
+        }) => diff::run(&base, &head, &resources, output == Output::Json),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("phantomctl: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! `phantomctl` as a user runs it.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn data(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(p)
+}
+
+fn phantomctl(args: &[&str]) -> (i32, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_phantomctl"))
+        .args(args)
+        .output()
+        .expect("run phantomctl");
+    (
+        status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    )
+}
+
+fn path(p: &str) -> String {
+    data(p).display().to_string()
+}
+
+#[test]
+fn lint_accepts_good_policies_and_shows_the_digest() {
+    let (code, out) = phantomctl(&["policy", "lint", &path("policies")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ok: 2 object(s) compile; policy set sha256:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn lint_reports_the_field_and_position_and_fails() {
+    let (code, out) = phantomctl(&["policy", "lint", &path("broken")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("PhantomPolicy broken: spec.rules.validations[0].expression:"),
+        "{out}"
+    );
+    assert!(out.contains("(line 1, column"), "{out}");
+}
+
+#[test]
+fn test_runs_suites_and_prints_a_table() {
+    let (code, out) = phantomctl(&["policy", "test", &path("payments.test.yaml")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("a pod without team label is refused") && out.contains("3 passed, 0 failed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn test_fails_on_a_wrong_expectation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for d in ["policies", "resources"] {
+        let to = dir.path().join(d);
+        std::fs::create_dir(&to).expect("mkdir");
+        for f in std::fs::read_dir(data(d)).expect("read") {
+            let f = f.expect("entry").path();
+            std::fs::copy(&f, to.join(f.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let suite = dir.path().join("wrong.test.yaml");
+    std::fs::copy(data("failing.test.yaml.txt"), &suite).expect("copy suite");
+    let (code, out) = phantomctl(&["policy", "test", &suite.display().to_string()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL")
+            && out.contains("allowed: expected true, got false")
+            && out.contains("0 passed, 1 failed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn diff_shows_the_decisions_that_change_as_markdown_and_json() {
+    let args = [
+        "policy",
+        "diff",
+        "--base",
+        &path("policies"),
+        "--head",
+        &path("policies-v2"),
+        "--resources",
+        &path("resources"),
+    ];
+    let (code, out) = phantomctl(&args);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("over 3 resource(s): **1 decision(s) change**"),
+        "{out}"
+    );
+    assert!(out.contains("| `shop/Deployment/web` | inject sidecar via payments | denied (payments/no-latest: pin image tags) |"), "{out}");
+    let (code, out) = phantomctl(&[&args[..], &["--output", "json"]].concat());
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON output");
+    assert_eq!(report["changes"].as_array().map(Vec::len), Some(1));
+    assert_ne!(report["base_digest"], report["head_digest"]);
+}
+
+#[test]
+fn help_documents_every_subcommand() {
+    let (code, out) = phantomctl(&["policy", "--help"]);
+    assert_eq!(code, 0);
+    for sub in ["lint", "test", "diff"] {
+        assert!(out.contains(sub), "{out}");
+    }
+}
