@@ -168,7 +168,12 @@ impl PolicySet {
             input.request.namespace.clone()
         };
         let (pod_labels, ns_labels) = (labels(&input.object), labels(ns_object));
-        let plugin_input = json!({"object": input.object, "oldObject": old, "namespaceObject": ns_object, "request": request});
+        let plugin_request = std::cell::OnceCell::new();
+        let plugin_request = || {
+            plugin_request.get_or_init(|| {
+                json!({"object": input.object, "oldObject": old, "namespaceObject": ns_object, "request": request}).to_string()
+            })
+        };
 
         for policy in &self.inner.policies {
             let spec = &policy.object.spec;
@@ -224,7 +229,9 @@ impl PolicySet {
                         outcome.denials.push(denial);
                     }
                 }
-                self.run_plugins(policy, &plugin_input, &mut outcome);
+                if !policy.plugins.is_empty() {
+                    self.run_plugins(policy, plugin_request().as_str(), &mut outcome);
+                }
             }
             decision.matched.push(outcome);
         }
@@ -236,12 +243,16 @@ impl PolicySet {
     fn run_plugins(
         &self,
         policy: &CompiledPolicy,
-        plugin_input: &Value,
+        request_json: &str,
         outcome: &mut PolicyOutcome,
     ) {
         for plugin in &policy.plugins {
-            let input = json!({"request": plugin_input, "settings": plugin.settings});
-            let bytes = serde_json::to_vec(&input).unwrap_or_default();
+            // The request is serialised once per decision; only the settings differ per plugin.
+            let bytes = format!(
+                r#"{{"request":{request_json},"settings":{}}}"#,
+                plugin.settings
+            )
+            .into_bytes();
             match self
                 .inner
                 .host

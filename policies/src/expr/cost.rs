@@ -189,54 +189,59 @@ pub fn obvious_type(expr: &Expression) -> Option<&'static str> {
 
 /// Refuses inputs outside the cost model's bounds, naming the offending path.
 pub fn check_input_bounds(name: &str, value: &Value, limits: &Limits) -> Result<(), String> {
-    fn walk(path: &mut String, v: &Value, depth: usize, limits: &Limits) -> Result<(), String> {
+    // The path is only rendered on failure: the walk itself allocates nothing.
+    fn walk(v: &Value, depth: usize, limits: &Limits) -> Result<(), (Vec<String>, String)> {
         if depth > limits.max_depth {
-            return Err(format!(
-                "{path} is nested deeper than {} levels",
-                limits.max_depth
+            return Err((
+                Vec::new(),
+                format!("is nested deeper than {} levels", limits.max_depth),
             ));
         }
+        let too_many = |n: usize| (n as u64 > limits.max_collection_items).then_some(n);
         match v {
-            Value::String(s) if s.len() as u64 > limits.max_string_bytes => Err(format!(
-                "{path} is a string of {} bytes, more than {}",
-                s.len(),
-                limits.max_string_bytes
+            Value::String(s) if s.len() as u64 > limits.max_string_bytes => Err((
+                Vec::new(),
+                format!(
+                    "is a string of {} bytes, more than {}",
+                    s.len(),
+                    limits.max_string_bytes
+                ),
             )),
             Value::Array(items) => {
-                if items.len() as u64 > limits.max_collection_items {
-                    return Err(format!(
-                        "{path} has {} items, more than {}",
-                        items.len(),
-                        limits.max_collection_items
+                if let Some(n) = too_many(items.len()) {
+                    return Err((
+                        Vec::new(),
+                        format!("has {n} items, more than {}", limits.max_collection_items),
                     ));
                 }
                 for (i, item) in items.iter().enumerate() {
-                    let len = path.len();
-                    path.push_str(&format!("[{i}]"));
-                    walk(path, item, depth + 1, limits)?;
-                    path.truncate(len);
+                    walk(item, depth + 1, limits).map_err(|(mut path, m)| {
+                        path.push(format!("[{i}]"));
+                        (path, m)
+                    })?;
                 }
                 Ok(())
             }
             Value::Object(map) => {
-                if map.len() as u64 > limits.max_collection_items {
-                    return Err(format!(
-                        "{path} has {} entries, more than {}",
-                        map.len(),
-                        limits.max_collection_items
+                if let Some(n) = too_many(map.len()) {
+                    return Err((
+                        Vec::new(),
+                        format!("has {n} entries, more than {}", limits.max_collection_items),
                     ));
                 }
                 for (k, item) in map {
-                    let len = path.len();
-                    path.push('.');
-                    path.push_str(k);
-                    walk(path, item, depth + 1, limits)?;
-                    path.truncate(len);
+                    walk(item, depth + 1, limits).map_err(|(mut path, m)| {
+                        path.push(format!(".{k}"));
+                        (path, m)
+                    })?;
                 }
                 Ok(())
             }
             _ => Ok(()),
         }
     }
-    walk(&mut name.to_owned(), value, 0, limits)
+    walk(value, 0, limits).map_err(|(path, message)| {
+        let path: String = path.iter().rev().map(String::as_str).collect();
+        format!("{name}{path} {message}")
+    })
 }

@@ -19,13 +19,20 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, Linker, Module, ResourceLimiter, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+};
 
 /// ABI version this host speaks.
 pub const ABI_VERSION: i32 = 1;
 /// Largest output a plugin may return.
 const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Concurrent plugin instances one host supports.
+const POOL_SLOTS: u32 = 128;
+/// The largest memory limit a policy may set (`memoryLimitMiB` is at most 1024).
+const MAX_PLUGIN_MEMORY_BYTES: usize = 1024 * 1024 * 1024;
 
 /// Why a plugin evaluation failed. Messages never include the input (it may be large) and the
 /// plugin's own output only as a short, sanitised excerpt.
@@ -74,11 +81,11 @@ pub struct PluginVerdict {
     pub hints: Option<serde_json::Value>,
 }
 
-/// A compiled, digest-verified module.
+/// A compiled, digest-verified module, pre-linked for fast instantiation.
 #[derive(Clone)]
 pub struct PluginModule {
     sha256: String,
-    module: Module,
+    pre: InstancePre<Limiter>,
 }
 
 impl std::fmt::Debug for PluginModule {
@@ -114,7 +121,7 @@ impl Drop for Ticker {
 #[derive(Clone)]
 pub struct PluginHost {
     engine: Engine,
-    modules: Arc<Mutex<HashMap<String, Module>>>,
+    modules: Arc<Mutex<HashMap<String, InstancePre<Limiter>>>>,
     _ticker: Arc<Ticker>,
 }
 
@@ -127,7 +134,10 @@ impl std::fmt::Debug for PluginHost {
     }
 }
 
-struct Limiter {
+/// Per-store memory accounting (public only because [`PluginModule`] is generic over it).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Limiter {
     max_bytes: usize,
     denied: bool,
 }
@@ -159,6 +169,15 @@ impl PluginHost {
     pub fn new() -> Result<Self, PluginFailure> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // A fresh instance per evaluation: the pooling allocator reuses pre-reserved slots instead
+        // of mapping and unmapping linear memory every time (about 10x cheaper instantiation).
+        // Its slot count also bounds concurrent evaluations; an exhausted pool refuses (fail closed).
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(POOL_SLOTS)
+            .total_memories(POOL_SLOTS)
+            .total_tables(POOL_SLOTS)
+            .max_memory_size(MAX_PLUGIN_MEMORY_BYTES);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)
             .map_err(|e| PluginFailure::InvalidModule(format!("engine: {e}")))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -188,10 +207,10 @@ impl PluginHost {
                 actual,
             });
         }
-        if let Some(module) = self.modules.lock().expect("module cache").get(&actual) {
+        if let Some(pre) = self.modules.lock().expect("module cache").get(&actual) {
             return Ok(PluginModule {
                 sha256: actual,
-                module: module.clone(),
+                pre: pre.clone(),
             });
         }
         let module = Module::new(&self.engine, bytes)
@@ -213,13 +232,16 @@ impl PluginHost {
                 return Err(PluginFailure::Abi(format!("missing export `{export}`")));
             }
         }
+        let pre = Linker::new(&self.engine)
+            .instantiate_pre(&module)
+            .map_err(|e| PluginFailure::Abi(e.to_string()))?;
         self.modules
             .lock()
             .expect("module cache")
-            .insert(actual.clone(), module.clone());
+            .insert(actual.clone(), pre.clone());
         Ok(PluginModule {
             sha256: actual,
-            module,
+            pre,
         })
     }
 
@@ -244,8 +266,9 @@ impl PluginHost {
         store.epoch_deadline_trap();
         let fail = |store: &Store<Limiter>, e: wasmtime::Error| classify(store, e, limits);
 
-        let instance = Linker::new(&self.engine)
-            .instantiate(&mut store, &module.module)
+        let instance = module
+            .pre
+            .instantiate(&mut store)
             .map_err(|e| fail(&store, e))?;
         let abi = |e: wasmtime::Error| PluginFailure::Abi(e.to_string());
         let version = instance

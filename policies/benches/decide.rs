@@ -1,0 +1,210 @@
+//! Policy engine figures: one CEL rule, one warm plugin call, and `decide` over 1, 20 and 100
+//! policies (the 20-policy set also runs 2 WASM plugins). Prints percentiles; asserts nothing.
+//!
+//! `make plugins && cargo bench -p phantom-policies --bench decide`
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use phantom_crds::{PhantomPolicy, SecretBinding};
+use phantom_policies::expr::{Expect, Expression, Limits, Scope, context};
+use phantom_policies::wasm::{PluginHost, PluginLimits, module_digest};
+use phantom_policies::{AdmissionInput, Modules, PolicySet, RequestInfo, Sources};
+use serde_json::{Value, json};
+
+fn percentiles(what: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    println!(
+        "{what:<52} n={:<6} p50={:>9.2?} p99={:>9.2?} max={:>9.2?}",
+        samples.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}
+
+fn time(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
+    for _ in 0..n / 10 {
+        f();
+    }
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect()
+}
+
+fn pod() -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "web-5f7-abcde", "namespace": "shop", "generateName": "web-5f7-",
+                        "labels": {"app": "web", "team": "shop", "pod-template-hash": "5f7"},
+                        "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5f7", "controller": true}]},
+           "spec": {"serviceAccountName": "web", "containers": [
+               {"name": "web", "image": "registry.example/web:1.4.2", "command": ["/web"], "env": [{"name": "MODE", "value": "prod"}],
+                "securityContext": {"runAsNonRoot": true}},
+               {"name": "log", "image": "registry.example/log:2.0", "command": ["/log"]}]}})
+}
+
+fn policy(i: usize, plugins: &[(String, String, String)]) -> PhantomPolicy {
+    let plugins: Vec<Value> = plugins
+        .iter()
+        .map(|(name, sha, key)| json!({"name": name, "sha256": sha, "timeoutMs": 100,
+            "module": {"configMap": {"namespace": "phantom-system", "name": "plugins", "key": key}}}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy", "metadata": {"name": format!("policy-{i:03}")},
+        "spec": {
+            "match": {"namespaceSelector": {"matchLabels": {"phantom.dev/inject": "enabled"}},
+                      "matchConditions": [{"name": "not-a-job", "expression": "!has(object.metadata.ownerReferences) || object.metadata.ownerReferences.all(o, o.kind != 'Job')"}]},
+            "injection": {"canary": {"percent": 100}},
+            "rules": {"validations": [
+                {"name": "team", "expression": "has(object.metadata.labels) && 'team' in object.metadata.labels", "message": "team label"},
+                {"name": "pinned", "expression": "object.spec.containers.all(c, !c.image.endsWith(':latest'))", "message": "pin tags"}],
+                "plugins": plugins},
+            "monitoring": {"enabled": true}
+        }
+    }))
+    .expect("policy")
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let object = pod();
+    let limits = Limits::default();
+    let rule = Expression::compile(
+        "has(object.metadata.labels) && 'team' in object.metadata.labels",
+        Scope::Admission,
+        Expect::Bool,
+        &limits,
+    )
+    .expect("rule");
+    let ctx = context(&[("object", &object)]).expect("context");
+    percentiles(
+        "CEL: one typical rule (label check)",
+        time(100_000, || assert!(rule.eval_bool(&ctx).expect("eval"))),
+    );
+    let all = Expression::compile(
+        "object.spec.containers.all(c, !c.image.endsWith(':latest'))",
+        Scope::Admission,
+        Expect::Bool,
+        &limits,
+    )
+    .expect("rule");
+    percentiles(
+        "CEL: comprehension over containers",
+        time(100_000, || assert!(all.eval_bool(&ctx).expect("eval"))),
+    );
+    percentiles(
+        "CEL: building the context from the pod",
+        time(20_000, || drop(context(&[("object", &object)]))),
+    );
+
+    let host = PluginHost::new().expect("host");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let mut modules = Modules::default();
+    let mut plugin_refs = Vec::new();
+    for name in ["require_labels", "no_privileged"] {
+        let path = target.join(format!(
+            "wasm32-unknown-unknown/release/phantom_plugin_{name}.wasm"
+        ));
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run `make plugins`)", path.display()));
+        let key = format!("{name}.wasm");
+        plugin_refs.push((name.replace('_', "-"), module_digest(&bytes), key.clone()));
+        modules
+            .config_maps
+            .insert(format!("phantom-system/plugins/{key}"), bytes);
+    }
+    let trivial = wat::parse_file(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/allow.wat"))
+        .expect("fixture");
+    let trivial = host.load(&trivial, &module_digest(&trivial)).expect("load");
+    let limits_p = PluginLimits {
+        timeout_ms: 100,
+        memory_mib: 16,
+    };
+    percentiles(
+        "WASM: fresh instance of a trivial module (overhead)",
+        time(5_000, || {
+            assert!(
+                host.evaluate(&trivial, b"{}", limits_p)
+                    .expect("eval")
+                    .allowed
+            )
+        }),
+    );
+    let bytes = modules.config_maps["phantom-system/plugins/require_labels.wasm"].clone();
+    let module = host.load(&bytes, &module_digest(&bytes)).expect("load");
+    let input = serde_json::to_vec(
+        &json!({"request": {"object": object}, "settings": {"labels": ["team"]}}),
+    )
+    .expect("json");
+    percentiles(
+        "WASM: one warm plugin call (require-labels)",
+        time(5_000, || {
+            assert!(
+                host.evaluate(&module, &input, limits_p)
+                    .expect("eval")
+                    .allowed
+            )
+        }),
+    );
+
+    let binding: SecretBinding = serde_json::from_value(json!({
+        "apiVersion": "phantom.dev/v1alpha1", "kind": "SecretBinding", "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"serviceAccountName": "web"}, "openbao": {"role": "web"},
+                 "secrets": [{"name": "db", "path": "shop/db", "key": "password", "delivery": [{"kind": "env", "name": "DB"}]}]}
+    }))
+    .expect("binding");
+    let input = AdmissionInput {
+        object: object.clone(),
+        old_object: None,
+        namespace_object: Some(
+            json!({"metadata": {"name": "shop", "labels": {"phantom.dev/inject": "enabled"}}}),
+        ),
+        request: RequestInfo {
+            operation: "CREATE".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        },
+    };
+    for (count, with_plugins) in [(1, false), (20, false), (20, true), (100, false)] {
+        let policies = (0..count)
+            .map(|i| {
+                // The plugins sit on two of the policies, as a security team would add them.
+                let plugins = if with_plugins && i < 2 {
+                    &plugin_refs[i..=i]
+                } else {
+                    &[][..]
+                };
+                policy(i, plugins)
+            })
+            .collect();
+        let (set, errors) = PolicySet::compile(
+            &Sources {
+                policies,
+                bindings: vec![binding.clone()],
+                ..Default::default()
+            },
+            &host,
+            &modules,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let label = format!(
+            "decide: {count} policies{}",
+            if with_plugins {
+                " + 2 WASM plugins"
+            } else {
+                ""
+            }
+        );
+        let n = if count == 100 { 2_000 } else { 10_000 };
+        percentiles(&label, time(n, || assert!(set.decide(&input).inject)));
+    }
+}
