@@ -27,7 +27,7 @@ struct Cli {
     keep: bool,
 }
 
-const STEPS: usize = 8;
+const STEPS: usize = 9;
 const APP_NAMESPACE: &str = "payments";
 const APP_SERVICE_ACCOUNT: &str = "payments-api";
 
@@ -104,6 +104,8 @@ async fn main() -> anyhow::Result<()> {
         indent(&String::from_utf8_lossy(&listing.stdout))
     ));
 
+    p.step(decide_for_a_pod(&env).await?);
+
     let bao = env.openbao();
     let secret = format!("pg-{}", random_hex(16));
     bao.kv_put("secret", "payments/db", json!({ "password": secret }))
@@ -177,6 +179,84 @@ async fn main() -> anyhow::Result<()> {
     println!("cleaning up");
     drop(env);
     Ok(())
+}
+
+/// Compiles what the cluster holds with the policy engine and decides for a payments pod.
+async fn decide_for_a_pod(env: &Env) -> anyhow::Result<String> {
+    use phantom_policies::{AdmissionInput, Modules, PolicySet, RequestInfo, Sources};
+    let lp = kube::api::ListParams::default();
+    let sources = Sources {
+        policies: Api::<PhantomPolicy>::all(env.client())
+            .list(&lp)
+            .await?
+            .items,
+        bindings: Api::<SecretBinding>::all(env.client())
+            .list(&lp)
+            .await?
+            .items,
+        requirements: Api::<AttestationRequirement>::all(env.client())
+            .list(&lp)
+            .await?
+            .items,
+    };
+    let host = phantom_policies::wasm::PluginHost::new().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (set, errors) = PolicySet::compile(&sources, &host, &Modules::default());
+    ensure!(
+        errors.is_empty(),
+        "the example policies do not compile: {errors:?}"
+    );
+    let namespace = serde_json::to_value(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client())
+            .get(APP_NAMESPACE)
+            .await?,
+    )?;
+    let pod = json!({"metadata": {"generateName": "payments-api-7d4b9c-", "namespace": APP_NAMESPACE,
+                                  "labels": {"app.kubernetes.io/name": "payments-api", "team": "payments"}},
+                     "spec": {"serviceAccountName": APP_SERVICE_ACCOUNT,
+                              "containers": [{"name": "api", "image": "payments:1.0", "command": ["/api"]}]}});
+    let d = set.decide(&AdmissionInput {
+        object: pod,
+        old_object: None,
+        namespace_object: Some(namespace),
+        request: RequestInfo {
+            operation: "CREATE".into(),
+            namespace: APP_NAMESPACE.into(),
+            ..Default::default()
+        },
+    });
+    ensure!(
+        d.allowed,
+        "the example policy refused the demo pod: {:?}",
+        d.denials
+    );
+    let canary = d.matched.first().and_then(|o| o.canary.clone());
+    let why = match (&canary, d.inject) {
+        (_, true) => format!(
+            "inject as {} via {}, bindings {:?}, eBPF {:?}, key release checked by {:?}",
+            d.injection
+                .as_ref()
+                .map(|i| serde_json::to_value(i.mode).unwrap_or_default())
+                .unwrap_or_default(),
+            d.deciding_policy.as_deref().unwrap_or("?"),
+            d.bindings.iter().map(|b| &b.name).collect::<Vec<_>>(),
+            d.monitoring.detections,
+            d.key_release_policies
+        ),
+        (Some(c), false) if !c.selected => {
+            format!("not injected: outside the {}% canary", c.percent)
+        }
+        _ => format!("not injected: {:?}", d.warnings),
+    };
+    Ok(format!(
+        "policy engine compiled the cluster's resources (set {}…); a payments-api pod: {why}{}",
+        &d.policy_digest[..19],
+        canary
+            .map(|c| format!(
+                " (canary key {:?} → bucket {} of 100, in if < {})",
+                c.key, c.bucket, c.percent
+            ))
+            .unwrap_or_default()
+    ))
 }
 
 /// Applies the examples a GitOps repo would hold, in the demo's application namespace.
