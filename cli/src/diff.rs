@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use anyhow::bail;
 use phantom_policies::{AdmissionInput, Decision, PolicySet, RequestInfo};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -83,21 +82,6 @@ fn decide(set: &PolicySet, resources: &Loaded, pod: &Value) -> Decision {
     })
 }
 
-fn compile_or_explain(
-    which: &str,
-    loaded: &Loaded,
-    dir: Option<std::path::PathBuf>,
-) -> anyhow::Result<PolicySet> {
-    let (set, errors) = crate::compile(&loaded.sources, dir)?;
-    if !errors.is_empty() {
-        for e in &errors {
-            eprint!("{e}");
-        }
-        bail!("the {which} policies do not compile; fix them first (`phantomctl policy lint`)");
-    }
-    Ok(set)
-}
-
 /// Prints the report; `Ok(true)` always (a diff is information, not a failure).
 pub fn run(base: &str, head: &Path, resources: &Path, json_output: bool) -> anyhow::Result<bool> {
     let base_path = Path::new(base);
@@ -108,12 +92,9 @@ pub fn run(base: &str, head: &Path, resources: &Path, json_output: bool) -> anyh
     };
     let head_loaded = Loaded::from_paths(&[head.to_owned()])?;
     let corpus = Loaded::from_paths(&[resources.to_owned()])?;
-    let base_set = compile_or_explain(
-        "base",
-        &base_loaded,
-        base_path.exists().then(|| base_path.to_owned()),
-    )?;
-    let head_set = compile_or_explain("head", &head_loaded, Some(head.to_owned()))?;
+    let base_dir = base_path.exists().then(|| base_path.to_owned());
+    let base_set = crate::compile_all("base", &base_loaded.sources, base_dir)?;
+    let head_set = crate::compile_all("head", &head_loaded.sources, Some(head.to_owned()))?;
     let mut report = Report {
         base_digest: base_set.digest().to_owned(),
         head_digest: head_set.digest().to_owned(),

@@ -62,17 +62,32 @@ enum Output {
     Json,
 }
 
-/// Compiles with module paths resolved relative to `base_dir`.
+/// Compiles with module paths resolved relative to `base_dir`; returns what compiled and the
+/// errors of what did not.
 fn compile(
     sources: &Sources,
     base_dir: Option<PathBuf>,
 ) -> anyhow::Result<(PolicySet, Vec<ObjectErrors>)> {
-    let host = PluginHost::new().map_err(|e| anyhow::anyhow!("starting the WASM host: {e}"))?;
     let modules = Modules {
         base_dir,
         ..Modules::default()
     };
-    Ok(PolicySet::compile(sources, &host, &modules))
+    Ok(PolicySet::compile(sources, &PluginHost::new()?, &modules))
+}
+
+/// Compiles and fails unless every object compiles (`what` names the set in the message).
+fn compile_all(
+    what: &str,
+    sources: &Sources,
+    base_dir: Option<PathBuf>,
+) -> anyhow::Result<PolicySet> {
+    let modules = Modules {
+        base_dir,
+        ..Modules::default()
+    };
+    PolicySet::compile_all(sources, &PluginHost::new()?, &modules).map_err(|e| {
+        anyhow::anyhow!("{e}the {what} policies must compile first (`phantomctl policy lint`)")
+    })
 }
 
 fn base_dir(path: &std::path::Path) -> Option<PathBuf> {

@@ -111,13 +111,11 @@ pub fn run(path: &Path) -> anyhow::Result<bool> {
                 .map(|p| dir.join(p))
                 .collect::<Vec<_>>(),
         )?;
-        let (set, errors) = crate::compile(&policies.sources, Some(dir.to_owned()))?;
-        if !errors.is_empty() {
-            for e in &errors {
-                print!("{e}");
-            }
-            bail!("{}: the suite's policies do not compile", file.display());
-        }
+        let set = crate::compile_all(
+            &format!("suite {}'s", file.display()),
+            &policies.sources,
+            Some(dir.to_owned()),
+        )?;
         for case in &suite.cases {
             let outcome = run_case(&set, &resources, case);
             let (result, detail) = match &outcome {

@@ -51,13 +51,7 @@ fn case_timeout() -> Duration {
 
 /// Starts the environment, runs `cases` against it, tears it down, and exits with libtest's code.
 pub fn run(options: EnvOptions, cases: Vec<Case>) -> ! {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    crate::init_logging(true);
     let args = Arguments::from_args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -23,6 +23,22 @@ pub use openbao::{KubernetesRole, OpenBao};
 pub use pki::{CertificateAuthority, ServingCert};
 pub use tools::Tools;
 
+/// Default log filter of the environment's binaries and suites: warnings, without kube's noise
+/// about connection attempts while the API server is still starting.
+const DEFAULT_LOG_FILTER: &str = "warn,kube_client::client::builder=off";
+
+/// Logs to stderr (or libtest's captured output when `for_tests`), filtered by `RUST_LOG`.
+pub fn init_logging(for_tests: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if for_tests {
+        builder.with_test_writer().try_init()
+    } else {
+        builder.with_writer(std::io::stderr).try_init()
+    };
+}
+
 /// A random lower-case hex string of `bytes * 2` characters (for unique names and test secrets).
 pub fn random_hex(bytes: usize) -> String {
     use std::io::Read;

@@ -603,6 +603,21 @@ impl PolicySet {
         )
     }
 
+    /// Compiles `sources` and fails unless every object compiles (for offline tools and CI,
+    /// where a partial set would hide a broken file).
+    pub fn compile_all(
+        sources: &Sources,
+        host: &PluginHost,
+        modules: &dyn ModuleResolver,
+    ) -> crate::Result<Self> {
+        let (set, errors) = Self::compile(sources, host, modules);
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(crate::Error::Compile(errors))
+        }
+    }
+
     /// `sha256:` digest of what this set enforces (the compiled objects' specs).
     pub fn digest(&self) -> &str {
         &self.inner.digest

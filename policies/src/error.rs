@@ -1,46 +1,19 @@
-use phantom_crds::Position;
+use crate::compile::ObjectErrors;
 
-/// Errors of the policy engine. Compile errors name the object, the field and the position;
-/// evaluation errors name the policy and the rule. None carries a secret value: inputs are pod
-/// specs and names, and messages quote expressions, never evaluated data.
+/// Errors of the policy engine's fallible entry points. Evaluation never fails as a whole: a
+/// failing rule or plugin becomes a denial in the [`crate::Decision`] (fail closed), and a
+/// refused key release is a [`crate::KeyReleaseRefusal`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{object}: {field}: {message}{}", position.as_ref().map(|p| format!(" (line {}, column {})", p.line, p.column)).unwrap_or_default())]
-    Compile {
-        object: String,
-        field: String,
-        message: String,
-        position: Option<Position>,
-    },
+    /// Objects that did not compile, each with every error (field and position).
+    #[error("{} object(s) do not compile:\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<String>())]
+    Compile(Vec<ObjectErrors>),
 
-    #[error("policy {policy}, rule {rule}: evaluation failed: {message}")]
-    Evaluation {
-        policy: String,
-        rule: String,
-        message: String,
-    },
-
-    #[error("policy {policy}, rule {rule}: cost budget exceeded: {message}")]
-    Budget {
-        policy: String,
-        rule: String,
-        message: String,
-    },
-
-    #[error("plugin {plugin}: {kind}")]
-    Plugin {
-        plugin: String,
-        kind: crate::wasm::PluginFailure,
-    },
-
-    #[error("the input is outside what the cost model allows: {0}; such objects are refused")]
-    InputTooLarge(String),
-
-    #[error("policy evaluation is overloaded ({0}); retry")]
-    Overloaded(String),
-
-    #[error("{0}")]
-    Input(String),
+    /// The WASM engine could not start (for example, the host refused its virtual memory reservation).
+    #[error(
+        "starting the WASM plugin host failed: {0}; check the process's virtual memory limit (ulimit -v)"
+    )]
+    Host(String),
 }
 
 /// Result with this crate's [`Error`].

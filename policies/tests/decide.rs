@@ -256,32 +256,30 @@ fn wasm_policy(name: &str, fixture: &str, sha: Option<&str>) -> (PhantomPolicy, 
     (p, modules)
 }
 
+/// Compiles one policy with the shop binding.
+fn compile_one(
+    policy: PhantomPolicy,
+    host: &PluginHost,
+    modules: &Modules,
+) -> (PolicySet, Vec<phantom_policies::ObjectErrors>) {
+    let sources = Sources {
+        policies: vec![policy],
+        bindings: vec![binding()],
+        ..Default::default()
+    };
+    PolicySet::compile(&sources, host, modules)
+}
+
 #[test]
 fn plugins_run_and_misbehaving_ones_fail_closed() {
     let host = PluginHost::new().expect("host");
     let (p, modules) = wasm_policy("allow", "allow.wat", None);
-    let (set, errors) = PolicySet::compile(
-        &Sources {
-            policies: vec![p],
-            bindings: vec![binding()],
-            ..Default::default()
-        },
-        &host,
-        &modules,
-    );
+    let (set, errors) = compile_one(p, &host, &modules);
     assert!(errors.is_empty(), "{errors:?}");
     assert!(set.decide(&input(pod("web", json!({})), json!({}))).inject);
 
     let (p, modules) = wasm_policy("looping", "loop.wat", None);
-    let (set, _) = PolicySet::compile(
-        &Sources {
-            policies: vec![p],
-            bindings: vec![binding()],
-            ..Default::default()
-        },
-        &host,
-        &modules,
-    );
+    let (set, _) = compile_one(p, &host, &modules);
     let d = set.decide(&input(pod("web", json!({})), json!({})));
     assert!(
         !d.allowed && d.denials[0].message.contains("time limit of 20 ms"),

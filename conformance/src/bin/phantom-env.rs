@@ -34,13 +34,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    phantom_conformance::init_logging(false);
     match Cli::parse().command {
         Command::Install => {
             let tools = tokio::task::spawn_blocking(Tools::ensure).await??;

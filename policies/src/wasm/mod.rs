@@ -166,7 +166,7 @@ impl ResourceLimiter for Limiter {
 
 impl PluginHost {
     /// A new host with its epoch ticker thread.
-    pub fn new() -> Result<Self, PluginFailure> {
+    pub fn new() -> crate::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         // A fresh instance per evaluation: the pooling allocator reuses pre-reserved slots instead
@@ -178,8 +178,7 @@ impl PluginHost {
             .total_tables(POOL_SLOTS)
             .max_memory_size(MAX_PLUGIN_MEMORY_BYTES);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config)
-            .map_err(|e| PluginFailure::InvalidModule(format!("engine: {e}")))?;
+        let engine = Engine::new(&config).map_err(|e| crate::Error::Host(e.to_string()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (ticking, flag) = (engine.clone(), stop.clone());
         std::thread::Builder::new()
@@ -190,7 +189,7 @@ impl PluginHost {
                     ticking.increment_epoch();
                 }
             })
-            .map_err(|e| PluginFailure::InvalidModule(format!("starting the epoch thread: {e}")))?;
+            .map_err(|e| crate::Error::Host(format!("starting the epoch thread: {e}")))?;
         Ok(Self {
             engine,
             modules: Arc::default(),
