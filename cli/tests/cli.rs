@@ -120,3 +120,68 @@ fn help_documents_every_subcommand() {
         assert!(out.contains(sub), "{out}");
     }
 }
+
+#[test]
+fn diff_takes_the_base_from_a_git_revision() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    let policies = repo.path().join("policies");
+    std::fs::create_dir(&policies).expect("mkdir");
+    std::fs::copy(
+        data("policies/payments.yaml"),
+        policies.join("payments.yaml"),
+    )
+    .expect("copy");
+    git(&["add", "."]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.invalid",
+        "commit",
+        "-qm",
+        "base",
+    ]);
+    // The working tree gets the stricter version; the base is the committed one.
+    std::fs::copy(
+        data("policies-v2/payments.yaml"),
+        policies.join("payments.yaml"),
+    )
+    .expect("copy");
+    let out = Command::new(env!("CARGO_BIN_EXE_phantomctl"))
+        .args([
+            "policy",
+            "diff",
+            "--base",
+            "HEAD",
+            "--head",
+            "policies",
+            "--resources",
+            &path("resources"),
+        ])
+        .current_dir(repo.path())
+        .output()
+        .expect("run phantomctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("**1 decision(s) change**") && text.contains("payments/no-latest"),
+        "{text}"
+    );
+}
