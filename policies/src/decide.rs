@@ -310,9 +310,7 @@ impl PolicySet {
             } else {
                 &mut decision.would_deny
             };
-            if o.selects_pod() || !o.denials.is_empty() {
-                target.extend(o.denials.iter().cloned());
-            }
+            target.extend(o.denials.iter().cloned());
             decision.warnings.extend(o.warnings.iter().cloned());
         }
         decision.would_inject = decision.matched.iter().any(|o| {
@@ -337,10 +335,7 @@ impl PolicySet {
                     .as_deref()
                     .is_none_or(|sa| sa == service_account)
             })
-            .filter(|b| {
-                b.spec.selector.pod_selector.is_none()
-                    || selector::matches(b.spec.selector.pod_selector.as_ref(), pod_labels)
-            })
+            .filter(|b| selector::matches(b.spec.selector.pod_selector.as_ref(), pod_labels))
             .map(|b| BindingRef {
                 namespace: namespace.to_owned(),
                 name: b.name_any(),
@@ -422,17 +417,20 @@ fn match_conditions(policy: &CompiledPolicy, ctx: &cel::Context) -> Result<bool,
     Ok(true)
 }
 
-/// Evaluates one rule; `Some` when it refuses.
-pub(crate) fn validate(policy: &CompiledPolicy, rule: &Rule, ctx: &cel::Context) -> Option<Denial> {
-    let message = match rule.expr.eval_bool(ctx) {
-        Ok(true) => return None,
-        Ok(false) => rule_message(rule, ctx),
-        Err(e) => format!(
+/// Evaluates one rule; `Some(message)` when it refuses (false, or failed to evaluate: fail closed).
+pub(crate) fn rule_failure(rule: &Rule, ctx: &cel::Context) -> Option<String> {
+    match rule.expr.eval_bool(ctx) {
+        Ok(true) => None,
+        Ok(false) => Some(rule_message(rule, ctx)),
+        Err(e) => Some(format!(
             "rule {} failed to evaluate: {e}; refusing (fail closed)",
             rule.name
-        ),
-    };
-    Some(Denial {
+        )),
+    }
+}
+
+fn validate(policy: &CompiledPolicy, rule: &Rule, ctx: &cel::Context) -> Option<Denial> {
+    rule_failure(rule, ctx).map(|message| Denial {
         policy: policy.name.clone(),
         rule: rule.name.clone(),
         message,
@@ -440,7 +438,7 @@ pub(crate) fn validate(policy: &CompiledPolicy, rule: &Rule, ctx: &cel::Context)
 }
 
 /// The message of a failed rule: messageExpression, then message, then the expression itself.
-pub(crate) fn rule_message(rule: &Rule, ctx: &cel::Context) -> String {
+fn rule_message(rule: &Rule, ctx: &cel::Context) -> String {
     rule.message_expr
         .as_ref()
         .and_then(|m: &Expression| m.eval_string(ctx).ok())

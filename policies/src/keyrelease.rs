@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::compile::PolicySet;
-use crate::decide::rule_message;
+use crate::decide::rule_failure;
 use crate::expr::{check_input_bounds, context};
 use crate::input::{KeyReleaseInput, labels};
 use crate::selector;
@@ -66,12 +66,8 @@ impl PolicySet {
                     )
                 })?;
             for rule in &policy.key_release {
-                match rule.expr.eval_bool(&ctx) {
-                    Ok(true) => {}
-                    Ok(false) => return Err(refuse(name, &rule.name, rule_message(rule, &ctx))),
-                    Err(e) => {
-                        return Err(refuse(name, &rule.name, format!("failed to evaluate: {e}")));
-                    }
+                if let Some(message) = rule_failure(rule, &ctx) {
+                    return Err(refuse(name, &rule.name, message));
                 }
             }
             let Some(req_name) = policy
@@ -117,22 +113,12 @@ impl PolicySet {
             let claims_ctx =
                 context(&[("attestation", attestation)]).map_err(|e| refuse(name, "input", e))?;
             for rule in &requirement.conditions {
-                match rule.expr.eval_bool(&claims_ctx) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(refuse(
-                            name,
-                            &format!("{}/{}", req_name.name, rule.name),
-                            rule_message(rule, &claims_ctx),
-                        ));
-                    }
-                    Err(e) => {
-                        return Err(refuse(
-                            name,
-                            &format!("{}/{}", req_name.name, rule.name),
-                            format!("failed to evaluate: {e}"),
-                        ));
-                    }
+                if let Some(message) = rule_failure(rule, &claims_ctx) {
+                    return Err(refuse(
+                        name,
+                        &format!("{}/{}", req_name.name, rule.name),
+                        message,
+                    ));
                 }
             }
         }
