@@ -9,6 +9,10 @@ pub enum Error {
     #[error("{} object(s) do not compile:\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<String>())]
     Compile(Vec<ObjectErrors>),
 
+    /// No evaluation slot became free in time; the caller should refuse (fail closed) and retry later.
+    #[error("policy evaluation is overloaded: {0}")]
+    Overloaded(String),
+
     /// The WASM engine could not start (for example, the host refused its virtual memory reservation).
     #[error(
         "starting the WASM plugin host failed: {0}; check the process's virtual memory limit (ulimit -v)"

@@ -6,6 +6,7 @@
 //!   position.
 //! * [`PolicySet::decide`] answers an admission question (pure: no Kubernetes client, no I/O).
 //! * [`PolicySet::check_key_release`] is the sidecar's last gate before releasing a value.
+//! * [`DecisionPool`] runs decisions off an async runtime, bounded, refusing when saturated.
 
 mod error;
 pub mod expr;
@@ -17,6 +18,7 @@ mod compile;
 mod decide;
 mod input;
 mod keyrelease;
+mod pool;
 mod selector;
 
 pub use canary::{bucket as canary_bucket, default_key as default_canary_key};
@@ -24,3 +26,4 @@ pub use compile::{ModuleResolver, Modules, ObjectErrors, PolicySet, Sources};
 pub use decide::{BindingRef, CanaryOutcome, Decision, Denial, MonitoringScope, PolicyOutcome};
 pub use input::{AdmissionInput, KeyReleaseInput, RequestInfo, UserInfo};
 pub use keyrelease::KeyReleaseRefusal;
+pub use pool::DecisionPool;
