@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test toolchain tools plugins crds env
+.PHONY: help demo test toolchain tools plugins images crds env
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ PLUGINS := phantom-plugin-require-labels phantom-plugin-no-privileged phantom-pl
 plugins: toolchain ## build the example WASM policy plugins (wasm32-unknown-unknown)
 	@rustup target list --installed | grep -q '^wasm32-unknown-unknown$$' || rustup target add wasm32-unknown-unknown
 	$(CARGO) build -q --release --target wasm32-unknown-unknown $(addprefix -p ,$(PLUGINS))
+
+images: toolchain ## build the node's OCI images (pause, busybox) into ~/.cache/phantom/images
+	$(CARGO) run -q -p phantom-conformance --bin phantom-env -- images
 
 crds: ## regenerate crds/yaml from the Rust types
 	$(CARGO) run -q -p phantom-crds --bin crdgen

@@ -5,8 +5,20 @@
 #
 # Idempotent: each tool is cached under ~/.cache/phantom/<tool>-<version> and skipped when present.
 # A lock serialises concurrent callers (two test binaries starting at once build only once).
-# Usage: install-tools.sh [--print-paths]
+# Usage: install-tools.sh [--with-node] [--print-paths]
+#   --with-node  also kube-scheduler + kubelet (same source) and containerd, runc, CNI plugins,
+#                busybox-static (Debian) for a node that runs real pods
 set -euo pipefail
+
+WITH_NODE=0
+PRINT_PATHS=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-node) WITH_NODE=1 ;;
+    --print-paths) PRINT_PATHS=1 ;;
+    *) echo "usage: $0 [--with-node] [--print-paths]" >&2; exit 2 ;;
+  esac
+done
 
 K8S_VERSION=1.20.2
 K8S_DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
@@ -16,6 +28,7 @@ CACHE="${PHANTOM_CACHE_DIR:-$HOME/.cache/phantom}"
 K8S_DIR="$CACHE/kubernetes-$K8S_VERSION"
 BAO_DIR="$CACHE/openbao-$BAO_VERSION"
 K8S_COMPONENTS=(kube-apiserver kube-controller-manager)
+[ "$WITH_NODE" = 1 ] && K8S_COMPONENTS+=(kube-scheduler kubelet)
 KUBECTL_DIR="$CACHE/kubectl-$K8S_VERSION"
 
 log() { echo "phantom-install: $*" >&2; }
@@ -36,6 +49,7 @@ apt_update_once() {
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_packages=(etcd-server etcd-client golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev)
+[ "$WITH_NODE" = 1 ] && apt_packages+=(containerd runc containernetworking-plugins busybox-static)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -123,13 +137,20 @@ if [ ! -x "$BAO_DIR/bin/bao" ]; then
   ln -sf "$real" "$BAO_DIR/bin/bao"
 fi
 
-if [ "${1:-}" = "--print-paths" ]; then
+if [ "$PRINT_PATHS" = 1 ]; then
   echo "KUBE_APISERVER=$K8S_DIR/bin/kube-apiserver"
   echo "KUBE_CONTROLLER_MANAGER=$K8S_DIR/bin/kube-controller-manager"
   echo "ETCD=$(command -v etcd)"
   echo "ETCDCTL=$(command -v etcdctl)"
   echo "KUBECTL=$KUBECTL_DIR/bin/kubectl"
   echo "BAO=$BAO_DIR/bin/bao"
+  if [ "$WITH_NODE" = 1 ]; then
+    echo "KUBE_SCHEDULER=$K8S_DIR/bin/kube-scheduler"
+    echo "KUBELET=$K8S_DIR/bin/kubelet"
+    echo "CONTAINERD=$(command -v containerd)"
+    echo "CTR=$(command -v ctr)"
+    echo "K8S_SOURCE=$CACHE/build-kubernetes-$K8S_VERSION/kubernetes-$K8S_VERSION"
+  fi
 fi
 [ "$changed" = 1 ] && log "tools ready under $CACHE"
 exit 0

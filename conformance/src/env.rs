@@ -21,6 +21,9 @@ pub struct EnvOptions {
     pub kubernetes_auth: bool,
     /// How long to wait for each component to become ready.
     pub ready_timeout: Duration,
+    /// Add a node (kube-scheduler + kubelet + containerd) that runs real pods. Needs root; see
+    /// [`crate::node::unsupported_reason`].
+    pub node: bool,
 }
 
 impl Default for EnvOptions {
@@ -29,13 +32,16 @@ impl Default for EnvOptions {
             controller_manager: true,
             kubernetes_auth: true,
             ready_timeout: Duration::from_secs(90),
+            node: false,
         }
     }
 }
 
 /// A running control plane + OpenBao. Dropping it stops every process and removes its directory.
 pub struct Env {
-    // Field order matters: processes stop before the directory they live in is removed.
+    // Field order matters: the node is torn down first (in `Drop`), then processes stop, then the
+    // directory they live in is removed.
+    node: Mutex<Option<crate::node::Node>>,
     processes: Mutex<Vec<ManagedProcess>>,
     dir: tempfile::TempDir,
     tools: Tools,
@@ -77,7 +83,8 @@ impl Env {
     /// when a port picked as free was taken by someone else in the meantime.
     pub async fn start_with(options: EnvOptions) -> Result<Self> {
         reap_stale_environments();
-        let tools = tokio::task::spawn_blocking(Tools::ensure)
+        let with_node = options.node;
+        let tools = tokio::task::spawn_blocking(move || Tools::ensure_with(with_node))
             .await
             .expect("installer thread panicked")?;
         let mut attempt = 1;
@@ -192,7 +199,8 @@ impl Env {
         ]);
         processes.push(ManagedProcess::spawn("openbao", bao, &d)?);
 
-        let env = Self {
+        let mut env = Self {
+            node: Mutex::new(None),
             processes: Mutex::new(processes),
             client: client_from_kubeconfig(&kubeconfig).await?,
             dir,
@@ -227,10 +235,11 @@ impl Env {
         if options.kubernetes_auth {
             env.configure_openbao_kubernetes_auth().await?;
         }
-        Ok(Self {
-            started_in: started.elapsed(),
-            ..env
-        })
+        if options.node {
+            env.start_node(&serving, options.ready_timeout).await?;
+        }
+        env.started_in = started.elapsed();
+        Ok(env)
     }
 
     /// Fails with the component's log when one of the processes has died.
@@ -239,7 +248,51 @@ impl Env {
             .lock()
             .expect("process list")
             .iter_mut()
-            .try_for_each(ManagedProcess::check_alive)
+            .try_for_each(ManagedProcess::check_alive)?;
+        self.node
+            .lock()
+            .expect("node")
+            .as_mut()
+            .map_or(Ok(()), crate::node::Node::check_processes)
+    }
+
+    async fn start_node(&self, serving: &crate::ServingCert, timeout: Duration) -> Result<()> {
+        use k8s_openapi::api::core::v1::Node as NodeObject;
+        let tools = self
+            .tools
+            .node
+            .clone()
+            .expect("node tools are installed when the node is requested");
+        let (dir, kubeconfig, serving) = (
+            self.dir().to_owned(),
+            self.kubeconfig.clone(),
+            serving.clone(),
+        );
+        let node = tokio::task::spawn_blocking(move || {
+            crate::node::Node::start(&tools, &dir, &kubeconfig, &serving)
+        })
+        .await
+        .expect("node start thread panicked")?;
+        *self.node.lock().expect("node") = Some(node);
+        let nodes: kube::Api<NodeObject> = kube::Api::all(self.client.clone());
+        let guard = || self.check_processes();
+        wait::until_guarded(
+            "the node to become Ready",
+            timeout,
+            Duration::from_millis(250),
+            guard,
+            || async {
+                let node = nodes.get_opt(crate::node::NODE_NAME).await?;
+                let ready = node
+                    .and_then(|n| n.status)
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                Ok::<_, kube::Error>(ready.then_some(()))
+            },
+        )
+        .await
     }
 
     async fn wait_for_apiserver(&self, timeout: Duration) -> Result<()> {
@@ -355,6 +408,14 @@ impl Env {
     /// The last lines of a component's log, e.g. `component_log_tail("kube-apiserver", 20)`.
     pub fn component_log_tail(&self, what: &str, lines: usize) -> String {
         log_tail(&self.dir().join(format!("{what}.log")), lines)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut node) = self.node.lock().map(|mut n| n.take()).unwrap_or(None) {
+            node.teardown();
+        }
     }
 }
 

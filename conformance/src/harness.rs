@@ -58,9 +58,13 @@ pub fn run(options: EnvOptions, cases: Vec<Case>) -> ! {
         .build()
         .expect("tokio runtime");
 
-    // Listing needs no environment.
-    let env = if args.list {
-        Err("not started for --list".to_owned())
+    // Listing needs no environment, and a node cannot run everywhere: skip, saying why.
+    let skip = options.node.then(crate::node::unsupported_reason).flatten();
+    if let Some(reason) = &skip {
+        eprintln!("phantom-conformance: SKIPPING every case of this suite: {reason}");
+    }
+    let env = if args.list || skip.is_some() {
+        Err("not started".to_owned())
     } else {
         runtime
             .block_on(Env::start_with(options))
@@ -81,6 +85,7 @@ pub fn run(options: EnvOptions, cases: Vec<Case>) -> ! {
         .map(|case| {
             let env = env.clone();
             let handle = runtime.handle().clone();
+            let skipped = skip.is_some();
             Trial::test(case.name, move || {
                 let env = env.map_err(|e| {
                     Failed::from(format!("the test environment did not start: {e}"))
@@ -97,6 +102,7 @@ pub fn run(options: EnvOptions, cases: Vec<Case>) -> ! {
                     ))),
                 }
             })
+            .with_ignored_flag(skipped)
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);

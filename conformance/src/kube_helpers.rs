@@ -239,6 +239,31 @@ impl Env {
         .await
     }
 
+    /// A container's log as the kubelet wrote it (`/var/log/pods/<ns>_<pod>_<uid>/<container>/0.log`;
+    /// `kubectl logs` cannot reach a loopback-only kubelet). Empty when nothing was written yet.
+    pub async fn container_log(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> Result<String> {
+        let uid = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(self.client(), namespace)
+            .get(pod)
+            .await
+            .map_err(Error::kube(format!("reading pod {namespace}/{pod}")))?
+            .metadata
+            .uid
+            .unwrap_or_default();
+        let dir = std::path::Path::new("/var/log/pods")
+            .join(format!("{namespace}_{pod}_{uid}"))
+            .join(container);
+        let mut text = String::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+        Ok(text)
+    }
+
     /// Indexes of the `needles` that appear in an etcd dump, raw or base64-encoded. Indexes
     /// rather than the needles themselves, so a failing assertion does not print a secret.
     pub fn etcd_contains_any(&self, needles: &[&str]) -> Result<Vec<usize>> {

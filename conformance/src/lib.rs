@@ -9,7 +9,9 @@
 mod env;
 mod error;
 pub mod harness;
+mod images;
 mod kube_helpers;
+pub mod node;
 mod openbao;
 mod pki;
 mod process;
@@ -18,6 +20,7 @@ pub mod wait;
 
 pub use env::{Env, EnvOptions};
 pub use error::{Error, Result};
+pub use images::{ImageSpec, build_oci_tar};
 pub use kube_helpers::PodIdentity;
 pub use openbao::{KubernetesRole, OpenBao};
 pub use pki::{CertificateAuthority, ServingCert};

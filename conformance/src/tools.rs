@@ -15,6 +15,8 @@ pub struct Tools {
     pub kube_controller_manager: PathBuf,
     pub kubectl: PathBuf,
     pub bao: PathBuf,
+    /// Present when installed with the node (kubelet, scheduler, containerd).
+    pub node: Option<crate::node::NodeTools>,
 }
 
 impl Tools {
@@ -27,9 +29,15 @@ impl Tools {
     /// paths. Blocking: the first run builds Kubernetes from source, which takes minutes. The
     /// script holds a lock, so concurrent callers build once.
     pub fn ensure() -> Result<Self> {
+        Self::ensure_with(false)
+    }
+
+    /// [`Tools::ensure`], plus the node's tools when `node` is set.
+    pub fn ensure_with(node: bool) -> Result<Self> {
         let script = Self::script();
         let out = Command::new("bash")
             .arg(&script)
+            .args(node.then_some("--with-node"))
             .arg("--print-paths")
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
@@ -63,6 +71,16 @@ impl Tools {
             kube_controller_manager: get("KUBE_CONTROLLER_MANAGER")?,
             kubectl: get("KUBECTL")?,
             bao: get("BAO")?,
+            node: match node {
+                false => None,
+                true => Some(crate::node::NodeTools {
+                    kube_scheduler: get("KUBE_SCHEDULER")?,
+                    kubelet: get("KUBELET")?,
+                    containerd: get("CONTAINERD")?,
+                    ctr: get("CTR")?,
+                    k8s_source: get("K8S_SOURCE")?,
+                }),
+            },
         })
     }
 }

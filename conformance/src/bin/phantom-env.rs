@@ -21,8 +21,13 @@ struct Cli {
 enum Command {
     /// Install (or verify) the cached tools: etcd, kube-apiserver, kube-controller-manager, kubectl, bao.
     Install,
+    /// Build the node's OCI images (pause, busybox) into the cache; every node imports them.
+    Images,
     /// Start the environment and keep it running until Ctrl-C.
     Up {
+        /// Add a node (kubelet + containerd) that runs real pods (needs root).
+        #[arg(long, env = "PHANTOM_ENV_NODE")]
+        node: bool,
         /// Do not install Phantom's CRDs.
         #[arg(long, env = "PHANTOM_ENV_NO_CRDS")]
         no_crds: bool,
@@ -40,10 +45,30 @@ async fn main() -> anyhow::Result<()> {
             let tools = tokio::task::spawn_blocking(Tools::ensure).await??;
             println!("{tools:#?}");
         }
-        Command::Up { no_crds, env_file } => {
-            let env = Env::start_with(EnvOptions::default())
-                .await
-                .context("starting the environment")?;
+        Command::Images => {
+            let tools = tokio::task::spawn_blocking(|| Tools::ensure_with(true)).await??;
+            let node_tools = tools
+                .node
+                .context("the installer did not report the node's tools")?;
+            for (spec, tar) in tokio::task::spawn_blocking(move || {
+                phantom_conformance::node::image_tarballs(&node_tools)
+            })
+            .await??
+            {
+                println!("{} {}", spec.reference(), tar.display());
+            }
+        }
+        Command::Up {
+            no_crds,
+            env_file,
+            node,
+        } => {
+            let env = Env::start_with(EnvOptions {
+                node,
+                ..EnvOptions::default()
+            })
+            .await
+            .context("starting the environment")?;
             if !no_crds {
                 env.install_crds()
                     .await
