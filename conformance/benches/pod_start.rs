@@ -22,7 +22,10 @@ fn main() {
         println!("skipped: {reason}");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let env = Env::start_with(EnvOptions { node: true, ..EnvOptions::default() }).await.expect("environment with a node");
         println!("Env::start() with a node (node Ready, images imported): {:.2?}", env.started_in());
