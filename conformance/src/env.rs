@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::pki::{CertificateAuthority, signing_key_pem};
-use crate::process::{ENV_DIR_PREFIX, ManagedProcess, log_tail, reap_stale_environments};
+use crate::process::{ENV_DIR_PREFIX, ManagedProcess, log_tail, reap_stale_environments, write};
 use crate::{Error, OpenBao, Result, Tools, wait};
 
 /// Options of [`Env::start_with`].
@@ -67,10 +67,6 @@ fn free_port() -> Result<u16> {
         .local_addr()
         .map_err(Error::io("finding a free loopback port"))?
         .port())
-}
-
-fn write(path: &Path, contents: &str) -> Result<()> {
-    std::fs::write(path, contents).map_err(Error::io(format!("writing {}", path.display())))
 }
 
 impl Env {
@@ -380,19 +376,15 @@ impl Env {
 
     /// Every key and value in etcd (`etcdctl get --prefix ""`), the raw bytes.
     pub fn etcd_dump(&self) -> Result<Vec<u8>> {
-        let out = Command::new(&self.tools.etcdctl)
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.etcd_endpoint, "get", "--prefix", ""])
-            .output()
-            .map_err(Error::io("running etcdctl"))?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                command: "etcdctl get --prefix \"\"".into(),
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        Ok(out.stdout)
+        let mut etcdctl = Command::new(&self.tools.etcdctl);
+        etcdctl.env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            &self.etcd_endpoint,
+            "get",
+            "--prefix",
+            "",
+        ]);
+        Ok(crate::process::run_checked(&mut etcdctl, "etcdctl get --prefix \"\"")?.stdout)
     }
 
     /// Log files of every component started so far.

@@ -8,6 +8,7 @@ use std::process::Command;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::process::run_checked;
 use crate::{Error, Result};
 
 /// An image to build: files copied into an empty root filesystem.
@@ -35,17 +36,23 @@ fn sha256_file(path: &Path) -> Result<(String, u64)> {
     Ok((hex::encode(Sha256::digest(&bytes)), bytes.len() as u64))
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd.output().map_err(Error::io(format!("running {what}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Command {
-            command: what.to_owned(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
-    }
+/// Tars the contents of `dir` into `out` with fixed owners and times, so equal inputs give
+/// byte-identical tarballs (and image digests).
+fn deterministic_tar(dir: &Path, out: &Path, what: &str) -> Result<()> {
+    let mut tar = Command::new("tar");
+    tar.args([
+        "--sort=name",
+        "--mtime=@0",
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+        "-C",
+    ])
+    .arg(dir)
+    .arg("-cf")
+    .arg(out)
+    .arg(".");
+    run_checked(&mut tar, what).map(drop)
 }
 
 /// Builds `spec` as an OCI layout tarball at `out` (deterministic file times).
@@ -64,7 +71,7 @@ pub fn build_oci_tar(spec: &ImageSpec, work: &Path, out: &Path) -> Result<()> {
             "copying {} into the image",
             src.display()
         )))?;
-        run(
+        run_checked(
             Command::new("chmod").arg(format!("{mode:o}")).arg(&to),
             "chmod",
         )?;
@@ -76,22 +83,7 @@ pub fn build_oci_tar(spec: &ImageSpec, work: &Path, out: &Path) -> Result<()> {
         std::os::unix::fs::symlink(target, &at).map_err(Error::io(format!("linking {link}")))?;
     }
     let layer = work.join("layer.tar");
-    run(
-        Command::new("tar")
-            .args([
-                "--sort=name",
-                "--mtime=@0",
-                "--owner=0",
-                "--group=0",
-                "--numeric-owner",
-                "-C",
-            ])
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&layer)
-            .arg("."),
-        "tar (layer)",
-    )?;
+    deterministic_tar(&rootfs, &layer, "tar (layer)")?;
     let (layer_digest, layer_size) = sha256_file(&layer)?;
     std::fs::rename(&layer, blobs.join(&layer_digest))
         .map_err(Error::io("moving the layer blob"))?;
@@ -126,22 +118,7 @@ pub fn build_oci_tar(spec: &ImageSpec, work: &Path, out: &Path) -> Result<()> {
         r#"{"imageLayoutVersion":"1.0.0"}"#,
     )
     .map_err(Error::io("writing oci-layout"))?;
-    run(
-        Command::new("tar")
-            .args([
-                "--sort=name",
-                "--mtime=@0",
-                "--owner=0",
-                "--group=0",
-                "--numeric-owner",
-                "-C",
-            ])
-            .arg(&layout)
-            .arg("-cf")
-            .arg(out)
-            .arg("."),
-        "tar (layout)",
-    )
+    deterministic_tar(&layout, out, "tar (layout)")
 }
 
 #[cfg(test)]

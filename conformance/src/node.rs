@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::images::{ImageSpec, build_oci_tar};
-use crate::process::ManagedProcess;
+use crate::process::{ManagedProcess, run_checked, write};
 use crate::{Error, Result};
 
 /// Name of the node in the API.
@@ -79,17 +79,9 @@ fn log_entries() -> Vec<PathBuf> {
         .collect()
 }
 
-fn write(path: &Path, contents: &str) -> Result<()> {
-    std::fs::write(path, contents).map_err(Error::io(format!("writing {}", path.display())))
-}
-
 /// Takes the machine-wide node lock, waiting up to `timeout`.
 fn lock(timeout: Duration) -> Result<File> {
-    let cache = std::env::var_os("PHANTOM_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/phantom")
-        });
+    let cache = crate::tools::cache_dir();
     std::fs::create_dir_all(&cache).map_err(Error::io("creating the cache dir"))?;
     let path = cache.join("node.lock");
     let file = File::create(&path).map_err(Error::io(format!("opening {}", path.display())))?;
@@ -116,29 +108,14 @@ fn lock(timeout: Duration) -> Result<File> {
 
 /// Builds (once, cached) the image tarballs the node imports.
 pub fn image_tarballs(tools: &NodeTools) -> Result<Vec<(ImageSpec, PathBuf)>> {
-    let cache = std::env::var_os("PHANTOM_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/phantom")
-        })
-        .join("images");
+    let cache = crate::tools::cache_dir().join("images");
     std::fs::create_dir_all(&cache).map_err(Error::io("creating the image cache"))?;
     let pause_bin = cache.join("pause-1.20.2.bin");
     if !pause_bin.exists() {
         let src = tools.k8s_source.join("build/pause/linux/pause.c");
-        let out = Command::new("gcc")
-            .args(["-Os", "-static", "-o"])
-            .arg(&pause_bin)
-            .arg(&src)
-            .output()
-            .map_err(Error::io("running gcc"))?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                command: format!("gcc -static {}", src.display()),
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
+        let mut gcc = Command::new("gcc");
+        gcc.args(["-Os", "-static", "-o"]).arg(&pause_bin).arg(&src);
+        run_checked(&mut gcc, &format!("gcc -static {}", src.display()))?;
     }
     let specs = vec![
         ImageSpec {
@@ -278,19 +255,11 @@ impl Node {
             std::thread::sleep(Duration::from_millis(100));
         }
         for (spec, tar) in image_tarballs(tools)? {
-            let out = node
-                .ctr()
+            let mut import = node.ctr();
+            import
                 .args(["images", "import", "--base-name", &spec.name])
-                .arg(&tar)
-                .output()
-                .map_err(Error::io("ctr images import"))?;
-            if !out.status.success() {
-                return Err(Error::Command {
-                    command: format!("ctr images import {}", tar.display()),
-                    status: out.status,
-                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-                });
-            }
+                .arg(&tar);
+            run_checked(&mut import, &format!("ctr images import {}", tar.display()))?;
         }
 
         write(&dir.join("kubelet.crt"), &serving.cert_pem)?;

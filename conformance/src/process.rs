@@ -78,6 +78,25 @@ impl Drop for ManagedProcess {
     }
 }
 
+/// Writes a file of the environment, naming it in the error.
+pub(crate) fn write(path: &Path, contents: &str) -> Result<()> {
+    std::fs::write(path, contents).map_err(Error::io(format!("writing {}", path.display())))
+}
+
+/// Runs `cmd` to completion; a non-zero exit becomes [`Error::Command`] with its stderr.
+pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
+    let out = cmd.output().map_err(Error::io(format!("running {what}")))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(Error::Command {
+            command: what.to_owned(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
 /// The last `lines` lines of a log file.
 pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

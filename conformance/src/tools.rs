@@ -6,6 +6,16 @@ use std::process::{Command, Stdio};
 
 use crate::{Error, Result};
 
+/// The tool cache, `~/.cache/phantom` unless `PHANTOM_CACHE_DIR` says otherwise (the install
+/// script reads the same variable).
+pub(crate) fn cache_dir() -> PathBuf {
+    std::env::var_os("PHANTOM_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/phantom")
+        })
+}
+
 /// Paths of the cached tools.
 #[derive(Debug, Clone)]
 pub struct Tools {
