@@ -491,5 +491,14 @@ async fn no_secret_value_reaches_etcd(env: Arc<Env>) -> anyhow::Result<()> {
         !found.contains(&0),
         "the secret value was found in the etcd dump"
     );
+    // Nor in any component's log (API server, controller-manager, etcd, OpenBao).
+    for log in env.component_logs() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        ensure!(
+            !text.contains(&value),
+            "the secret value appears in {}",
+            log.display()
+        );
+    }
     Ok(())
 }
