@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use phantom_policies::{AdmissionInput, Decision, PolicySet, RequestInfo};
+use phantom_policies::{Decision, PolicySet};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::load::Loaded;
 
@@ -61,25 +61,7 @@ fn summary(d: &Decision) -> String {
 }
 
 fn decide(set: &PolicySet, resources: &Loaded, pod: &Value) -> Decision {
-    let ns = pod
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let namespace = resources
-        .namespaces
-        .get(ns)
-        .cloned()
-        .unwrap_or_else(|| json!({"metadata": {"name": ns}}));
-    set.decide(&AdmissionInput {
-        object: pod.clone(),
-        old_object: None,
-        namespace_object: Some(namespace),
-        request: RequestInfo {
-            operation: "CREATE".into(),
-            namespace: ns.to_owned(),
-            ..Default::default()
-        },
-    })
+    set.decide(&resources.admission_input(pod, None, ""))
 }
 
 /// Prints the report; `Ok(true)` always (a diff is information, not a failure).

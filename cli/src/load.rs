@@ -38,6 +38,37 @@ pub fn yaml_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 impl Loaded {
+    /// The CREATE admission request for `pod`, with its Namespace from these resources (or
+    /// `namespace` when given, or a bare one) and `username` as the requester.
+    pub fn admission_input(
+        &self,
+        pod: &Value,
+        namespace: Option<Value>,
+        username: &str,
+    ) -> phantom_policies::AdmissionInput {
+        let ns = pod
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let namespace = namespace
+            .or_else(|| self.namespaces.get(ns).cloned())
+            .unwrap_or_else(|| serde_json::json!({"metadata": {"name": ns}}));
+        phantom_policies::AdmissionInput {
+            object: pod.clone(),
+            old_object: None,
+            namespace_object: Some(namespace),
+            request: phantom_policies::RequestInfo {
+                operation: "CREATE".into(),
+                namespace: ns.to_owned(),
+                user_info: phantom_policies::UserInfo {
+                    username: username.to_owned(),
+                    groups: vec![],
+                },
+                ..Default::default()
+            },
+        }
+    }
+
     /// Adds every document of `text` (from `origin`, for messages).
     pub fn add_text(&mut self, origin: &str, text: &str) -> anyhow::Result<()> {
         for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {

@@ -20,9 +20,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use phantom_crds::InjectionMode;
-use phantom_policies::{AdmissionInput, RequestInfo};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,35 +147,11 @@ fn run_case(
         .find(|(key, _)| key == &case.pod)
         .map(|(_, p)| p.clone())
         .with_context(|| format!("no pod {} in the suite's resources", case.pod))?;
-    let ns_name = pod
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default")
-        .to_owned();
-    let namespace = match &case.namespace {
-        Some(ns) => {
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns.name, "labels": ns.labels}})
-        }
-        None => resources
-            .namespaces
-            .get(&ns_name)
-            .cloned()
-            .unwrap_or_else(|| json!({"metadata": {"name": ns_name}})),
-    };
-    let input = AdmissionInput {
-        object: pod,
-        old_object: None,
-        namespace_object: Some(namespace),
-        request: RequestInfo {
-            operation: "CREATE".into(),
-            namespace: ns_name,
-            user_info: phantom_policies::UserInfo {
-                username: case.user.clone().unwrap_or_default(),
-                groups: vec![],
-            },
-            ..Default::default()
-        },
-    };
+    let namespace = case.namespace.as_ref().map(|ns| {
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns.name, "labels": ns.labels}})
+    });
+    let input =
+        resources.admission_input(&pod, namespace, case.user.as_deref().unwrap_or_default());
     let d = set.decide(&input);
     let mut problems = Vec::new();
     let mut check = |what: &str, expected: Option<String>, actual: String| {

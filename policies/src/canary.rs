@@ -3,7 +3,8 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// Bucket 0..100 of `key` for `policy`.
+/// Bucket 0..100 of `key` for `policy`; the key is inside a canary of `percent` when the bucket
+/// is below it.
 pub fn bucket(policy: &str, key: &str) -> u8 {
     let digest = Sha256::new()
         .chain_update(policy.as_bytes())
@@ -13,11 +14,6 @@ pub fn bucket(policy: &str, key: &str) -> u8 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     (u64::from_be_bytes(first) % 100) as u8
-}
-
-/// Whether `key` is inside a canary of `percent` for `policy`.
-pub fn selected(policy: &str, key: &str, percent: u8) -> bool {
-    bucket(policy, key) < percent
 }
 
 /// The default canary key: the pod's workload, so all replicas of a Deployment share one answer.
@@ -89,18 +85,13 @@ mod tests {
         let keys: Vec<String> = (0..10_000)
             .map(|i| format!("ns/Deployment/app-{i}"))
             .collect();
-        let chosen = keys.iter().filter(|k| selected("p", k, 30)).count();
+        let selected = |k: &str, percent: u8| bucket("p", k) < percent;
+        let chosen = keys.iter().filter(|k| selected(k, 30)).count();
         assert!(
             (2_800..=3_200).contains(&chosen),
             "30% of 10000 selected {chosen}"
         );
-        assert!(
-            keys.iter()
-                .all(|k| selected("p", k, 30) == selected("p", k, 30))
-        );
-        assert!(
-            keys.iter()
-                .all(|k| !selected("p", k, 0) && selected("p", k, 100))
-        );
+        assert!(keys.iter().all(|k| selected(k, 30) == selected(k, 30)));
+        assert!(keys.iter().all(|k| !selected(k, 0) && selected(k, 100)));
     }
 }

@@ -208,7 +208,7 @@ impl PolicySet {
                 match key {
                     Ok(key) => {
                         let bucket = canary::bucket(&policy.name, &key);
-                        let selected = canary::selected(&policy.name, &key, canary.percent);
+                        let selected = bucket < canary.percent;
                         outcome.canary = Some(CanaryOutcome {
                             percent: canary.percent,
                             key,
