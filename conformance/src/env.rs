@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::pki::{CertificateAuthority, signing_key_pem};
-use crate::process::{ENV_DIR_PREFIX, ManagedProcess, log_tail, reap_stale_environments, write};
+use crate::process::{ENV_DIR_PREFIX, ManagedProcess, reap_stale_environments, write};
 use crate::{Error, OpenBao, Result, Tools, wait};
 
 /// Options of [`Env::start_with`].
@@ -395,11 +395,6 @@ impl Env {
             .iter()
             .map(|p| p.log.clone())
             .collect()
-    }
-
-    /// The last lines of a component's log, e.g. `component_log_tail("kube-apiserver", 20)`.
-    pub fn component_log_tail(&self, what: &str, lines: usize) -> String {
-        log_tail(&self.dir().join(format!("{what}.log")), lines)
     }
 }
 

@@ -390,3 +390,18 @@ spec:
     };
     assert_eq!(set.check_key_release(&policies, &good), Ok(()));
 }
+
+#[test]
+fn bindings_are_admitted_by_the_policies_covering_their_namespace() {
+    let monitored = PAYMENTS
+        .replace("name: payments", "name: dry-run")
+        .replace("  rules:", "  enforcement: monitor\n  rules:");
+    let set = set(vec![policy(PAYMENTS), policy(&monitored)]);
+    let ns = |labels: Value| json!({"metadata": {"name": "shop", "labels": labels}});
+    assert_eq!(
+        set.policies_admitting(&ns(ENABLED())),
+        vec!["payments".to_owned()],
+        "monitor policies admit nothing"
+    );
+    assert!(set.policies_admitting(&ns(json!({}))).is_empty());
+}
