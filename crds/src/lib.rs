@@ -13,6 +13,7 @@ mod binding;
 mod common;
 mod policy;
 mod render;
+pub mod wellknown;
 
 pub use attestation::*;
 pub use binding::*;

@@ -623,6 +623,12 @@ impl PolicySet {
         &self.inner.digest
     }
 
+    /// The plugin host the set evaluates on (compile a candidate on the same host to share its
+    /// module cache).
+    pub fn plugin_host(&self) -> &PluginHost {
+        &self.inner.host
+    }
+
     /// Names of the compiled policies, sorted.
     pub fn policy_names(&self) -> Vec<&str> {
         self.inner

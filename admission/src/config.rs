@@ -1,0 +1,87 @@
+//! What the webhook injects and which namespaces it serves. Built from flags by the binary; plain
+//! data so that `mutate` and the review logic stay free of I/O.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use phantom_crds::wellknown::{INJECT_DISABLED, INJECT_ENABLED, INJECT_LABEL};
+
+/// Images and settings of the injected containers and volumes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InjectConfig {
+    /// Image of the sidecar; its entrypoint is `/phantom-proxy`.
+    pub proxy_image: String,
+    /// Image holding `/phantom-exec`, copied by the init container into the shared volume.
+    pub exec_image: String,
+    /// `IfNotPresent` in clusters with a registry; `Never` for locally imported images.
+    pub image_pull_policy: String,
+    /// OpenBao address handed to the sidecar, e.g. `https://openbao.example:8200`.
+    pub openbao_address: String,
+    /// Audience of the projected ServiceAccount token the sidecar presents to OpenBao.
+    pub openbao_audience: String,
+    /// Lifetime the kubelet gives the projected token (it rotates it at 80 %).
+    pub token_expiration_seconds: i64,
+    /// Size limit of the secrets volume when the policy sets none.
+    pub default_tmpfs_size: String,
+    /// Resources of the sidecar when the policy sets none.
+    pub proxy_resources: ResourceRequirements,
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        Self {
+            proxy_image: "phantom.local/phantom-proxy:dev".into(),
+            exec_image: "phantom.local/phantom-exec:dev".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            openbao_address: "https://openbao:8200".into(),
+            openbao_audience: phantom_crds::default_audience(),
+            token_expiration_seconds: 3600,
+            default_tmpfs_size: "1Mi".into(),
+            proxy_resources: resources("10m", "16Mi", "32Mi"),
+        }
+    }
+}
+
+/// Requests of `cpu`/`memory` and a memory limit equal to `memory_limit`.
+pub fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.into())),
+            ("memory".to_owned(), Quantity(memory.into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity(memory_limit.into()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// Which namespaces the webhook acts in. The webhook configuration's namespaceSelector is the
+/// coarse filter; this is checked again here so that a broader configuration (or a namespace
+/// relabelled after the fact) cannot make Phantom act where it was not asked to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// `key=value` a namespace must carry for Phantom to act.
+    pub enable_label: (String, String),
+    /// `key=value` that opts a namespace out even when it carries the enable label.
+    pub opt_out_label: (String, String),
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            enable_label: (INJECT_LABEL.into(), INJECT_ENABLED.into()),
+            opt_out_label: (INJECT_LABEL.into(), INJECT_DISABLED.into()),
+        }
+    }
+}
+
+/// Parses `key=value`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected key=value, got {s:?}")),
+    }
+}

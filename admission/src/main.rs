@@ -1,0 +1,138 @@
+//! `phantom-admission`: the mutating/validating webhook server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use phantom_admission::app::{Settings, launch};
+use phantom_admission::config::{InjectConfig, Selection, parse_label};
+use phantom_admission::server::ServerOptions;
+
+/// Phantom's admission webhook: injects the Phantom sidecar into pods as the compiled
+/// PhantomPolicies decide (fail closed), and validates Phantom's own resources.
+#[derive(Parser, Debug)]
+#[command(name = "phantom-admission", version)]
+struct Args {
+    /// HTTPS address of the webhook (POST /mutate, POST /validate).
+    #[arg(long, env = "PHANTOM_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Plain HTTP address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "PHANTOM_HEALTH_LISTEN", default_value = "0.0.0.0:8080")]
+    health_listen: SocketAddr,
+    /// PEM serving certificate (chain); re-read when it changes.
+    #[arg(long, env = "PHANTOM_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// PEM private key of the serving certificate; re-read when it changes.
+    #[arg(long, env = "PHANTOM_TLS_KEY")]
+    tls_key: PathBuf,
+    /// Seconds between checks of the certificate files.
+    #[arg(long, env = "PHANTOM_TLS_RELOAD_SECONDS", default_value_t = 5)]
+    tls_reload_seconds: u64,
+    /// Image of the sidecar (entrypoint /phantom-proxy).
+    #[arg(long, env = "PHANTOM_PROXY_IMAGE", default_value = "phantom.local/phantom-proxy:dev")]
+    proxy_image: String,
+    /// Image holding /phantom-exec, copied into each pod by the init container.
+    #[arg(long, env = "PHANTOM_EXEC_IMAGE", default_value = "phantom.local/phantom-exec:dev")]
+    exec_image: String,
+    /// imagePullPolicy of the injected containers (Never for locally imported images).
+    #[arg(long, env = "PHANTOM_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    image_pull_policy: String,
+    /// OpenBao address handed to the sidecar.
+    #[arg(long, env = "PHANTOM_OPENBAO_ADDR", default_value = "https://openbao:8200")]
+    openbao_addr: String,
+    /// Audience of the projected ServiceAccount token the sidecar presents to OpenBao.
+    #[arg(long, env = "PHANTOM_OPENBAO_AUDIENCE", default_value = "openbao")]
+    openbao_audience: String,
+    /// Size limit of the memory-backed secrets volume when the policy sets none.
+    #[arg(long, env = "PHANTOM_TMPFS_SIZE", default_value = "1Mi")]
+    tmpfs_size: String,
+    /// Namespace label (key=value) that enables Phantom.
+    #[arg(long, env = "PHANTOM_ENABLE_LABEL", default_value = "phantom.dev/inject=enabled", value_parser = parse_label)]
+    enable_label: (String, String),
+    /// Namespace label (key=value) that opts a namespace out.
+    #[arg(long, env = "PHANTOM_OPT_OUT_LABEL", default_value = "phantom.dev/inject=disabled", value_parser = parse_label)]
+    opt_out_label: (String, String),
+    /// Decisions evaluated at once.
+    #[arg(long, env = "PHANTOM_CONCURRENCY", default_value_t = 8)]
+    concurrency: usize,
+    /// Milliseconds one evaluation may take (queueing included) before the pod is refused.
+    #[arg(long, env = "PHANTOM_EVALUATION_TIMEOUT_MS", default_value_t = 2000)]
+    evaluation_timeout_ms: u64,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "PHANTOM_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Seconds in-flight requests get to finish at shutdown.
+    #[arg(long, env = "PHANTOM_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    shutdown_grace_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "PHANTOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let mut settings = Settings::new(args.tls_cert, args.tls_key);
+    settings.server = ServerOptions {
+        listen: args.listen,
+        health_listen: args.health_listen,
+        max_body_bytes: args.max_body_bytes,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+        ..ServerOptions::default()
+    };
+    settings.cert_reload_interval = Duration::from_secs(args.tls_reload_seconds.max(1));
+    settings.inject = InjectConfig {
+        proxy_image: args.proxy_image,
+        exec_image: args.exec_image,
+        image_pull_policy: args.image_pull_policy,
+        openbao_address: args.openbao_addr,
+        openbao_audience: args.openbao_audience,
+        default_tmpfs_size: args.tmpfs_size,
+        ..InjectConfig::default()
+    };
+    settings.selection = Selection {
+        enable_label: args.enable_label,
+        opt_out_label: args.opt_out_label,
+    };
+    settings.concurrency = args.concurrency;
+    settings.evaluation_timeout = Duration::from_millis(args.evaluation_timeout_ms);
+
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration: run in a pod with a ServiceAccount, or set KUBECONFIG")?;
+    let launched = launch(client, settings).await?;
+    terminated().await;
+    tracing::info!("shutting down: finishing in-flight reviews");
+    launched.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! Prometheus metrics, `phantom_admission_*`. Labels carry endpoints, outcomes and namespace
+//! names only: never pod specs, never anything a secret could hide in.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+type HistogramFamily = Family<EndpointLabels, Histogram, fn() -> Histogram>;
+
+/// The webhook's metrics and their registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Request latency by endpoint (`mutate`, `validate`).
+    pub latency: HistogramFamily,
+    /// Pod decisions by outcome (`injected`, `denied`, `not-selected`, `opted-out`, `bypassed`,
+    /// `already-injected`, `out-of-scope`, `error`).
+    pub decisions: Family<OutcomeLabels, Counter>,
+    /// Injected pods by namespace.
+    pub injections: Family<NamespaceLabels, Counter>,
+    /// Pods admitted through the namespace override, by namespace.
+    pub overrides: Family<NamespaceLabels, Counter>,
+    /// Requests answered 4xx (malformed AdmissionReviews), by endpoint.
+    pub bad_requests: Family<EndpointLabels, Counter>,
+    /// Validation verdicts on Phantom's resources by outcome (`allowed`, `denied`).
+    pub validations: Family<OutcomeLabels, Counter>,
+    /// Generation of the policy set in force.
+    pub policy_generation: Gauge,
+    /// Objects whose current version does not compile.
+    pub policy_errors: Gauge,
+    /// Objects enforced at a previous version because the current one does not compile.
+    pub policies_held_back: Gauge,
+    /// Serving-certificate reloads by outcome (`ok`, `error`).
+    pub certificate_reloads: Family<OutcomeLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("phantom_admission");
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let m = Self {
+            latency,
+            decisions: Family::default(),
+            injections: Family::default(),
+            overrides: Family::default(),
+            bad_requests: Family::default(),
+            validations: Family::default(),
+            policy_generation: Gauge::default(),
+            policy_errors: Gauge::default(),
+            policies_held_back: Gauge::default(),
+            certificate_reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer an AdmissionReview",
+            m.latency.clone(),
+        );
+        registry.register("decisions", "Pod decisions by outcome", m.decisions.clone());
+        registry.register("injections", "Injected pods by namespace", m.injections.clone());
+        registry.register(
+            "overrides",
+            "Pods admitted without injection through the namespace override label",
+            m.overrides.clone(),
+        );
+        registry.register(
+            "bad_requests",
+            "Malformed requests answered with 4xx",
+            m.bad_requests.clone(),
+        );
+        registry.register(
+            "validations",
+            "Verdicts on Phantom's own resources",
+            m.validations.clone(),
+        );
+        registry.register(
+            "policy_generation",
+            "Generation of the policy set in force",
+            m.policy_generation.clone(),
+        );
+        registry.register(
+            "policy_errors",
+            "Objects whose current version does not compile",
+            m.policy_errors.clone(),
+        );
+        registry.register(
+            "policies_held_back",
+            "Objects enforced at their last good version",
+            m.policies_held_back.clone(),
+        );
+        registry.register(
+            "certificate_reloads",
+            "Serving certificate reloads by outcome",
+            m.certificate_reloads.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts one decision.
+    pub fn decision(&self, outcome: &str) {
+        self.decisions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_phantom_prefix() {
+        let m = Metrics::default();
+        m.decision("injected");
+        m.latency
+            .get_or_create(&EndpointLabels {
+                endpoint: "mutate".into(),
+            })
+            .observe(0.001);
+        m.injections
+            .get_or_create(&NamespaceLabels {
+                namespace: "shop".into(),
+            })
+            .inc();
+        let text = m.encode();
+        assert!(
+            text.contains(r#"phantom_admission_decisions_total{outcome="injected"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"phantom_admission_injections_total{namespace="shop"} 1"#));
+        assert!(text.contains("phantom_admission_request_duration_seconds"));
+    }
+}

@@ -1,0 +1,387 @@
+//! `mutate(&Pod, &Decision, &InjectConfig) -> JSON Patch`: the pod spec changes of an injection.
+//! Pure: knows nothing about HTTP or the API server, so every rule is unit-tested here and the
+//! conformance suite checks the same rules on pods stored by a real API server.
+//!
+//! Only names and paths go into the spec, never a secret value: the sidecar fetches values at run
+//! time with the pod's own ServiceAccount token.
+
+use std::collections::BTreeMap;
+
+use json_patch::Patch;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
+    PodSpec, ProjectedVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use phantom_crds::InjectionMode;
+use phantom_crds::wellknown::injected::*;
+use phantom_crds::wellknown::{
+    BINDINGS_ANNOTATION, CANARY_ANNOTATION, COMMAND_ANNOTATION, DECISION_ANNOTATION,
+    INJECTED_ANNOTATION, POLICY_DIGEST_ANNOTATION,
+};
+use phantom_policies::Decision;
+use serde_json::json;
+
+use crate::config::{InjectConfig, resources};
+use crate::{Error, Result};
+
+#[cfg(test)]
+mod tests;
+
+/// Whether admission already injected this pod (an UPDATE, or a re-invocation by the API server).
+pub fn is_injected(pod: &Pod) -> bool {
+    let annotated = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.get(INJECTED_ANNOTATION).is_some_and(|v| v == "true"));
+    let has_proxy = pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == PROXY_CONTAINER || c.name == INIT_CONTAINER)
+    });
+    annotated || has_proxy
+}
+
+/// The patch injecting Phantom into `pod` as `decision` says (`decision.inject` must be true).
+/// An already injected pod gets an empty patch. A pod that cannot be injected (a container without
+/// a command and no `phantom.dev/command` annotation, a name clash, an unavailable mode) is an
+/// [`Error::Inject`] whose message says what to change.
+pub fn mutate(pod: &Pod, decision: &Decision, config: &InjectConfig) -> Result<Patch> {
+    if is_injected(pod) {
+        return Ok(Patch(Vec::new()));
+    }
+    let injection = decision.injection.clone().unwrap_or_default();
+    let policy = decision.deciding_policy.as_deref().unwrap_or("-");
+    if injection.mode == InjectionMode::Daemonset {
+        return Err(Error::Inject(format!(
+            "PhantomPolicy {policy} asks for injection mode daemonset, which needs the per-node Phantom agent; this release does not ship it. Set spec.injection.mode to sidecar, native-sidecar or init-only"
+        )));
+    }
+    let mut out = pod.clone();
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let spec = out.spec.get_or_insert_with(PodSpec::default);
+    check_name_clashes(spec)?;
+    let targets = target_containers(spec, injection.containers.as_deref(), policy)?;
+
+    let mut run_as_user = None;
+    for c in spec
+        .containers
+        .iter_mut()
+        .filter(|c| targets.contains(&c.name))
+    {
+        let command = match &c.command {
+            Some(command) if !command.is_empty() => command.clone(),
+            _ => command_from_annotation(&annotations, &c.name)?,
+        };
+        let mut wrapped = vec![
+            EXEC_PATH.to_owned(),
+            "--container".to_owned(),
+            c.name.clone(),
+            "--".to_owned(),
+        ];
+        wrapped.extend(command);
+        c.command = Some(wrapped);
+        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        mounts.push(mount(BIN_VOLUME, BIN_DIR));
+        mounts.push(mount(SECRETS_VOLUME, SECRETS_DIR));
+        let env = c.env.get_or_insert_with(Vec::new);
+        env.push(literal("PHANTOM_SOCKET", SOCKET_PATH));
+        env.push(literal("PHANTOM_SECRETS_DIR", SECRETS_DIR));
+        run_as_user = run_as_user.or(c.security_context.as_ref().and_then(|s| s.run_as_user));
+    }
+
+    let tmpfs = injection
+        .tmpfs_size_limit
+        .clone()
+        .unwrap_or_else(|| config.default_tmpfs_size.clone());
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    volumes.push(empty_dir(BIN_VOLUME, None, "64Mi"));
+    volumes.push(empty_dir(SECRETS_VOLUME, Some("Memory"), &tmpfs));
+    volumes.push(token_volume(config));
+
+    let init = init_container(config);
+    let mut proxy = proxy_container(decision, &targets, config, run_as_user);
+    if let Some(resources) = injection.sidecar_resources.clone() {
+        proxy.resources = Some(resources);
+    }
+    let inits = spec.init_containers.get_or_insert_with(Vec::new);
+    inits.insert(0, init);
+    match injection.mode {
+        InjectionMode::Sidecar => spec.containers.push(proxy),
+        InjectionMode::NativeSidecar => {
+            proxy.restart_policy = Some("Always".into());
+            inits.insert(1, proxy);
+        }
+        InjectionMode::InitOnly => {
+            proxy.args = Some(vec!["--once".into()]);
+            inits.insert(1, proxy);
+        }
+        InjectionMode::Daemonset => unreachable!("refused above"),
+    }
+
+    let mut recorded = decision_annotations(decision, "injected");
+    recorded.insert(INJECTED_ANNOTATION.into(), "true".into());
+    out.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .extend(recorded);
+    Ok(diff(pod, &out))
+}
+
+/// A patch adding `annotations` to the pod (decisions that do not inject are recorded too).
+pub fn annotate(pod: &Pod, annotations: BTreeMap<String, String>) -> Patch {
+    let mut out = pod.clone();
+    out.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .extend(annotations);
+    diff(pod, &out)
+}
+
+/// The annotations recording `decision`: the outcome, the deciding policy and mode, the policy
+/// digest, the bindings and every canary outcome. Names and digests only.
+pub fn decision_annotations(decision: &Decision, outcome: &str) -> BTreeMap<String, String> {
+    let mode = decision.injection.as_ref().map(|i| i.mode);
+    let summary = json!({
+        "outcome": outcome,
+        "policy": decision.deciding_policy,
+        "mode": mode,
+        "matched": decision.matched.iter().map(|m| &m.policy).collect::<Vec<_>>(),
+    });
+    let mut out = BTreeMap::from([
+        (DECISION_ANNOTATION.to_owned(), summary.to_string()),
+        (
+            POLICY_DIGEST_ANNOTATION.to_owned(),
+            decision.policy_digest.clone(),
+        ),
+    ]);
+    if !decision.bindings.is_empty() {
+        let names: Vec<&str> = decision.bindings.iter().map(|b| b.name.as_str()).collect();
+        out.insert(BINDINGS_ANNOTATION.into(), names.join(","));
+    }
+    let canaries: Vec<String> = decision
+        .matched
+        .iter()
+        .filter_map(|m| {
+            m.canary.as_ref().map(|c| {
+                let side = if c.selected { "in" } else { "out" };
+                format!("{}:{}%:bucket={}:{side}", m.policy, c.percent, c.bucket)
+            })
+        })
+        .collect();
+    if !canaries.is_empty() {
+        out.insert(CANARY_ANNOTATION.into(), canaries.join(","));
+    }
+    out
+}
+
+fn diff(before: &Pod, after: &Pod) -> Patch {
+    let before = serde_json::to_value(before).unwrap_or_default();
+    let after = serde_json::to_value(after).unwrap_or_default();
+    json_patch::diff(&before, &after)
+}
+
+fn check_name_clashes(spec: &PodSpec) -> Result<()> {
+    let ours = [BIN_VOLUME, SECRETS_VOLUME, TOKEN_VOLUME];
+    if let Some(v) = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| ours.contains(&v.name.as_str()))
+    {
+        return Err(Error::Inject(format!(
+            "the pod already has a volume named {}, which Phantom reserves for its injection; rename it",
+            v.name
+        )));
+    }
+    Ok(())
+}
+
+fn target_containers(
+    spec: &PodSpec,
+    listed: Option<&[String]>,
+    policy: &str,
+) -> Result<Vec<String>> {
+    let names: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
+    let targets: Vec<String> = match listed {
+        None => names.clone(),
+        Some(listed) => names
+            .iter()
+            .filter(|n| listed.contains(n))
+            .cloned()
+            .collect(),
+    };
+    if targets.is_empty() {
+        return Err(Error::Inject(format!(
+            "PhantomPolicy {policy} wraps containers {:?} (spec.injection.containers) but the pod has only {names:?}; rename a container or fix the policy",
+            listed.unwrap_or_default()
+        )));
+    }
+    Ok(targets)
+}
+
+/// The entrypoint of `container` from `phantom.dev/command.<container>` or `phantom.dev/command`.
+/// Phantom never asks an image registry for an image's ENTRYPOINT: that would make admission
+/// depend on registry availability and credentials.
+fn command_from_annotation(
+    annotations: &BTreeMap<String, String>,
+    container: &str,
+) -> Result<Vec<String>> {
+    let specific = format!("{COMMAND_ANNOTATION}.{container}");
+    let Some((key, raw)) = annotations
+        .get_key_value(&specific)
+        .or_else(|| annotations.get_key_value(COMMAND_ANNOTATION))
+    else {
+        return Err(Error::Inject(format!(
+            "container {container} has no command, and Phantom wraps the command with phantom-exec without asking image registries for the ENTRYPOINT. Set spec.containers[{container}].command, or add the pod annotation {specific}: '[\"/path/to/entrypoint\"]' (a JSON array with the image's ENTRYPOINT; args stay as they are)"
+        )));
+    };
+    match serde_json::from_str::<Vec<String>>(raw) {
+        Ok(command) if !command.is_empty() && !command[0].is_empty() => Ok(command),
+        _ => Err(Error::Inject(format!(
+            "pod annotation {key} must be a non-empty JSON array of strings such as '[\"/app/server\", \"--port\", \"8080\"]'"
+        ))),
+    }
+}
+
+fn mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+fn literal(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn empty_dir(name: &str, medium: Option<&str>, size: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: medium.map(Into::into),
+            size_limit: Some(Quantity(size.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn token_volume(config: &InjectConfig) -> Volume {
+    Volume {
+        name: TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(config.openbao_audience.clone()),
+                    expiration_seconds: Some(config.token_expiration_seconds),
+                    path: "token".into(),
+                }),
+                ..Default::default()
+            }]),
+            default_mode: Some(0o400),
+        }),
+        ..Default::default()
+    }
+}
+
+fn hardened(run_as_user: Option<i64>) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        run_as_user,
+        ..Default::default()
+    }
+}
+
+fn init_container(config: &InjectConfig) -> Container {
+    Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(config.exec_image.clone()),
+        image_pull_policy: Some(config.image_pull_policy.clone()),
+        command: Some(vec![
+            "/phantom-exec".into(),
+            "install".into(),
+            EXEC_PATH.into(),
+        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            read_only: None,
+            ..mount(BIN_VOLUME, BIN_DIR)
+        }]),
+        resources: Some(resources("10m", "8Mi", "16Mi")),
+        security_context: Some(hardened(None)),
+        ..Default::default()
+    }
+}
+
+/// The sidecar. It runs as the wrapped containers' user (when they set one) so that the 0400 files
+/// it writes are readable by the application and the socket's SO_PEERCRED check can expect one uid.
+fn proxy_container(
+    decision: &Decision,
+    targets: &[String],
+    config: &InjectConfig,
+    run_as_user: Option<i64>,
+) -> Container {
+    let bindings: Vec<&str> = decision.bindings.iter().map(|b| b.name.as_str()).collect();
+    let token_path = format!("{TOKEN_DIR}/token");
+    let env = vec![
+        field("PHANTOM_POD_NAME", "metadata.name"),
+        field("PHANTOM_POD_NAMESPACE", "metadata.namespace"),
+        field("PHANTOM_POD_UID", "metadata.uid"),
+        field("PHANTOM_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        literal("PHANTOM_BINDINGS", &bindings.join(",")),
+        literal("PHANTOM_WRAPPED_CONTAINERS", &targets.join(",")),
+        literal(
+            "PHANTOM_KEY_RELEASE_POLICIES",
+            &decision.key_release_policies.join(","),
+        ),
+        literal("PHANTOM_POLICY_DIGEST", &decision.policy_digest),
+        literal("PHANTOM_OPENBAO_ADDR", &config.openbao_address),
+        literal("PHANTOM_TOKEN_PATH", &token_path),
+        literal("PHANTOM_SECRETS_DIR", SECRETS_DIR),
+        literal("PHANTOM_SOCKET", SOCKET_PATH),
+    ];
+    Container {
+        name: PROXY_CONTAINER.into(),
+        image: Some(config.proxy_image.clone()),
+        image_pull_policy: Some(config.image_pull_policy.clone()),
+        command: Some(vec!["/phantom-proxy".into()]),
+        env: Some(env),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                read_only: None,
+                ..mount(SECRETS_VOLUME, SECRETS_DIR)
+            },
+            mount(TOKEN_VOLUME, TOKEN_DIR),
+        ]),
+        resources: Some(config.proxy_resources.clone()),
+        security_context: Some(hardened(run_as_user)),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,257 @@
+use phantom_crds::Injection;
+use phantom_policies::{BindingRef, CanaryOutcome, MonitoringScope, PolicyOutcome};
+use serde_json::{Value, json};
+
+use super::*;
+
+fn decision(mode: InjectionMode) -> Decision {
+    Decision {
+        allowed: true,
+        inject: true,
+        injection: Some(Injection {
+            mode,
+            ..Default::default()
+        }),
+        deciding_policy: Some("payments".into()),
+        matched: vec![PolicyOutcome {
+            policy: "payments".into(),
+            enforcement: Default::default(),
+            canary: Some(CanaryOutcome {
+                percent: 30,
+                key: "shop/Deployment/web".into(),
+                bucket: 12,
+                selected: true,
+            }),
+            denials: vec![],
+            warnings: vec![],
+            hints: Default::default(),
+            declined_by: None,
+        }],
+        denials: vec![],
+        would_deny: vec![],
+        would_inject: false,
+        bindings: vec![BindingRef {
+            namespace: "shop".into(),
+            name: "db".into(),
+        }],
+        monitoring: MonitoringScope::default(),
+        key_release_policies: vec![],
+        warnings: vec![],
+        policy_digest: "sha256:abc".into(),
+    }
+}
+
+fn pod(value: Value) -> Pod {
+    serde_json::from_value(value).expect("pod")
+}
+
+fn web() -> Pod {
+    pod(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"containers": [
+            {"name": "app", "image": "shop/web:1", "command": ["/web"], "args": ["--port", "80"],
+             "securityContext": {"runAsUser": 1000}},
+            {"name": "metrics", "image": "exporter:1", "command": ["/exporter"]}
+        ]}
+    }))
+}
+
+fn apply(original: &Pod, patch: &Patch) -> Pod {
+    let mut value = serde_json::to_value(original).expect("json");
+    json_patch::patch(&mut value, patch).expect("the patch applies");
+    serde_json::from_value(value).expect("a pod")
+}
+
+fn names(containers: &Option<Vec<Container>>) -> Vec<&str> {
+    containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+#[test]
+fn sidecar_mode_wraps_every_container_and_adds_the_proxy() {
+    let original = web();
+    let patch = mutate(&original, &decision(InjectionMode::Sidecar), &InjectConfig::default())
+        .expect("injects");
+    let out = apply(&original, &patch);
+    let spec = out.spec.as_ref().expect("spec");
+    assert_eq!(names(&Some(spec.containers.clone())), ["app", "metrics", "phantom-proxy"]);
+    assert_eq!(names(&spec.init_containers), ["phantom-init"]);
+    let app = &spec.containers[0];
+    assert_eq!(
+        app.command.as_deref().expect("command"),
+        ["/phantom/bin/phantom-exec", "--container", "app", "--", "/web"]
+    );
+    assert_eq!(app.args.as_deref().expect("args"), ["--port", "80"], "args untouched");
+    let secrets = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == SECRETS_VOLUME)
+        .and_then(|v| v.empty_dir.clone())
+        .expect("secrets emptyDir");
+    assert_eq!(secrets.medium.as_deref(), Some("Memory"));
+    assert_eq!(secrets.size_limit, Some(Quantity("1Mi".into())));
+    let token = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == TOKEN_VOLUME)
+        .and_then(|v| v.projected.clone())
+        .expect("projected token");
+    let projection = token.sources.expect("sources")[0]
+        .service_account_token
+        .clone()
+        .expect("token");
+    assert_eq!(projection.audience.as_deref(), Some("openbao"));
+    let proxy = &spec.containers[2];
+    assert_eq!(
+        proxy.security_context.as_ref().and_then(|s| s.run_as_user),
+        Some(1000),
+        "the proxy runs as the application's user so that 0400 files are readable"
+    );
+    assert!(
+        proxy
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == TOKEN_VOLUME),
+        "only the proxy mounts the token"
+    );
+    assert!(
+        !app.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == TOKEN_VOLUME),
+        "the application never sees the OpenBao token"
+    );
+    let annotations = out.metadata.annotations.expect("annotations");
+    assert_eq!(annotations[INJECTED_ANNOTATION], "true");
+    assert_eq!(annotations[POLICY_DIGEST_ANNOTATION], "sha256:abc");
+    assert_eq!(annotations[BINDINGS_ANNOTATION], "db");
+    assert_eq!(annotations[CANARY_ANNOTATION], "payments:30%:bucket=12:in");
+    let summary: Value = serde_json::from_str(&annotations[DECISION_ANNOTATION]).expect("json");
+    assert_eq!(summary["policy"], "payments");
+    assert_eq!(summary["mode"], "sidecar");
+}
+
+#[test]
+fn native_sidecar_and_init_only_place_the_proxy_among_init_containers() {
+    let original = web();
+    let native = apply(
+        &original,
+        &mutate(&original, &decision(InjectionMode::NativeSidecar), &InjectConfig::default())
+            .expect("native"),
+    );
+    let spec = native.spec.expect("spec");
+    assert_eq!(names(&spec.init_containers), ["phantom-init", "phantom-proxy"]);
+    assert_eq!(
+        spec.init_containers.expect("inits")[1].restart_policy.as_deref(),
+        Some("Always")
+    );
+    assert_eq!(names(&Some(spec.containers)), ["app", "metrics"]);
+
+    let once = apply(
+        &original,
+        &mutate(&original, &decision(InjectionMode::InitOnly), &InjectConfig::default())
+            .expect("init-only"),
+    );
+    let inits = once.spec.expect("spec").init_containers.expect("inits");
+    assert_eq!(inits[1].args.as_deref(), Some(&["--once".to_owned()][..]));
+    assert_eq!(inits[1].restart_policy, None, "init-only runs once");
+}
+
+#[test]
+fn daemonset_mode_is_refused_with_what_to_change() {
+    let err = mutate(&web(), &decision(InjectionMode::Daemonset), &InjectConfig::default())
+        .expect_err("no node agent");
+    assert!(err.to_string().contains("spec.injection.mode"), "{err}");
+}
+
+#[test]
+fn injection_is_idempotent() {
+    let original = web();
+    let d = decision(InjectionMode::Sidecar);
+    let once = apply(&original, &mutate(&original, &d, &InjectConfig::default()).expect("once"));
+    assert!(is_injected(&once));
+    let again = mutate(&once, &d, &InjectConfig::default()).expect("again");
+    assert!(again.0.is_empty(), "an injected pod is left as it is: {again:?}");
+}
+
+#[test]
+fn a_container_without_command_needs_the_annotation() {
+    let bare = pod(json!({
+        "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "app", "image": "shop/web:1", "args": ["-v"]}]}
+    }));
+    let d = decision(InjectionMode::Sidecar);
+    let err = mutate(&bare, &d, &InjectConfig::default()).expect_err("no command");
+    let message = err.to_string();
+    assert!(
+        message.contains("container app has no command")
+            && message.contains("phantom.dev/command.app")
+            && message.contains("spec.containers[app].command"),
+        "the message says exactly what to add: {message}"
+    );
+
+    for key in ["phantom.dev/command", "phantom.dev/command.app"] {
+        let mut annotated = bare.clone();
+        annotated.metadata.annotations =
+            Some(BTreeMap::from([(key.to_owned(), r#"["/entry", "serve"]"#.to_owned())]));
+        let out = apply(&annotated, &mutate(&annotated, &d, &InjectConfig::default()).expect(key));
+        let app = &out.spec.expect("spec").containers[0];
+        assert_eq!(
+            app.command.as_deref().expect("command")[3..],
+            ["--", "/entry", "serve"]
+        );
+        assert_eq!(app.args.as_deref(), Some(&["-v".to_owned()][..]));
+    }
+
+    let mut broken = bare;
+    broken.metadata.annotations = Some(BTreeMap::from([(
+        "phantom.dev/command".to_owned(),
+        "/entry serve".to_owned(),
+    )]));
+    let err = mutate(&broken, &d, &InjectConfig::default()).expect_err("not JSON");
+    assert!(err.to_string().contains("JSON array"), "{err}");
+}
+
+#[test]
+fn listed_containers_only_and_clear_errors_for_clashes() {
+    let mut d = decision(InjectionMode::Sidecar);
+    d.injection.as_mut().expect("injection").containers = Some(vec!["app".into()]);
+    let original = web();
+    let out = apply(&original, &mutate(&original, &d, &InjectConfig::default()).expect("app"));
+    let spec = out.spec.expect("spec");
+    assert_eq!(spec.containers[1].command.as_deref(), Some(&["/exporter".to_owned()][..]));
+
+    d.injection.as_mut().expect("injection").containers = Some(vec!["api".into()]);
+    let err = mutate(&original, &d, &InjectConfig::default()).expect_err("no such container");
+    assert!(err.to_string().contains("spec.injection.containers"), "{err}");
+
+    let clash = pod(json!({
+        "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "app", "command": ["/web"]}],
+                 "volumes": [{"name": "phantom-secrets", "emptyDir": {}}]}
+    }));
+    let err = mutate(&clash, &decision(InjectionMode::Sidecar), &InjectConfig::default())
+        .expect_err("clash");
+    assert!(err.to_string().contains("phantom-secrets"), "{err}");
+}
+
+#[test]
+fn annotate_records_a_decision_without_touching_the_spec() {
+    let original = web();
+    let mut d = decision(InjectionMode::Sidecar);
+    d.inject = false;
+    let patch = annotate(&original, decision_annotations(&d, "not-selected"));
+    let out = apply(&original, &patch);
+    assert_eq!(out.spec, original.spec);
+    let summary: Value = serde_json::from_str(
+        &out.metadata.annotations.expect("annotations")[DECISION_ANNOTATION],
+    )
+    .expect("json");
+    assert_eq!(summary["outcome"], "not-selected");
+}

@@ -1,0 +1,260 @@
+//! HTTPS for AdmissionReviews (`POST /mutate`, `POST /validate`) and plain HTTP on a separate
+//! port for `/healthz`, `/readyz` and `/metrics`, so probes and scrapes never need the serving
+//! certificate. Shutdown stops accepting and lets in-flight reviews finish within a grace period.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::review::{Admitter, Reply};
+use crate::tls::ReloadingCertificate;
+use crate::{Error, Result};
+
+/// Where and how to serve.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// HTTPS address of the webhook.
+    pub listen: SocketAddr,
+    /// Plain HTTP address of health and metrics.
+    pub health_listen: SocketAddr,
+    /// Largest accepted request body; larger ones are answered 413.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+    /// Bound on a TLS handshake, so idle half-open connections cannot pile up.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            health_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_body_bytes: 8 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound HTTPS address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The bound health address.
+    pub health_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, waits for in-flight requests (bounded by the grace period), returns.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Resolves when a shutdown was requested elsewhere (never, unless [`Running::shutdown`] runs).
+    pub fn stop_handle(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+fn reply(r: Reply) -> Response<Full<Bytes>> {
+    full(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        "application/json",
+        r.body,
+    )
+}
+
+async fn webhook(
+    admitter: Arc<Admitter>,
+    max_body: usize,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if !matches!(path.as_str(), "/mutate" | "/validate") {
+        return Ok(reply(Reply::error(404, &format!("no endpoint {path}; use POST /mutate or POST /validate"))));
+    }
+    if req.method() != Method::POST {
+        return Ok(reply(Reply::error(405, &format!("{path} takes POST"))));
+    }
+    let body = match Limited::new(req.into_body(), max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Ok(reply(Reply::error(
+                413,
+                &format!("the request body exceeds {max_body} bytes"),
+            )));
+        }
+        Err(e) => return Ok(reply(Reply::error(400, &format!("reading the body failed: {e}")))),
+    };
+    let answer = if path == "/mutate" {
+        admitter.mutate(&body).await
+    } else {
+        admitter.validate(&body).await
+    };
+    Ok(reply(answer))
+}
+
+fn health(admitter: &Admitter, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/healthz" => full(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => {
+            let snapshot = admitter.store.snapshot();
+            if snapshot.synced {
+                full(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("ready: policy set {} (generation {})\n", snapshot.set.digest(), snapshot.generation),
+                )
+            } else {
+                full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: the watches on Phantom's resources have not synced (are the CRDs installed?)\n",
+                )
+            }
+        }
+        "/metrics" => full(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            admitter.metrics.encode(),
+        ),
+        other => full(StatusCode::NOT_FOUND, "text/plain", format!("no endpoint {other}\n")),
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Binds both listeners and serves until [`Running::shutdown`].
+pub async fn start(
+    admitter: Arc<Admitter>,
+    certificate: Arc<ReloadingCertificate>,
+    options: ServerOptions,
+) -> Result<Running> {
+    let webhook_listener = bind(options.listen).await?;
+    let health_listener = bind(options.health_listen).await?;
+    let addr = webhook_listener.local_addr().map_err(|source| Error::Bind {
+        addr: options.listen.to_string(),
+        source,
+    })?;
+    let health_addr = health_listener.local_addr().map_err(|source| Error::Bind {
+        addr: options.health_listen.to_string(),
+        source,
+    })?;
+    let acceptor = TlsAcceptor::from(Arc::new(certificate.server_config()?));
+    let (stop, stopped) = watch::channel(false);
+
+    let serve = {
+        let admitter = admitter.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let graceful = GracefulShutdown::new();
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    accepted = webhook_listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = stopped.changed() => break,
+                };
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
+                let admitter = admitter.clone();
+                let watcher = graceful.watcher();
+                let (handshake_timeout, max_body) = (options.handshake_timeout, options.max_body_bytes);
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let service = service_fn(move |req| webhook(admitter.clone(), max_body, req));
+                    let connection = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+                    if let Err(e) = watcher.watch(connection).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            drop(webhook_listener);
+            if tokio::time::timeout(options.shutdown_grace, graceful.shutdown()).await.is_err() {
+                tracing::warn!(grace = ?options.shutdown_grace, "in-flight requests did not finish within the grace period");
+            }
+        })
+    };
+
+    let health_task = {
+        let mut stopped = stopped;
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    accepted = health_listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(_) => continue,
+                    },
+                    _ = stopped.changed() => break,
+                };
+                let admitter = admitter.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let response = health(&admitter, &req);
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        })
+    };
+
+    tracing::info!(%addr, %health_addr, "phantom-admission serving");
+    Ok(Running {
+        addr,
+        health_addr,
+        stop,
+        tasks: vec![serve, health_task],
+    })
+}

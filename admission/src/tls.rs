@@ -1,0 +1,123 @@
+//! The serving certificate, reloaded when its files change (cert-manager, the controller or a
+//! mounted Secret rotate it in place), so rotation never needs a restart. A pair that fails to
+//! load is reported and the previous one keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::metrics::{Metrics, OutcomeLabels};
+use crate::{Error, Result};
+
+/// A certificate/key pair read from PEM files and re-read when they change.
+#[derive(Debug)]
+pub struct ReloadingCertificate {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+    stamp: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey> {
+    let tls = |what, path: &Path, message: String| Error::Tls {
+        what,
+        path: path.display().to_string(),
+        message,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls("certificate", cert, e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls("certificate", cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(tls("certificate", cert, "no CERTIFICATE block".into()));
+    }
+    let private =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| tls("key", key, e.to_string()))?;
+    CertifiedKey::from_der(chain, private, provider).map_err(|e| tls("key", key, e.to_string()))
+}
+
+impl ReloadingCertificate {
+    /// Loads the pair; fails when either file is missing or they do not match.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let stamp = (modified(cert_path), modified(key_path));
+        let key = load(cert_path, key_path, &provider)?;
+        Ok(Arc::new(Self {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            provider,
+            current: RwLock::new(Arc::new(key)),
+            stamp: Mutex::new(stamp),
+        }))
+    }
+
+    /// Re-reads the pair if a file's modification time changed; `Ok(true)` when a new pair is in
+    /// use. On error the previous pair stays.
+    pub fn reload_if_changed(&self) -> Result<bool> {
+        let stamp = (modified(&self.cert_path), modified(&self.key_path));
+        let mut seen = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == stamp {
+            return Ok(false);
+        }
+        let key = load(&self.cert_path, &self.key_path, &self.provider)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+        *seen = stamp;
+        Ok(true)
+    }
+
+    /// A rustls server configuration resolving to the current pair (HTTP/2 and HTTP/1.1).
+    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig> {
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS protocol versions: {e}")))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// Checks the files every `interval` until the task is dropped.
+    pub fn watch(self: Arc<Self>, interval: Duration, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let outcome = match self.reload_if_changed() {
+                    Ok(false) => continue,
+                    Ok(true) => {
+                        tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
+                        "ok"
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "serving certificate reload failed; the previous certificate stays in use");
+                        "error"
+                    }
+                };
+                metrics
+                    .certificate_reloads
+                    .get_or_create(&OutcomeLabels {
+                        outcome: outcome.into(),
+                    })
+                    .inc();
+            }
+        })
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}

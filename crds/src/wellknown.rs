@@ -1,0 +1,56 @@
+//! Labels and annotations that form Phantom's contract with users and between its components
+//! (admission writes them, the controller and `phantomctl` read them). One place, so that a
+//! rename cannot leave a reader behind.
+
+/// Namespace label that enables Phantom: `phantom.dev/inject=enabled`; `disabled` opts out.
+pub const INJECT_LABEL: &str = "phantom.dev/inject";
+/// Value of [`INJECT_LABEL`] that enables injection.
+pub const INJECT_ENABLED: &str = "enabled";
+/// Value of [`INJECT_LABEL`] that opts a namespace out.
+pub const INJECT_DISABLED: &str = "disabled";
+
+/// Break-glass label, honoured on namespaces only: `phantom.dev/override=bypass`.
+pub const OVERRIDE_LABEL: &str = "phantom.dev/override";
+/// Value of [`OVERRIDE_LABEL`] that bypasses injection.
+pub const OVERRIDE_BYPASS: &str = "bypass";
+
+/// Pod annotation set on every injected pod (`"true"`); its presence makes admission idempotent.
+pub const INJECTED_ANNOTATION: &str = "phantom.dev/injected";
+/// Pod annotation with the decision as compact JSON (inject, policy, mode, reason).
+pub const DECISION_ANNOTATION: &str = "phantom.dev/decision";
+/// Pod annotation with the digest of the policy set that decided.
+pub const POLICY_DIGEST_ANNOTATION: &str = "phantom.dev/policy-digest";
+/// Pod annotation listing the SecretBindings (names in the pod's namespace), comma-separated.
+pub const BINDINGS_ANNOTATION: &str = "phantom.dev/bindings";
+/// Pod annotation with each matched policy's canary outcome.
+pub const CANARY_ANNOTATION: &str = "phantom.dev/canary";
+/// Pod annotation recording that the namespace override bypassed injection, and who asked.
+pub const OVERRIDE_ANNOTATION: &str = "phantom.dev/override";
+/// Pod annotation giving a container's entrypoint when its spec has no `command`:
+/// `phantom.dev/command` (every wrapped container) or `phantom.dev/command.<container>`, a JSON
+/// array of strings.
+pub const COMMAND_ANNOTATION: &str = "phantom.dev/command";
+
+/// Names of the objects admission adds to a pod.
+pub mod injected {
+    /// Init container copying `phantom-exec` into [`BIN_VOLUME`].
+    pub const INIT_CONTAINER: &str = "phantom-init";
+    /// The sidecar (`phantom-proxy`).
+    pub const PROXY_CONTAINER: &str = "phantom-proxy";
+    /// Memory-backed volume with `phantom-exec`.
+    pub const BIN_VOLUME: &str = "phantom-bin";
+    /// Memory-backed volume with secret files and the socket.
+    pub const SECRETS_VOLUME: &str = "phantom-secrets";
+    /// Projected ServiceAccount token with the OpenBao audience.
+    pub const TOKEN_VOLUME: &str = "phantom-token";
+    /// Where [`BIN_VOLUME`] is mounted.
+    pub const BIN_DIR: &str = "/phantom/bin";
+    /// `phantom-exec` inside [`BIN_DIR`].
+    pub const EXEC_PATH: &str = "/phantom/bin/phantom-exec";
+    /// Where [`SECRETS_VOLUME`] is mounted.
+    pub const SECRETS_DIR: &str = "/phantom/secrets";
+    /// The sidecar's Unix socket, inside the secrets volume (a directory files cannot be named).
+    pub const SOCKET_PATH: &str = "/phantom/secrets/.phantom/proxy.sock";
+    /// Where [`TOKEN_VOLUME`] is mounted (the sidecar only).
+    pub const TOKEN_DIR: &str = "/var/run/secrets/phantom.dev/serviceaccount";
+}
