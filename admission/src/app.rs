@@ -9,6 +9,7 @@ use kube::Client;
 use phantom_policies::DecisionPool;
 use phantom_policies::wasm::PluginHost;
 
+use crate::Result;
 use crate::config::{InjectConfig, Selection};
 use crate::metrics::Metrics;
 use crate::review::Admitter;
@@ -16,7 +17,6 @@ use crate::server::{Running, ServerOptions};
 use crate::store::PolicyStore;
 use crate::tls::ReloadingCertificate;
 use crate::watch::Watches;
-use crate::Result;
 
 /// Everything the webhook is configured with.
 #[derive(Debug, Clone)]
@@ -85,7 +85,9 @@ pub async fn launch(client: Client, settings: Settings) -> Result<Launched> {
         metrics: metrics.clone(),
         evaluation_timeout: settings.evaluation_timeout,
     });
-    let cert_watch = certificate.clone().watch(settings.cert_reload_interval, metrics);
+    let cert_watch = certificate
+        .clone()
+        .watch(settings.cert_reload_interval, metrics);
     let server = crate::server::start(admitter.clone(), certificate, settings.server).await?;
     Ok(Launched {
         server,

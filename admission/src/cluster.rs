@@ -115,7 +115,7 @@ impl ClusterView {
         modules
     }
 
-    /// Records a Warning Event on namespace `namespace` in the background (admission never waits
+    /// Records a Warning Event about namespace `namespace`, inside it, in the background (admission never waits
     /// on it; a failure is logged).
     pub fn warn_on_namespace(&self, namespace: &str, reason: &str, note: String) {
         let Some(recorder) = self.recorder.clone() else {
@@ -123,7 +123,11 @@ impl ClusterView {
         };
         let mut ns = Namespace::default();
         ns.metadata.name = Some(namespace.to_owned());
-        let reference: ObjectReference = ns.object_ref(&());
+        let mut reference: ObjectReference = ns.object_ref(&());
+        // Recorded inside the namespace itself: `kubectl get events -n <ns>` shows it to the
+        // namespace's owners, and API servers before 1.22 refuse a regarding namespace that
+        // differs from the Event's own.
+        reference.namespace = Some(namespace.to_owned());
         let event = Event {
             type_: EventType::Warning,
             reason: reason.to_owned(),

@@ -31,16 +31,32 @@ struct Args {
     #[arg(long, env = "PHANTOM_TLS_RELOAD_SECONDS", default_value_t = 5)]
     tls_reload_seconds: u64,
     /// Image of the sidecar (entrypoint /phantom-proxy).
-    #[arg(long, env = "PHANTOM_PROXY_IMAGE", default_value = "phantom.local/phantom-proxy:dev")]
+    #[arg(
+        long,
+        env = "PHANTOM_PROXY_IMAGE",
+        default_value = "phantom.local/phantom-proxy:dev"
+    )]
     proxy_image: String,
     /// Image holding /phantom-exec, copied into each pod by the init container.
-    #[arg(long, env = "PHANTOM_EXEC_IMAGE", default_value = "phantom.local/phantom-exec:dev")]
+    #[arg(
+        long,
+        env = "PHANTOM_EXEC_IMAGE",
+        default_value = "phantom.local/phantom-exec:dev"
+    )]
     exec_image: String,
     /// imagePullPolicy of the injected containers (Never for locally imported images).
-    #[arg(long, env = "PHANTOM_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    #[arg(
+        long,
+        env = "PHANTOM_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
     image_pull_policy: String,
     /// OpenBao address handed to the sidecar.
-    #[arg(long, env = "PHANTOM_OPENBAO_ADDR", default_value = "https://openbao:8200")]
+    #[arg(
+        long,
+        env = "PHANTOM_OPENBAO_ADDR",
+        default_value = "https://openbao:8200"
+    )]
     openbao_addr: String,
     /// Audience of the projected ServiceAccount token the sidecar presents to OpenBao.
     #[arg(long, env = "PHANTOM_OPENBAO_AUDIENCE", default_value = "openbao")]
@@ -80,7 +96,9 @@ enum LogFormat {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -127,9 +145,9 @@ async fn main() -> anyhow::Result<()> {
     settings.concurrency = args.concurrency;
     settings.evaluation_timeout = Duration::from_millis(args.evaluation_timeout_ms);
 
-    let client = kube::Client::try_default()
-        .await
-        .context("no Kubernetes configuration: run in a pod with a ServiceAccount, or set KUBECONFIG")?;
+    let client = kube::Client::try_default().await.context(
+        "no Kubernetes configuration: run in a pod with a ServiceAccount, or set KUBECONFIG",
+    )?;
     let launched = launch(client, settings).await?;
     terminated().await;
     tracing::info!("shutting down: finishing in-flight reviews");

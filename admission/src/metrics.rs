@@ -79,7 +79,11 @@ impl Default for Metrics {
             m.latency.clone(),
         );
         registry.register("decisions", "Pod decisions by outcome", m.decisions.clone());
-        registry.register("injections", "Injected pods by namespace", m.injections.clone());
+        registry.register(
+            "injections",
+            "Injected pods by namespace",
+            m.injections.clone(),
+        );
         registry.register(
             "overrides",
             "Pods admitted without injection through the namespace override label",

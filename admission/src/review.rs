@@ -66,8 +66,7 @@ enum Verdict {
 fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
     let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)
         .map_err(|e| format!("the body is not an AdmissionReview: {e}"))?;
-    if review.types.kind != "AdmissionReview" || review.types.api_version != "admission.k8s.io/v1"
-    {
+    if review.types.kind != "AdmissionReview" || review.types.api_version != "admission.k8s.io/v1" {
         return Err(format!(
             "expected kind AdmissionReview, apiVersion admission.k8s.io/v1; got kind {:?}, apiVersion {:?} (set admissionReviewVersions: [v1] in the webhook configuration)",
             review.types.kind, review.types.api_version
@@ -222,15 +221,28 @@ impl Admitter {
             return ("out-of-scope", allow);
         }
         let Some(object) = &req.object else {
-            return ("error", Verdict::Deny("the CREATE request carries no pod".into()));
+            return (
+                "error",
+                Verdict::Deny("the CREATE request carries no pod".into()),
+            );
         };
         let pod_value = match serde_json::to_value(object) {
             Ok(v) => v,
-            Err(e) => return ("error", Verdict::Deny(format!("the pod cannot be read: {e}"))),
+            Err(e) => {
+                return (
+                    "error",
+                    Verdict::Deny(format!("the pod cannot be read: {e}")),
+                );
+            }
         };
         let pod: Pod = match serde_json::from_value(pod_value.clone()) {
             Ok(p) => p,
-            Err(e) => return ("error", Verdict::Deny(format!("the object is not a valid pod: {e}"))),
+            Err(e) => {
+                return (
+                    "error",
+                    Verdict::Deny(format!("the object is not a valid pod: {e}")),
+                );
+            }
         };
         let namespace = req
             .namespace
@@ -268,7 +280,10 @@ impl Admitter {
             .or_else(|| pod.metadata.generate_name.clone().map(|g| format!("{g}*")))
             .unwrap_or_default();
         if label(&namespace_object, OVERRIDE_LABEL).as_deref() == Some(OVERRIDE_BYPASS) {
-            return ("bypassed", self.bypass(req, &pod, &namespace, &pod_name, &user.username));
+            return (
+                "bypassed",
+                self.bypass(req, &pod, &namespace, &pod_name, &user.username),
+            );
         }
         if label(&pod_value, OVERRIDE_LABEL).is_some() {
             warnings.push(format!(
@@ -300,9 +315,11 @@ impl Admitter {
                 dry_run: req.dry_run,
             },
         };
-        let decided =
-            tokio::time::timeout(self.evaluation_timeout, self.pool.decide(&snapshot.set, input))
-                .await;
+        let decided = tokio::time::timeout(
+            self.evaluation_timeout,
+            self.pool.decide(&snapshot.set, input),
+        )
+        .await;
         let decision = match decided {
             Ok(Ok(decision)) => decision,
             Ok(Err(e)) => {
@@ -324,7 +341,14 @@ impl Admitter {
             }
         };
         warnings.extend(decision.warnings.iter().take(16).cloned());
-        self.apply(&pod, &decision, &namespace, &pod_name, &user.username, req.dry_run)
+        self.apply(
+            &pod,
+            &decision,
+            &namespace,
+            &pod_name,
+            &user.username,
+            req.dry_run,
+        )
     }
 
     fn apply(
@@ -386,7 +410,9 @@ impl Admitter {
             Err(Error::Inject(message)) => ("denied", Verdict::Deny(message)),
             Err(e) => (
                 "error",
-                Verdict::Deny(format!("Phantom could not inject the pod ({e}); refusing (fail closed)")),
+                Verdict::Deny(format!(
+                    "Phantom could not inject the pod ({e}); refusing (fail closed)"
+                )),
             ),
         }
     }
@@ -446,7 +472,11 @@ impl Admitter {
             ("phantom.dev", "AttestationRequirement") => {
                 let requirement: AttestationRequirement = serde_json::from_value(value)
                     .map_err(|e| typed("AttestationRequirement") + &e.to_string())?;
-                validate::requirement(&requirement, &snapshot, &phantom_policies::Modules::default())
+                validate::requirement(
+                    &requirement,
+                    &snapshot,
+                    &phantom_policies::Modules::default(),
+                )
             }
             ("phantom.dev", "SecretBinding") => {
                 let binding: SecretBinding = serde_json::from_value(value)
@@ -457,8 +487,13 @@ impl Admitter {
                     .namespace(&namespace)
                     .await?
                     .ok_or_else(|| format!("namespace {namespace} does not exist"))?;
-                validate::binding(&binding, &ns, &snapshot, &phantom_policies::Modules::default())
-                    .map(|_| ())
+                validate::binding(
+                    &binding,
+                    &ns,
+                    &snapshot,
+                    &phantom_policies::Modules::default(),
+                )
+                .map(|_| ())
             }
             (group, kind) => Err(format!(
                 "Phantom's /validate handles phantom.dev resources, not {group}/{kind}; fix the rules of the ValidatingWebhookConfiguration"

@@ -99,7 +99,10 @@ async fn webhook(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     if !matches!(path.as_str(), "/mutate" | "/validate") {
-        return Ok(reply(Reply::error(404, &format!("no endpoint {path}; use POST /mutate or POST /validate"))));
+        return Ok(reply(Reply::error(
+            404,
+            &format!("no endpoint {path}; use POST /mutate or POST /validate"),
+        )));
     }
     if req.method() != Method::POST {
         return Ok(reply(Reply::error(405, &format!("{path} takes POST"))));
@@ -112,7 +115,12 @@ async fn webhook(
                 &format!("the request body exceeds {max_body} bytes"),
             )));
         }
-        Err(e) => return Ok(reply(Reply::error(400, &format!("reading the body failed: {e}")))),
+        Err(e) => {
+            return Ok(reply(Reply::error(
+                400,
+                &format!("reading the body failed: {e}"),
+            )));
+        }
     };
     let answer = if path == "/mutate" {
         admitter.mutate(&body).await
@@ -131,7 +139,11 @@ fn health(admitter: &Admitter, req: &Request<Incoming>) -> Response<Full<Bytes>>
                 full(
                     StatusCode::OK,
                     "text/plain",
-                    format!("ready: policy set {} (generation {})\n", snapshot.set.digest(), snapshot.generation),
+                    format!(
+                        "ready: policy set {} (generation {})\n",
+                        snapshot.set.digest(),
+                        snapshot.generation
+                    ),
                 )
             } else {
                 full(
@@ -146,7 +158,11 @@ fn health(admitter: &Admitter, req: &Request<Incoming>) -> Response<Full<Bytes>>
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             admitter.metrics.encode(),
         ),
-        other => full(StatusCode::NOT_FOUND, "text/plain", format!("no endpoint {other}\n")),
+        other => full(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no endpoint {other}\n"),
+        ),
     }
 }
 
@@ -165,10 +181,12 @@ pub async fn start(
 ) -> Result<Running> {
     let webhook_listener = bind(options.listen).await?;
     let health_listener = bind(options.health_listen).await?;
-    let addr = webhook_listener.local_addr().map_err(|source| Error::Bind {
-        addr: options.listen.to_string(),
-        source,
-    })?;
+    let addr = webhook_listener
+        .local_addr()
+        .map_err(|source| Error::Bind {
+            addr: options.listen.to_string(),
+            source,
+        })?;
     let health_addr = health_listener.local_addr().map_err(|source| Error::Bind {
         addr: options.health_listen.to_string(),
         source,
@@ -198,28 +216,35 @@ pub async fn start(
                 let builder = builder.clone();
                 let admitter = admitter.clone();
                 let watcher = graceful.watcher();
-                let (handshake_timeout, max_body) = (options.handshake_timeout, options.max_body_bytes);
+                let (handshake_timeout, max_body) =
+                    (options.handshake_timeout, options.max_body_bytes);
                 tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
+                    let tls =
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
                     let service = service_fn(move |req| webhook(admitter.clone(), max_body, req));
-                    let connection = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+                    let connection = builder
+                        .serve_connection(TokioIo::new(tls), service)
+                        .into_owned();
                     if let Err(e) = watcher.watch(connection).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
             }
             drop(webhook_listener);
-            if tokio::time::timeout(options.shutdown_grace, graceful.shutdown()).await.is_err() {
+            if tokio::time::timeout(options.shutdown_grace, graceful.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!(grace = ?options.shutdown_grace, "in-flight requests did not finish within the grace period");
             }
         })

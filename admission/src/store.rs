@@ -104,7 +104,8 @@ impl PolicyStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (first, errors) = PolicySet::compile(sources, &self.host, modules);
-        let failed = |kind: &str, name: &str| errors.iter().any(|e| e.kind == kind && e.name == name);
+        let failed =
+            |kind: &str, name: &str| errors.iter().any(|e| e.kind == kind && e.name == name);
 
         let mut held_back = Vec::new();
         let mut effective = Sources::default();
@@ -230,7 +231,11 @@ mod tests {
         assert_eq!(held.held_back, ["PhantomPolicy a"]);
         assert_eq!(held.errors.len(), 1, "{:?}", held.errors);
         assert_eq!(held.set.policy_names(), ["a", "b"], "a is still enforced");
-        assert_ne!(held.set.digest(), good.set.digest(), "b's new version is in force");
+        assert_ne!(
+            held.set.digest(),
+            good.set.digest(),
+            "b's new version is in force"
+        );
 
         // A policy that never compiled is simply absent; a deleted one is forgotten.
         let v3 = Sources {

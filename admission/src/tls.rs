@@ -42,8 +42,7 @@ fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedK
     if chain.is_empty() {
         return Err(tls("certificate", cert, "no CERTIFICATE block".into()));
     }
-    let private =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| tls("key", key, e.to_string()))?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| tls("key", key, e.to_string()))?;
     CertifiedKey::from_der(chain, private, provider).map_err(|e| tls("key", key, e.to_string()))
 }
 
@@ -88,7 +87,11 @@ impl ReloadingCertificate {
     }
 
     /// Checks the files every `interval` until the task is dropped.
-    pub fn watch(self: Arc<Self>, interval: Duration, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
+    pub fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        metrics: Arc<Metrics>,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -118,6 +121,11 @@ impl ReloadingCertificate {
 
 impl ResolvesServerCert for ReloadingCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }

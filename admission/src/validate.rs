@@ -8,7 +8,11 @@ use serde_json::Value;
 
 use crate::store::Snapshot;
 
-fn compile_errors(sources: &Sources, snapshot: &Snapshot, modules: &dyn ModuleResolver) -> Result<(), String> {
+fn compile_errors(
+    sources: &Sources,
+    snapshot: &Snapshot,
+    modules: &dyn ModuleResolver,
+) -> Result<(), String> {
     let host = snapshot.set.plugin_host();
     let (_, errors) = PolicySet::compile(sources, host, modules);
     if errors.is_empty() {

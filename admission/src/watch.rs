@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
 use phantom_crds::{AttestationRequirement, PhantomPolicy, SecretBinding};
 use phantom_policies::Sources;
@@ -43,7 +43,13 @@ fn reflect<K>(
     synced: Arc<AtomicBool>,
 ) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&()).to_string();
@@ -59,10 +65,14 @@ where
                 }
                 Ok(Event::Init | Event::InitApply(_)) => {}
                 Ok(Event::Apply(_) | Event::Delete(_)) => changed.notify_one(),
-                Err(e) => tracing::error!(
-                    %kind, error = %e,
-                    "watch failed (retrying with backoff); if the resource is unknown, install Phantom's CRDs: kubectl apply -f crds/yaml/"
-                ),
+                Err(e) => {
+                    let text = e.to_string();
+                    if text.contains("404") || text.contains("NotFound") {
+                        tracing::error!(%kind, error = %text, "the API server does not know this resource: install Phantom's CRDs (kubectl apply -f crds/yaml/ or the chart); retrying with backoff");
+                    } else {
+                        tracing::warn!(%kind, error = %text, "watch failed; retrying with backoff");
+                    }
+                }
             }
         }
     });
@@ -70,17 +80,34 @@ where
 }
 
 /// Starts the watches and the recompilation loop; `debounce` groups bursts of changes.
-pub fn start(client: Client, store: Arc<PolicyStore>, metrics: Arc<Metrics>, debounce: Duration) -> Watches {
+pub fn start(
+    client: Client,
+    store: Arc<PolicyStore>,
+    metrics: Arc<Metrics>,
+    debounce: Duration,
+) -> Watches {
     let changed = Arc::new(Notify::new());
     let flags: [Arc<AtomicBool>; 4] = Default::default();
-    let (policies, t1) = reflect(Api::<PhantomPolicy>::all(client.clone()), changed.clone(), flags[0].clone());
-    let (bindings, t2) = reflect(Api::<SecretBinding>::all(client.clone()), changed.clone(), flags[1].clone());
+    let (policies, t1) = reflect(
+        Api::<PhantomPolicy>::all(client.clone()),
+        changed.clone(),
+        flags[0].clone(),
+    );
+    let (bindings, t2) = reflect(
+        Api::<SecretBinding>::all(client.clone()),
+        changed.clone(),
+        flags[1].clone(),
+    );
     let (requirements, t3) = reflect(
         Api::<AttestationRequirement>::all(client.clone()),
         changed.clone(),
         flags[2].clone(),
     );
-    let (namespaces, t4) = reflect(Api::<Namespace>::all(client.clone()), Arc::new(Notify::new()), flags[3].clone());
+    let (namespaces, t4) = reflect(
+        Api::<Namespace>::all(client.clone()),
+        Arc::new(Notify::new()),
+        flags[3].clone(),
+    );
     let cluster = ClusterView::new(client, namespaces, "phantom-admission");
 
     let compile = {
@@ -99,7 +126,11 @@ pub fn start(client: Client, store: Arc<PolicyStore>, metrics: Arc<Metrics>, deb
                 };
                 let modules = cluster.modules(&sources.policies).await;
                 let store = store.clone();
-                let snapshot = match tokio::task::spawn_blocking(move || store.update(&sources, &modules, true)).await {
+                let snapshot = match tokio::task::spawn_blocking(move || {
+                    store.update(&sources, &modules, true)
+                })
+                .await
+                {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::error!(error = %e, "policy compilation panicked; the previous set stays in force");
@@ -108,7 +139,9 @@ pub fn start(client: Client, store: Arc<PolicyStore>, metrics: Arc<Metrics>, deb
                 };
                 metrics.policy_generation.set(snapshot.generation as i64);
                 metrics.policy_errors.set(snapshot.errors.len() as i64);
-                metrics.policies_held_back.set(snapshot.held_back.len() as i64);
+                metrics
+                    .policies_held_back
+                    .set(snapshot.held_back.len() as i64);
                 for e in &snapshot.errors {
                     tracing::warn!(kind = e.kind, name = %e.name, errors = %e.to_string().trim_end(), "object does not compile");
                 }

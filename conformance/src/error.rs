@@ -39,6 +39,16 @@ pub enum Error {
         last_error: Option<String>,
     },
 
+    #[error("HTTP {what}: {source}")]
+    Http {
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    #[error("starting the admission webhook failed: {0}")]
+    Admission(#[from] phantom_admission::Error),
+
     #[error("generating TLS material failed: {0}")]
     Pki(#[from] rcgen::Error),
 

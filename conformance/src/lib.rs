@@ -17,6 +17,7 @@ mod pki;
 mod process;
 mod tools;
 pub mod wait;
+pub mod webhook;
 
 pub use env::{Env, EnvOptions};
 pub use error::{Error, Result};

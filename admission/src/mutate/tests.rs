@@ -73,18 +73,35 @@ fn names(containers: &Option<Vec<Container>>) -> Vec<&str> {
 #[test]
 fn sidecar_mode_wraps_every_container_and_adds_the_proxy() {
     let original = web();
-    let patch = mutate(&original, &decision(InjectionMode::Sidecar), &InjectConfig::default())
-        .expect("injects");
+    let patch = mutate(
+        &original,
+        &decision(InjectionMode::Sidecar),
+        &InjectConfig::default(),
+    )
+    .expect("injects");
     let out = apply(&original, &patch);
     let spec = out.spec.as_ref().expect("spec");
-    assert_eq!(names(&Some(spec.containers.clone())), ["app", "metrics", "phantom-proxy"]);
+    assert_eq!(
+        names(&Some(spec.containers.clone())),
+        ["app", "metrics", "phantom-proxy"]
+    );
     assert_eq!(names(&spec.init_containers), ["phantom-init"]);
     let app = &spec.containers[0];
     assert_eq!(
         app.command.as_deref().expect("command"),
-        ["/phantom/bin/phantom-exec", "--container", "app", "--", "/web"]
+        [
+            "/phantom/bin/phantom-exec",
+            "--container",
+            "app",
+            "--",
+            "/web"
+        ]
     );
-    assert_eq!(app.args.as_deref().expect("args"), ["--port", "80"], "args untouched");
+    assert_eq!(
+        app.args.as_deref().expect("args"),
+        ["--port", "80"],
+        "args untouched"
+    );
     let secrets = spec
         .volumes
         .iter()
@@ -142,21 +159,34 @@ fn native_sidecar_and_init_only_place_the_proxy_among_init_containers() {
     let original = web();
     let native = apply(
         &original,
-        &mutate(&original, &decision(InjectionMode::NativeSidecar), &InjectConfig::default())
-            .expect("native"),
+        &mutate(
+            &original,
+            &decision(InjectionMode::NativeSidecar),
+            &InjectConfig::default(),
+        )
+        .expect("native"),
     );
     let spec = native.spec.expect("spec");
-    assert_eq!(names(&spec.init_containers), ["phantom-init", "phantom-proxy"]);
     assert_eq!(
-        spec.init_containers.expect("inits")[1].restart_policy.as_deref(),
+        names(&spec.init_containers),
+        ["phantom-init", "phantom-proxy"]
+    );
+    assert_eq!(
+        spec.init_containers.expect("inits")[1]
+            .restart_policy
+            .as_deref(),
         Some("Always")
     );
     assert_eq!(names(&Some(spec.containers)), ["app", "metrics"]);
 
     let once = apply(
         &original,
-        &mutate(&original, &decision(InjectionMode::InitOnly), &InjectConfig::default())
-            .expect("init-only"),
+        &mutate(
+            &original,
+            &decision(InjectionMode::InitOnly),
+            &InjectConfig::default(),
+        )
+        .expect("init-only"),
     );
     let inits = once.spec.expect("spec").init_containers.expect("inits");
     assert_eq!(inits[1].args.as_deref(), Some(&["--once".to_owned()][..]));
@@ -165,8 +195,12 @@ fn native_sidecar_and_init_only_place_the_proxy_among_init_containers() {
 
 #[test]
 fn daemonset_mode_is_refused_with_what_to_change() {
-    let err = mutate(&web(), &decision(InjectionMode::Daemonset), &InjectConfig::default())
-        .expect_err("no node agent");
+    let err = mutate(
+        &web(),
+        &decision(InjectionMode::Daemonset),
+        &InjectConfig::default(),
+    )
+    .expect_err("no node agent");
     assert!(err.to_string().contains("spec.injection.mode"), "{err}");
 }
 
@@ -174,10 +208,16 @@ fn daemonset_mode_is_refused_with_what_to_change() {
 fn injection_is_idempotent() {
     let original = web();
     let d = decision(InjectionMode::Sidecar);
-    let once = apply(&original, &mutate(&original, &d, &InjectConfig::default()).expect("once"));
+    let once = apply(
+        &original,
+        &mutate(&original, &d, &InjectConfig::default()).expect("once"),
+    );
     assert!(is_injected(&once));
     let again = mutate(&once, &d, &InjectConfig::default()).expect("again");
-    assert!(again.0.is_empty(), "an injected pod is left as it is: {again:?}");
+    assert!(
+        again.0.is_empty(),
+        "an injected pod is left as it is: {again:?}"
+    );
 }
 
 #[test]
@@ -198,9 +238,14 @@ fn a_container_without_command_needs_the_annotation() {
 
     for key in ["phantom.dev/command", "phantom.dev/command.app"] {
         let mut annotated = bare.clone();
-        annotated.metadata.annotations =
-            Some(BTreeMap::from([(key.to_owned(), r#"["/entry", "serve"]"#.to_owned())]));
-        let out = apply(&annotated, &mutate(&annotated, &d, &InjectConfig::default()).expect(key));
+        annotated.metadata.annotations = Some(BTreeMap::from([(
+            key.to_owned(),
+            r#"["/entry", "serve"]"#.to_owned(),
+        )]));
+        let out = apply(
+            &annotated,
+            &mutate(&annotated, &d, &InjectConfig::default()).expect(key),
+        );
         let app = &out.spec.expect("spec").containers[0];
         assert_eq!(
             app.command.as_deref().expect("command")[3..],
@@ -223,21 +268,34 @@ fn listed_containers_only_and_clear_errors_for_clashes() {
     let mut d = decision(InjectionMode::Sidecar);
     d.injection.as_mut().expect("injection").containers = Some(vec!["app".into()]);
     let original = web();
-    let out = apply(&original, &mutate(&original, &d, &InjectConfig::default()).expect("app"));
+    let out = apply(
+        &original,
+        &mutate(&original, &d, &InjectConfig::default()).expect("app"),
+    );
     let spec = out.spec.expect("spec");
-    assert_eq!(spec.containers[1].command.as_deref(), Some(&["/exporter".to_owned()][..]));
+    assert_eq!(
+        spec.containers[1].command.as_deref(),
+        Some(&["/exporter".to_owned()][..])
+    );
 
     d.injection.as_mut().expect("injection").containers = Some(vec!["api".into()]);
     let err = mutate(&original, &d, &InjectConfig::default()).expect_err("no such container");
-    assert!(err.to_string().contains("spec.injection.containers"), "{err}");
+    assert!(
+        err.to_string().contains("spec.injection.containers"),
+        "{err}"
+    );
 
     let clash = pod(json!({
         "metadata": {"name": "web"},
         "spec": {"containers": [{"name": "app", "command": ["/web"]}],
                  "volumes": [{"name": "phantom-secrets", "emptyDir": {}}]}
     }));
-    let err = mutate(&clash, &decision(InjectionMode::Sidecar), &InjectConfig::default())
-        .expect_err("clash");
+    let err = mutate(
+        &clash,
+        &decision(InjectionMode::Sidecar),
+        &InjectConfig::default(),
+    )
+    .expect_err("clash");
     assert!(err.to_string().contains("phantom-secrets"), "{err}");
 }
 
@@ -249,9 +307,8 @@ fn annotate_records_a_decision_without_touching_the_spec() {
     let patch = annotate(&original, decision_annotations(&d, "not-selected"));
     let out = apply(&original, &patch);
     assert_eq!(out.spec, original.spec);
-    let summary: Value = serde_json::from_str(
-        &out.metadata.annotations.expect("annotations")[DECISION_ANNOTATION],
-    )
-    .expect("json");
+    let summary: Value =
+        serde_json::from_str(&out.metadata.annotations.expect("annotations")[DECISION_ANNOTATION])
+            .expect("json");
     assert_eq!(summary["outcome"], "not-selected");
 }

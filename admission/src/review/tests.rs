@@ -8,7 +8,10 @@ use proptest::prelude::*;
 use super::*;
 
 fn namespace(name: &str, labels: Value) -> (String, Value) {
-    (name.to_owned(), json!({"metadata": {"name": name, "labels": labels}}))
+    (
+        name.to_owned(),
+        json!({"metadata": {"name": name, "labels": labels}}),
+    )
 }
 
 fn admitter(synced: bool) -> Admitter {
@@ -75,7 +78,12 @@ fn review(namespace: &str, image: &str) -> Value {
 }
 
 fn response(reply: &Reply) -> Value {
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     let review: Value = serde_json::from_slice(&reply.body).expect("json");
     assert_eq!(review["kind"], "AdmissionReview");
     assert_eq!(review["response"]["uid"], "7d3c");
@@ -102,7 +110,10 @@ async fn namespaces_decide_whether_phantom_acts() {
     let injected = mutate_json(&a, review("shop", "web:1")).await;
     assert_eq!(injected["allowed"], true);
     let patch = serde_json::to_string(&patch_of(&injected)).expect("text");
-    assert!(patch.contains("phantom-proxy") && patch.contains("phantom-exec"), "{patch}");
+    assert!(
+        patch.contains("phantom-proxy") && patch.contains("phantom-exec"),
+        "{patch}"
+    );
 
     for ns in ["plain", "out"] {
         let untouched = mutate_json(&a, review(ns, "web:1")).await;
@@ -115,9 +126,11 @@ async fn namespaces_decide_whether_phantom_acts() {
     let ops = patch_of(&bypassed);
     assert_eq!(ops.len(), 1, "only the override is recorded: {bypassed}");
     assert!(ops[0].to_string().contains("created by alice"));
-    assert!(bypassed["auditAnnotations"]["override"]
-        .as_str()
-        .is_some_and(|s| s.contains("alice")));
+    assert!(
+        bypassed["auditAnnotations"]["override"]
+            .as_str()
+            .is_some_and(|s| s.contains("alice"))
+    );
     let metrics = a.metrics.encode();
     assert!(metrics.contains(r#"phantom_admission_overrides_total{namespace="glass"} 1"#));
     assert!(metrics.contains(r#"phantom_admission_injections_total{namespace="shop"} 1"#));
@@ -135,9 +148,11 @@ async fn policy_denials_and_an_unloaded_store_refuse_the_pod() {
     let cold = admitter(false);
     let refused = mutate_json(&cold, review("shop", "web:1")).await;
     assert_eq!(refused["allowed"], false);
-    assert!(refused["status"]["message"]
-        .as_str()
-        .is_some_and(|m| m.contains("not loaded yet")));
+    assert!(
+        refused["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not loaded yet"))
+    );
 }
 
 #[tokio::test]
@@ -145,21 +160,39 @@ async fn wrong_kinds_and_truncated_bodies_are_400_with_a_message() {
     let a = admitter(true);
     let valid = review("shop", "web:1").to_string();
     for (body, expect) in [
-        (valid[..valid.len() / 2].to_owned(), "not an AdmissionReview"),
-        (json!({"apiVersion": "v1", "kind": "Pod"}).to_string(), "expected kind AdmissionReview"),
-        (json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).to_string(), "no request"),
+        (
+            valid[..valid.len() / 2].to_owned(),
+            "not an AdmissionReview",
+        ),
+        (
+            json!({"apiVersion": "v1", "kind": "Pod"}).to_string(),
+            "expected kind AdmissionReview",
+        ),
+        (
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).to_string(),
+            "no request",
+        ),
         ("".to_owned(), "not an AdmissionReview"),
     ] {
         let reply = a.mutate(body.as_bytes()).await;
         assert_eq!(reply.status, 400, "{body}");
         let message: Value = serde_json::from_slice(&reply.body).expect("json error");
-        assert!(message["error"].as_str().is_some_and(|m| m.contains(expect)), "{message}");
+        assert!(
+            message["error"]
+                .as_str()
+                .is_some_and(|m| m.contains(expect)),
+            "{message}"
+        );
     }
     let mut deployment = review("shop", "web:1");
     deployment["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
     let refused = mutate_json(&a, deployment).await;
     assert_eq!(refused["allowed"], false);
-    assert!(a.metrics.encode().contains(r#"phantom_admission_bad_requests_total{endpoint="mutate"} 4"#));
+    assert!(
+        a.metrics
+            .encode()
+            .contains(r#"phantom_admission_bad_requests_total{endpoint="mutate"} 4"#)
+    );
 }
 
 #[tokio::test]
@@ -176,26 +209,69 @@ async fn validate_reports_compile_errors_and_unadmitted_bindings() {
     let broken = json!({"apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy",
         "metadata": {"name": "broken"},
         "spec": {"rules": {"validations": [{"name": "r", "expression": "object.spec.(("}]}}});
-    let refused = response(&a.validate(resource("PhantomPolicy", None, broken).to_string().as_bytes()).await);
+    let refused = response(
+        &a.validate(
+            resource("PhantomPolicy", None, broken)
+                .to_string()
+                .as_bytes(),
+        )
+        .await,
+    );
     assert_eq!(refused["allowed"], false);
     let message = refused["status"]["message"].as_str().expect("message");
-    assert!(message.contains("PhantomPolicy broken: spec.rules.validations[0].expression"), "{message}");
+    assert!(
+        message.contains("PhantomPolicy broken: spec.rules.validations[0].expression"),
+        "{message}"
+    );
 
-    let binding = |ns: &str| json!({"apiVersion": "phantom.dev/v1alpha1", "kind": "SecretBinding",
+    let binding = |ns: &str| {
+        json!({"apiVersion": "phantom.dev/v1alpha1", "kind": "SecretBinding",
         "metadata": {"name": "db", "namespace": ns},
         "spec": {"selector": {"podSelector": {}}, "openbao": {"role": "r"},
-                 "secrets": [{"name": "pw", "path": "p", "delivery": [{"kind": "socket"}]}]}});
-    let admitted = response(&a.validate(resource("SecretBinding", Some("shop"), binding("shop")).to_string().as_bytes()).await);
-    assert_eq!(admitted["allowed"], true, "policy `all` has no namespace selector: {admitted}");
+                 "secrets": [{"name": "pw", "path": "p", "delivery": [{"kind": "socket"}]}]}})
+    };
+    let admitted = response(
+        &a.validate(
+            resource("SecretBinding", Some("shop"), binding("shop"))
+                .to_string()
+                .as_bytes(),
+        )
+        .await,
+    );
+    assert_eq!(
+        admitted["allowed"], true,
+        "policy `all` has no namespace selector: {admitted}"
+    );
 
     let strict = admitter(true);
-    let scoped: PhantomPolicy = serde_json::from_value(json!({"apiVersion": "phantom.dev/v1alpha1",
+    let scoped: PhantomPolicy =
+        serde_json::from_value(json!({"apiVersion": "phantom.dev/v1alpha1",
         "kind": "PhantomPolicy", "metadata": {"name": "scoped"},
-        "spec": {"match": {"namespaceSelector": {"matchLabels": {"team": "pay"}}}}})).expect("policy");
-    strict.store.update(&Sources { policies: vec![scoped], ..Default::default() }, &Modules::default(), true);
-    let refused = response(&strict.validate(resource("SecretBinding", Some("shop"), binding("shop")).to_string().as_bytes()).await);
+        "spec": {"match": {"namespaceSelector": {"matchLabels": {"team": "pay"}}}}}))
+        .expect("policy");
+    strict.store.update(
+        &Sources {
+            policies: vec![scoped],
+            ..Default::default()
+        },
+        &Modules::default(),
+        true,
+    );
+    let refused = response(
+        &strict
+            .validate(
+                resource("SecretBinding", Some("shop"), binding("shop"))
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await,
+    );
     assert_eq!(refused["allowed"], false);
-    assert!(refused["status"]["message"].as_str().is_some_and(|m| m.contains("no enforced PhantomPolicy admits namespace shop")));
+    assert!(
+        refused["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no enforced PhantomPolicy admits namespace shop"))
+    );
 }
 
 proptest! {

@@ -1,0 +1,212 @@
+//! Admission latency over HTTPS against the real `phantom-admission` binary (release build):
+//! 20 CEL policies, 2 of them with a WASM plugin, 10,000 AdmissionReviews at concurrency 32,
+//! latency measured by the client (TLS, HTTP, decision, patch), and the server's RSS sampled
+//! during the load. Prints figures; asserts nothing.
+//!
+//! `make plugins && cargo bench -p phantom-conformance --bench admission`
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::PostParams;
+use phantom_conformance::{Env, random_hex};
+use phantom_crds::{PhantomPolicy, SecretBinding};
+use phantom_policies::wasm::module_digest;
+use serde_json::{Value, json};
+
+const REQUESTS: usize = 10_000;
+const CONCURRENCY: usize = 32;
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn policy(i: usize, plugin: Option<(&str, &str, Value)>) -> PhantomPolicy {
+    let plugins: Vec<Value> = plugin
+        .into_iter()
+        .map(|(name, sha, settings)| json!({"name": name, "sha256": sha, "timeoutMs": 100, "settings": settings,
+            "module": {"configMap": {"namespace": "default", "name": "bench-plugins", "key": format!("{name}.wasm")}}}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy", "metadata": {"name": format!("bench-{i:02}")},
+        "spec": {
+            "match": {"namespaceSelector": {"matchLabels": {"phantom.dev/inject": "enabled"}},
+                      "matchConditions": [{"name": "not-a-job", "expression": "!has(object.metadata.ownerReferences) || object.metadata.ownerReferences.all(o, o.kind != 'Job')"}]},
+            "rules": {"validations": [
+                {"name": "team", "expression": "has(object.metadata.labels) && 'team' in object.metadata.labels", "message": "team label"},
+                {"name": "pinned", "expression": "object.spec.containers.all(c, !c.image.endsWith(':latest'))", "message": "pin tags"}],
+                "plugins": plugins},
+            "monitoring": {"enabled": true}
+        }
+    }))
+    .expect("policy")
+}
+
+fn review(namespace: &str) -> String {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "bench", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace, "operation": "CREATE", "userInfo": {"username": "bench"},
+            "object": {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"generateName": "web-5f7-", "namespace": namespace,
+                             "labels": {"app": "web", "team": "shop", "pod-template-hash": "5f7"},
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5f7", "uid": "u", "controller": true}]},
+                "spec": {"serviceAccountName": "default", "containers": [
+                    {"name": "web", "image": "registry.example/web:1.4.2", "command": ["/web"], "env": [{"name": "MODE", "value": "prod"}],
+                     "securityContext": {"runAsNonRoot": true}},
+                    {"name": "log", "image": "registry.example/log:2.0", "command": ["/log"]}]}}}
+    })
+    .to_string()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "phantom-admission",
+            "--bin",
+            "phantom-admission",
+        ])
+        .status()
+        .expect("cargo build");
+    assert!(built.success(), "building phantom-admission failed");
+    let binary = target_dir().join("release/phantom-admission");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let env = Env::start().await.expect("environment");
+        env.install_crds().await.expect("CRDs");
+        let client = env.client();
+
+        let mut data = std::collections::BTreeMap::new();
+        let mut plugins = Vec::new();
+        for (name, settings) in [("require_labels", json!({"labels": ["team"]})), ("no_privileged", json!({}))] {
+            let path = target_dir().join(format!("wasm32-unknown-unknown/release/phantom_plugin_{name}.wasm"));
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run `make plugins`)", path.display()));
+            plugins.push((name.replace('_', "-"), module_digest(&bytes), settings));
+            data.insert(format!("{}.wasm", name.replace('_', "-")), ByteString(bytes));
+        }
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some("bench-plugins".into());
+        cm.binary_data = Some(data);
+        Api::<ConfigMap>::namespaced(client.clone(), "default").create(&PostParams::default(), &cm).await.expect("plugin ConfigMap");
+        let policies: Api<PhantomPolicy> = Api::all(client.clone());
+        for i in 0..20 {
+            let plugin = plugins.get(i).filter(|_| i < 2).map(|(n, s, settings)| (n.as_str(), s.as_str(), settings.clone()));
+            policies.create(&PostParams::default(), &policy(i, plugin)).await.expect("policy");
+        }
+        let ns = env.create_namespace("bench", &[("phantom.dev/inject", "enabled")]).await.expect("namespace");
+        let binding: SecretBinding = serde_json::from_value(json!({
+            "apiVersion": "phantom.dev/v1alpha1", "kind": "SecretBinding", "metadata": {"name": "db", "namespace": ns},
+            "spec": {"selector": {"podSelector": {}}, "openbao": {"role": "r"},
+                     "secrets": [{"name": "s", "path": "p", "delivery": [{"kind": "socket"}]}]}
+        })).expect("binding");
+        Api::<SecretBinding>::namespaced(client.clone(), &ns).create(&PostParams::default(), &binding).await.expect("binding");
+
+        let cert = env.ca().serving_cert("phantom-admission", &["localhost"]).expect("cert");
+        let dir = env.dir().join(format!("bench-{}", random_hex(3)));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("tls.crt"), &cert.cert_pem).expect("cert");
+        std::fs::write(dir.join("tls.key"), &cert.key_pem).expect("key");
+        let port = |l: std::net::TcpListener| l.local_addr().expect("addr").port();
+        let (listen, health) = (
+            port(std::net::TcpListener::bind("127.0.0.1:0").expect("port")),
+            port(std::net::TcpListener::bind("127.0.0.1:0").expect("port")),
+        );
+        let mut server = Command::new(&binary)
+            .args(["--listen", &format!("127.0.0.1:{listen}"), "--health-listen", &format!("127.0.0.1:{health}")])
+            .arg("--tls-cert").arg(dir.join("tls.crt"))
+            .arg("--tls-key").arg(dir.join("tls.key"))
+            .env("KUBECONFIG", env.kubeconfig())
+            .env("PHANTOM_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("phantom-admission");
+        let pid = server.id();
+        let metrics_url = format!("http://127.0.0.1:{health}/metrics");
+        phantom_conformance::wait::until("phantom-admission ready with 20 policies", Duration::from_secs(60), Duration::from_millis(100), || async {
+            let text = reqwest::get(&metrics_url).await?.text().await?;
+            anyhow::Ok(text.lines().any(|l| l.starts_with("phantom_admission_policy_generation ") && !l.ends_with(" 0")).then_some(()))
+        }).await.expect("ready");
+        let idle_rss = rss_kib(pid);
+
+        let ca = reqwest::Certificate::from_pem(env.ca().cert_pem.as_bytes()).expect("ca");
+        let http = reqwest::Client::builder().add_root_certificate(ca).pool_max_idle_per_host(CONCURRENCY).build().expect("client");
+        let url = format!("https://127.0.0.1:{listen}/mutate");
+        let body = review(&ns);
+        // Warm-up (connections, plugin instances), and a check that the pod is injected.
+        let first: Value = http.post(&url).body(body.clone()).send().await.expect("post").json().await.expect("json");
+        assert_eq!(first["response"]["allowed"], true, "{first}");
+        assert!(first["response"]["patch"].is_string(), "the bench pod is injected: {first}");
+        for _ in 0..200 {
+            http.post(&url).body(body.clone()).send().await.expect("warm-up");
+        }
+
+        let peak = Arc::new(AtomicU64::new(0));
+        let sampler = {
+            let peak = peak.clone();
+            tokio::spawn(async move {
+                loop {
+                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        let started = Instant::now();
+        let mut samples: Vec<Duration> = futures::stream::iter(0..REQUESTS)
+            .map(|_| {
+                let (http, url, body) = (http.clone(), url.clone(), body.clone());
+                async move {
+                    let t = Instant::now();
+                    let r = http.post(&url).body(body).send().await.expect("post");
+                    assert_eq!(r.status().as_u16(), 200);
+                    r.bytes().await.expect("body");
+                    t.elapsed()
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let wall = started.elapsed();
+        sampler.abort();
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+        println!("phantom-admission (release), 20 CEL policies (2 with a WASM plugin), HTTPS, concurrency {CONCURRENCY}:");
+        println!("  requests={REQUESTS} wall={wall:.2?} throughput={:.0}/s", REQUESTS as f64 / wall.as_secs_f64());
+        println!("  latency p50={:.2?} p90={:.2?} p99={:.2?} max={:.2?}", at(0.5), at(0.9), at(0.99), at(1.0));
+        println!("  server RSS idle={:.1} MiB peak under load={:.1} MiB after={:.1} MiB",
+            idle_rss as f64 / 1024.0, peak.load(Ordering::Relaxed) as f64 / 1024.0, rss_kib(pid) as f64 / 1024.0);
+        let _ = server.kill();
+        let _ = server.wait();
+    });
+}
