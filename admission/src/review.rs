@@ -208,7 +208,7 @@ impl Admitter {
             patch: None,
             audit: BTreeMap::new(),
         };
-        if req.kind.group != "" || req.kind.kind != "Pod" {
+        if !req.kind.group.is_empty() || req.kind.kind != "Pod" {
             return (
                 "error",
                 Verdict::Deny(format!(

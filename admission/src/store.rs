@@ -152,22 +152,22 @@ impl PolicyStore {
         last_good.policies = effective
             .policies
             .iter()
-            .cloned()
             .filter(|p| !broken("PhantomPolicy", &p.name_any()))
+            .cloned()
             .map(|p| (p.name_any(), p))
             .collect();
         last_good.bindings = effective
             .bindings
             .iter()
-            .cloned()
             .filter(|b| !broken("SecretBinding", &binding_key(b)))
+            .cloned()
             .map(|b| (binding_key(&b), b))
             .collect();
         last_good.requirements = effective
             .requirements
             .iter()
-            .cloned()
             .filter(|r| !broken("AttestationRequirement", &r.name_any()))
+            .cloned()
             .map(|r| (r.name_any(), r))
             .collect();
         let mut errors = errors;

@@ -119,6 +119,18 @@ impl ReloadingCertificate {
     }
 }
 
+impl ReloadingCertificate {
+    /// DER of the leaf certificate in use.
+    pub fn current_leaf(&self) -> Vec<u8> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        current.cert.first().map(|c| c.to_vec()).unwrap_or_default()
+    }
+}
+
 impl ResolvesServerCert for ReloadingCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(
@@ -127,5 +139,59 @@ impl ResolvesServerCert for ReloadingCertificate {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(name: &str) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    fn write(dir: &Path, (cert, key): (&str, &str)) {
+        // Rename into place, as Secret volume updates and cert-manager do.
+        for (name, text) in [("tls.crt", cert), ("tls.key", key)] {
+            std::fs::write(dir.join(format!("{name}.new")), text).expect("write");
+            std::fs::rename(dir.join(format!("{name}.new")), dir.join(name)).expect("rename");
+        }
+    }
+
+    #[test]
+    fn a_rotated_pair_is_picked_up_and_a_broken_one_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (cert_a, key_a, der_a) = pair("a.example");
+        write(dir.path(), (&cert_a, &key_a));
+        let tls =
+            ReloadingCertificate::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
+                .expect("load");
+        assert_eq!(tls.current_leaf(), der_a);
+        assert!(
+            !tls.reload_if_changed().expect("unchanged"),
+            "no change, no reload"
+        );
+
+        std::thread::sleep(Duration::from_millis(20));
+        let (cert_b, key_b, der_b) = pair("b.example");
+        write(dir.path(), (&cert_b, &key_b));
+        assert!(tls.reload_if_changed().expect("reload"));
+        assert_eq!(tls.current_leaf(), der_b);
+
+        std::thread::sleep(Duration::from_millis(20));
+        write(dir.path(), (&cert_a, &key_b));
+        let err = tls.reload_if_changed().expect_err("mismatched pair");
+        assert!(err.to_string().contains("tls.key"), "{err}");
+        assert_eq!(tls.current_leaf(), der_b, "the previous pair keeps serving");
+
+        let missing =
+            ReloadingCertificate::load(&dir.path().join("nope.crt"), &dir.path().join("tls.key"))
+                .expect_err("missing file");
+        assert!(missing.to_string().contains("nope.crt"), "{missing}");
     }
 }

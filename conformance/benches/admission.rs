@@ -45,7 +45,7 @@ fn policy(i: usize, plugin: Option<(&str, &str, Value)>) -> PhantomPolicy {
     let plugins: Vec<Value> = plugin
         .into_iter()
         .map(|(name, sha, settings)| json!({"name": name, "sha256": sha, "timeoutMs": 100, "settings": settings,
-            "module": {"configMap": {"namespace": "default", "name": "bench-plugins", "key": format!("{name}.wasm")}}}))
+            "module": {"configMap": {"namespace": "phantom-system", "name": "bench-plugins", "key": format!("{name}.wasm")}}}))
         .collect();
     serde_json::from_value(json!({
         "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy", "metadata": {"name": format!("bench-{i:02}")},
@@ -62,7 +62,17 @@ fn policy(i: usize, plugin: Option<(&str, &str, Value)>) -> PhantomPolicy {
     .expect("policy")
 }
 
-fn review(namespace: &str) -> String {
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit_once(") ")?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+fn review(namespace: &str, nonce: Option<usize>) -> String {
     json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {"uid": "bench", "kind": {"group": "", "version": "v1", "kind": "Pod"},
@@ -70,7 +80,7 @@ fn review(namespace: &str) -> String {
             "namespace": namespace, "operation": "CREATE", "userInfo": {"username": "bench"},
             "object": {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"generateName": "web-5f7-", "namespace": namespace,
-                             "labels": {"app": "web", "team": "shop", "pod-template-hash": "5f7"},
+                             "labels": {"app": "web", "team": "shop", "pod-template-hash": "5f7", "nonce": nonce.map(|n| n.to_string()).unwrap_or_default()},
                              "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5f7", "uid": "u", "controller": true}]},
                 "spec": {"serviceAccountName": "default", "containers": [
                     {"name": "web", "image": "registry.example/web:1.4.2", "command": ["/web"], "env": [{"name": "MODE", "value": "prod"}],
@@ -119,7 +129,8 @@ fn main() {
         let mut cm = ConfigMap::default();
         cm.metadata.name = Some("bench-plugins".into());
         cm.binary_data = Some(data);
-        Api::<ConfigMap>::namespaced(client.clone(), "default").create(&PostParams::default(), &cm).await.expect("plugin ConfigMap");
+        env.create_namespace_named("phantom-system", &[]).await.expect("namespace");
+        Api::<ConfigMap>::namespaced(client.clone(), "phantom-system").create(&PostParams::default(), &cm).await.expect("plugin ConfigMap");
         let policies: Api<PhantomPolicy> = Api::all(client.clone());
         for i in 0..20 {
             let plugin = plugins.get(i).filter(|_| i < 2).map(|(n, s, settings)| (n.as_str(), s.as_str(), settings.clone()));
@@ -163,7 +174,7 @@ fn main() {
         let ca = reqwest::Certificate::from_pem(env.ca().cert_pem.as_bytes()).expect("ca");
         let http = reqwest::Client::builder().add_root_certificate(ca).pool_max_idle_per_host(CONCURRENCY).build().expect("client");
         let url = format!("https://127.0.0.1:{listen}/mutate");
-        let body = review(&ns);
+        let body = review(&ns, None);
         // Warm-up (connections, plugin instances), and a check that the pod is injected.
         let first: Value = http.post(&url).body(body.clone()).send().await.expect("post").json().await.expect("json");
         assert_eq!(first["response"]["allowed"], true, "{first}");
@@ -172,40 +183,52 @@ fn main() {
             http.post(&url).body(body.clone()).send().await.expect("warm-up");
         }
 
-        let peak = Arc::new(AtomicU64::new(0));
-        let sampler = {
-            let peak = peak.clone();
-            tokio::spawn(async move {
-                loop {
-                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-        };
-        let started = Instant::now();
-        let mut samples: Vec<Duration> = futures::stream::iter(0..REQUESTS)
-            .map(|_| {
-                let (http, url, body) = (http.clone(), url.clone(), body.clone());
-                async move {
-                    let t = Instant::now();
-                    let r = http.post(&url).body(body).send().await.expect("post");
-                    assert_eq!(r.status().as_u16(), 200);
-                    r.bytes().await.expect("body");
-                    t.elapsed()
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        let wall = started.elapsed();
-        sampler.abort();
-        samples.sort();
-        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-        println!("phantom-admission (release), 20 CEL policies (2 with a WASM plugin), HTTPS, concurrency {CONCURRENCY}:");
-        println!("  requests={REQUESTS} wall={wall:.2?} throughput={:.0}/s", REQUESTS as f64 / wall.as_secs_f64());
-        println!("  latency p50={:.2?} p90={:.2?} p99={:.2?} max={:.2?}", at(0.5), at(0.9), at(0.99), at(1.0));
-        println!("  server RSS idle={:.1} MiB peak under load={:.1} MiB after={:.1} MiB",
-            idle_rss as f64 / 1024.0, peak.load(Ordering::Relaxed) as f64 / 1024.0, rss_kib(pid) as f64 / 1024.0);
+        println!("phantom-admission (release), 20 CEL policies (2 with a WASM plugin), HTTPS, {REQUESTS} requests per run; the load generator shares the 2 cores:");
+        let identical: Vec<String> = (0..REQUESTS).map(|_| body.clone()).collect();
+        let unique: Vec<String> = (0..REQUESTS).map(|i| review(&ns, Some(i))).collect();
+        for (what, bodies, concurrency) in [
+            ("identical pods (a ReplicaSet's replicas: memoised)", &identical, CONCURRENCY),
+            ("distinct pods (every decision evaluated)", &unique, CONCURRENCY),
+            ("distinct pods, one at a time", &unique, 1),
+        ] {
+            let peak = Arc::new(AtomicU64::new(0));
+            let sampler = {
+                let peak = peak.clone();
+                tokio::spawn(async move {
+                    loop {
+                        peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+            };
+            let ticks = cpu_ticks(pid);
+            let started = Instant::now();
+            let mut samples: Vec<Duration> = futures::stream::iter(bodies.iter().take(if concurrency == 1 { 2_000 } else { REQUESTS }).cloned())
+                .map(|body| {
+                    let (http, url) = (http.clone(), url.clone());
+                    async move {
+                        let t = Instant::now();
+                        let r = http.post(&url).body(body).send().await.expect("post");
+                        assert_eq!(r.status().as_u16(), 200);
+                        r.bytes().await.expect("body");
+                        t.elapsed()
+                    }
+                })
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+            let wall = started.elapsed();
+            let server_cpu_ms = (cpu_ticks(pid) - ticks) as f64 * 10.0;
+            sampler.abort();
+            samples.sort();
+            let n = samples.len();
+            let at = |q: f64| samples[((n as f64 * q) as usize).min(n - 1)];
+            println!("  {what}, concurrency {concurrency}: n={n} wall={wall:.2?} throughput={:.0}/s server CPU/request={:.0} µs",
+                n as f64 / wall.as_secs_f64(), server_cpu_ms * 1000.0 / n as f64);
+            println!("    latency p50={:.2?} p90={:.2?} p99={:.2?} max={:.2?}; server RSS peak={:.1} MiB",
+                at(0.5), at(0.9), at(0.99), at(1.0), peak.load(Ordering::Relaxed) as f64 / 1024.0);
+        }
+        println!("  server RSS idle (before the load)={:.1} MiB, after={:.1} MiB", idle_rss as f64 / 1024.0, rss_kib(pid) as f64 / 1024.0);
         let _ = server.kill();
         let _ = server.wait();
     });

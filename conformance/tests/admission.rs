@@ -579,7 +579,7 @@ async fn malformed_reviews(env: Arc<Env>) -> anyhow::Result<()> {
         })
         .collect();
     let statuses: Vec<u16> = futures::stream::iter(corrupted)
-        .map(|b| post(b))
+        .map(&post)
         .buffer_unordered(8)
         .map_ok(|(s, _)| s)
         .try_collect()

@@ -2,10 +2,17 @@
 //! async server (the admission webhook) hands decisions to the blocking thread pool, at most
 //! `concurrency` at a time. A request that cannot get a slot within `queue_timeout` is refused
 //! with [`Error::Overloaded`] (the webhook answers deny: fail closed) instead of queueing forever.
+//!
+//! Decisions are memoised: `decide` is a pure function of the policy set (by digest) and the
+//! input — CEL has no clock or randomness, and plugins have no imports, so no way to observe
+//! anything but their input. The replicas of one ReplicaSet reach admission as identical pods
+//! (names are generated after admission), so a rollout of N replicas evaluates once.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::{AdmissionInput, Decision, Error, PolicySet, Result};
@@ -16,6 +23,52 @@ pub struct DecisionPool {
     slots: Arc<Semaphore>,
     concurrency: usize,
     queue_timeout: Duration,
+    memo: Arc<Mutex<Memo>>,
+}
+
+/// Recent decisions by `sha256(digest, input)`, oldest evicted first.
+#[derive(Debug, Default)]
+struct Memo {
+    capacity: usize,
+    entries: HashMap<[u8; 32], Decision>,
+    order: VecDeque<[u8; 32]>,
+    hits: u64,
+}
+
+impl Memo {
+    fn get(&mut self, key: &[u8; 32]) -> Option<Decision> {
+        let found = self.entries.get(key).cloned();
+        self.hits += u64::from(found.is_some());
+        found
+    }
+
+    fn insert(&mut self, key: [u8; 32], decision: Decision) {
+        if self.capacity == 0 || self.entries.contains_key(&key) {
+            return;
+        }
+        while self.entries.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.entries.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.order.push_back(key);
+        self.entries.insert(key, decision);
+    }
+}
+
+fn memo_key(set: &PolicySet, input: &AdmissionInput) -> Option<[u8; 32]> {
+    let input = serde_json::to_vec(input).ok()?;
+    Some(
+        Sha256::new()
+            .chain_update(set.digest().as_bytes())
+            .chain_update([0])
+            .chain_update(&input)
+            .finalize()
+            .into(),
+    )
 }
 
 impl DecisionPool {
@@ -27,11 +80,34 @@ impl DecisionPool {
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency,
             queue_timeout,
+            memo: Arc::new(Mutex::new(Memo {
+                capacity: 512,
+                ..Memo::default()
+            })),
         }
+    }
+
+    /// Keeps at most `entries` recent decisions (0 turns memoisation off).
+    pub fn with_memo_capacity(self, entries: usize) -> Self {
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.capacity = entries;
+            memo.entries.clear();
+            memo.order.clear();
+        }
+        self
+    }
+
+    /// Decisions answered from the memo so far.
+    pub fn memo_hits(&self) -> u64 {
+        self.memo.lock().map(|m| m.hits).unwrap_or(0)
     }
 
     /// Decides on the blocking pool.
     pub async fn decide(&self, set: &PolicySet, input: AdmissionInput) -> Result<Decision> {
+        let key = memo_key(set, &input);
+        if let Some(found) = key.and_then(|k| self.memo.lock().ok()?.get(&k)) {
+            return Ok(found);
+        }
         let permit = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
             .await
             .map_err(|_| {
@@ -42,12 +118,16 @@ impl DecisionPool {
             })?
             .map_err(|_| Error::Overloaded("the evaluation pool is shut down".into()))?;
         let set = set.clone();
-        tokio::task::spawn_blocking(move || {
+        let decision = tokio::task::spawn_blocking(move || {
             let _slot = permit;
             set.decide(&input)
         })
         .await
-        .map_err(|e| Error::Overloaded(format!("the evaluation thread failed: {e}")))
+        .map_err(|e| Error::Overloaded(format!("the evaluation thread failed: {e}")))?;
+        if let (Some(key), Ok(mut memo)) = (key, self.memo.lock()) {
+            memo.insert(key, decision.clone());
+        }
+        Ok(decision)
     }
 }
 
@@ -75,7 +155,7 @@ mod tests {
     async fn decides_off_the_runtime_and_refuses_when_saturated() {
         let host = PluginHost::new().expect("host");
         let (set, _) = PolicySet::compile(&Sources::default(), &host, &Modules::default());
-        let pool = DecisionPool::new(1, Duration::from_millis(50));
+        let pool = DecisionPool::new(1, Duration::from_millis(50)).with_memo_capacity(0);
         let decision = pool.decide(&set, input()).await.expect("decides");
         assert!(decision.allowed && !decision.inject);
 
@@ -90,6 +170,53 @@ mod tests {
         assert!(
             pool.decide(&set, input()).await.is_ok(),
             "the pool recovers once a slot frees up"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identical_questions_are_answered_from_the_memo_until_the_set_changes() {
+        let host = PluginHost::new().expect("host");
+        let (empty, _) = PolicySet::compile(&Sources::default(), &host, &Modules::default());
+        let pool = DecisionPool::new(1, Duration::from_millis(50)).with_memo_capacity(2);
+        let first = pool.decide(&empty, input()).await.expect("decides");
+        // Hold the only slot: a memoised answer needs none.
+        let held = pool.slots.clone().acquire_owned().await.expect("slot");
+        assert_eq!(pool.decide(&empty, input()).await.expect("memo"), first);
+        assert_eq!(pool.memo_hits(), 1);
+        let mut other = input();
+        other.request.dry_run = true;
+        assert!(
+            pool.decide(&empty, other).await.is_err(),
+            "another input is evaluated"
+        );
+        drop(held);
+
+        let policy: phantom_crds::PhantomPolicy = serde_json::from_value(json!({
+            "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy", "metadata": {"name": "deny"},
+            "spec": {"rules": {"validations": [{"name": "no", "expression": "false"}]}}
+        }))
+        .expect("policy");
+        let (strict, _) = PolicySet::compile(
+            &Sources {
+                policies: vec![policy],
+                ..Default::default()
+            },
+            &host,
+            &Modules::default(),
+        );
+        let decision = pool.decide(&strict, input()).await.expect("decides");
+        assert!(
+            !decision.allowed,
+            "a new policy set is never answered from the old one's memo"
+        );
+        for i in 0..5 {
+            let mut distinct = input();
+            distinct.request.name = format!("p{i}");
+            pool.decide(&strict, distinct).await.expect("decides");
+        }
+        assert!(
+            pool.memo.lock().expect("memo").entries.len() <= 2,
+            "bounded"
         );
     }
 }
