@@ -106,9 +106,11 @@ pub fn run(options: EnvOptions, cases: Vec<Case>) -> ! {
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
-    // Tear down before exiting: `exit` skips destructors.
-    drop(env);
+    // Tear down before exiting (`exit` skips destructors). The runtime goes first: it stops the
+    // tasks suites left running (a shared webhook's watches), which would otherwise retry
+    // against an API server that is already gone.
     drop(runtime);
+    drop(env);
     conclusion.exit()
 }
 
