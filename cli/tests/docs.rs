@@ -20,6 +20,8 @@ fn render() -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_phantomctl"))
             .args(*args)
             .arg("--help")
+            // `[env: PHANTOM_X=value]` would show values set in the caller's environment.
+            .env_clear()
             .output()
             .expect("phantomctl --help");
         let title = std::iter::once("phantomctl")
