@@ -1,5 +1,5 @@
 //! Admission latency over HTTPS against the real `phantom-admission` binary (release build):
-//! 20 CEL policies, 2 of them with a WASM plugin, 10,000 AdmissionReviews at concurrency 32,
+//! 20 CEL policies (`policies/tests/data/bench-policy.yaml`), 2 of them with a WASM plugin, 10,000 AdmissionReviews at concurrency 32,
 //! latency measured by the client (TLS, HTTP, decision, patch), and the server's RSS sampled
 //! during the load. Prints figures; asserts nothing.
 //!
@@ -47,19 +47,11 @@ fn policy(i: usize, plugin: Option<(&str, &str, Value)>) -> PhantomPolicy {
         .map(|(name, sha, settings)| json!({"name": name, "sha256": sha, "timeoutMs": 100, "settings": settings,
             "module": {"configMap": {"namespace": "phantom-system", "name": "bench-plugins", "key": format!("{name}.wasm")}}}))
         .collect();
-    serde_json::from_value(json!({
-        "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy", "metadata": {"name": format!("bench-{i:02}")},
-        "spec": {
-            "match": {"namespaceSelector": {"matchLabels": {"phantom.dev/inject": "enabled"}},
-                      "matchConditions": [{"name": "not-a-job", "expression": "!has(object.metadata.ownerReferences) || object.metadata.ownerReferences.all(o, o.kind != 'Job')"}]},
-            "rules": {"validations": [
-                {"name": "team", "expression": "has(object.metadata.labels) && 'team' in object.metadata.labels", "message": "team label"},
-                {"name": "pinned", "expression": "object.spec.containers.all(c, !c.image.endsWith(':latest'))", "message": "pin tags"}],
-                "plugins": plugins},
-            "monitoring": {"enabled": true}
-        }
-    }))
-    .expect("policy")
+    let template = include_str!("../../policies/tests/data/bench-policy.yaml");
+    let mut policy: Value = serde_yaml::from_str(template).expect("bench-policy.yaml");
+    policy["metadata"]["name"] = json!(format!("bench-{i:02}"));
+    policy["spec"]["rules"]["plugins"] = json!(plugins);
+    serde_json::from_value(policy).expect("policy")
 }
 
 fn cpu_ticks(pid: u32) -> u64 {

@@ -54,20 +54,11 @@ fn policy(i: usize, plugins: &[(String, String, String)]) -> PhantomPolicy {
         .map(|(name, sha, key)| json!({"name": name, "sha256": sha, "timeoutMs": 100,
             "module": {"configMap": {"namespace": "phantom-system", "name": "plugins", "key": key}}}))
         .collect();
-    serde_json::from_value(json!({
-        "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy", "metadata": {"name": format!("policy-{i:03}")},
-        "spec": {
-            "match": {"namespaceSelector": {"matchLabels": {"phantom.dev/inject": "enabled"}},
-                      "matchConditions": [{"name": "not-a-job", "expression": "!has(object.metadata.ownerReferences) || object.metadata.ownerReferences.all(o, o.kind != 'Job')"}]},
-            "injection": {"canary": {"percent": 100}},
-            "rules": {"validations": [
-                {"name": "team", "expression": "has(object.metadata.labels) && 'team' in object.metadata.labels", "message": "team label"},
-                {"name": "pinned", "expression": "object.spec.containers.all(c, !c.image.endsWith(':latest'))", "message": "pin tags"}],
-                "plugins": plugins},
-            "monitoring": {"enabled": true}
-        }
-    }))
-    .expect("policy")
+    let template = include_str!("../tests/data/bench-policy.yaml");
+    let mut policy: Value = serde_yaml::from_str(template).expect("bench-policy.yaml");
+    policy["metadata"]["name"] = json!(format!("policy-{i:03}"));
+    policy["spec"]["rules"]["plugins"] = json!(plugins);
+    serde_json::from_value(policy).expect("policy")
 }
 
 fn main() {
