@@ -111,6 +111,25 @@ impl Env {
         Ok(resp.status.map(|s| s.token).unwrap_or_default())
     }
 
+    /// A KV v2 secret `secret/<ns>/db` with a random `password`, an OpenBao policy `<ns>` reading
+    /// `secret/<ns>/*`, and a Kubernetes auth role `<ns>-app` for ServiceAccount `<ns>/app`.
+    /// Returns the path and the value (for assertions; never print it).
+    pub async fn provision_app_secret(&self, ns: &str) -> Result<(String, String)> {
+        let bao = self.openbao();
+        let value = format!("s3cr3t-{}", crate::random_hex(16));
+        let path = format!("{ns}/db");
+        bao.kv_put("secret", &path, serde_json::json!({ "password": value }))
+            .await?;
+        bao.put_kv_read_policy(ns, "secret", &[&format!("{ns}/*")])
+            .await?;
+        bao.put_kubernetes_role(
+            "kubernetes",
+            &crate::KubernetesRole::for_service_account(&format!("{ns}-app"), ns, "app", &[ns]),
+        )
+        .await?;
+        Ok((path, value))
+    }
+
     /// The identity a pod running as `namespace/service_account` presents to OpenBao (the
     /// ServiceAccount is created if missing; the token has audience `openbao` and lives 10 minutes).
     pub async fn pod_identity(

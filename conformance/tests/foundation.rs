@@ -9,7 +9,7 @@ use anyhow::{Context, bail, ensure};
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, CustomResourceExt, ResourceExt};
 use phantom_conformance::harness::{Case, run};
-use phantom_conformance::{Env, EnvOptions, KubernetesRole, random_hex};
+use phantom_conformance::{Env, EnvOptions, random_hex};
 use phantom_crds::{AttestationRequirement, PhantomPolicy, SecretBinding};
 use serde_json::{Value, json};
 
@@ -374,25 +374,9 @@ async fn kubectl_shows_the_printer_columns(env: Arc<Env>) -> anyhow::Result<()> 
 }
 
 /// Writes a KV secret at `<ns>/<name>` and a role `<ns>-app` letting `<ns>/app` read it.
-async fn secret_for_app(env: &Env, ns: &str) -> anyhow::Result<(String, String)> {
-    let bao = env.openbao();
-    let value = format!("s3cr3t-{}", random_hex(16));
-    let path = format!("{ns}/db");
-    bao.kv_put("secret", &path, json!({ "password": value }))
-        .await?;
-    bao.put_kv_read_policy(ns, "secret", &[&format!("{ns}/*")])
-        .await?;
-    bao.put_kubernetes_role(
-        "kubernetes",
-        &KubernetesRole::for_service_account(&format!("{ns}-app"), ns, "app", &[ns]),
-    )
-    .await?;
-    Ok((path, value))
-}
-
 async fn pod_identity_logs_in_and_reads(env: Arc<Env>) -> anyhow::Result<()> {
     let ns = env.create_namespace("login", &[]).await?;
-    let (path, value) = secret_for_app(&env, &ns).await?;
+    let (path, value) = env.provision_app_secret(&ns).await?;
     let identity = env.pod_identity(&ns, "app").await?;
     let token = env
         .openbao()
@@ -414,7 +398,7 @@ async fn pod_identity_logs_in_and_reads(env: Arc<Env>) -> anyhow::Result<()> {
 async fn other_namespace_or_audience_is_refused(env: Arc<Env>) -> anyhow::Result<()> {
     let ns = env.create_namespace("owner", &[]).await?;
     let other = env.create_namespace("intruder", &[]).await?;
-    let (_, _) = secret_for_app(&env, &ns).await?;
+    let (_, _) = env.provision_app_secret(&ns).await?;
     let role = format!("{ns}-app");
 
     let intruder = env.pod_identity(&other, "app").await?;
@@ -455,7 +439,7 @@ async fn other_namespace_or_audience_is_refused(env: Arc<Env>) -> anyhow::Result
 async fn no_secret_value_reaches_etcd(env: Arc<Env>) -> anyhow::Result<()> {
     env.install_crds().await?;
     let ns = env.create_namespace("etcd-proof", &[]).await?;
-    let (path, value) = secret_for_app(&env, &ns).await?;
+    let (path, value) = env.provision_app_secret(&ns).await?;
 
     // The full foundation flow: a binding naming the secret, a pod identity reading it.
     let binding: SecretBinding = serde_json::from_value(json!({

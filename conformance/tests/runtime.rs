@@ -1,0 +1,150 @@
+//! The sidecar's OpenBao client against the real OpenBao and API server: a pod identity from
+//! TokenRequest logs in with Kubernetes auth and reads KV v2; the wrong ServiceAccount is refused
+//! with a message that says what to check; 50 concurrent reads of one secret reach OpenBao once,
+//! counted by a proxy in front of OpenBao.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail, ensure};
+use phantom_conformance::counting_proxy::CountingProxy;
+use phantom_conformance::harness::{Case, run};
+use phantom_conformance::{Env, EnvOptions, PodIdentity, random_hex};
+use phantom_runtime_proxy::openbao::OpenBaoClient;
+
+fn main() {
+    run(
+        EnvOptions::default(),
+        vec![
+            Case::new("pod_identity_logs_in_and_reads_kv", logs_in_and_reads),
+            Case::new(
+                "wrong_service_account_is_refused_clearly",
+                wrong_service_account,
+            ),
+            Case::new("fifty_concurrent_reads_reach_openbao_once", reads_coalesce),
+        ],
+    )
+}
+
+/// The pod's projected token as the kubelet would write it.
+fn token_file(env: &Env, identity: &PodIdentity) -> anyhow::Result<PathBuf> {
+    let path = env.dir().join(format!("token-{}", random_hex(4)));
+    std::fs::write(&path, &identity.token)?;
+    Ok(path)
+}
+
+async fn logs_in_and_reads(env: Arc<Env>) -> anyhow::Result<()> {
+    let ns = env.create_namespace("rt", &[]).await?;
+    let (path, value) = env.provision_app_secret(&ns).await?;
+    let identity = env.pod_identity(&ns, "app").await?;
+    let client = OpenBaoClient::new(env.openbao().addr())?;
+    let session = client
+        .login_kubernetes(
+            "kubernetes",
+            &format!("{ns}-app"),
+            &token_file(&env, &identity)?,
+        )
+        .await?;
+    ensure!(
+        session.lease_duration.as_secs() > 0,
+        "the session has a lease"
+    );
+    let secret = client.read_kv(&session, "secret", &path, None).await?;
+    ensure!(secret.version == 1, "version {}", secret.version);
+    let password = secret.data.get("password").context("password key")?;
+    ensure!(password.expose() == value, "read back a different value");
+    let printed = format!("{session:?} {secret:?}");
+    ensure!(
+        !printed.contains(&value),
+        "Debug output shows the secret value"
+    );
+    ensure!(
+        !printed.contains(session.token.expose()),
+        "Debug output shows the OpenBao token"
+    );
+
+    let missing = client
+        .read_kv(&session, "secret", &format!("{ns}/nope"), None)
+        .await;
+    match missing {
+        Ok(_) => bail!("a missing secret was read"),
+        Err(e) => ensure!(
+            e.to_string().contains("404") && e.to_string().contains("no such secret"),
+            "{e}"
+        ),
+    }
+    Ok(())
+}
+
+async fn wrong_service_account(env: Arc<Env>) -> anyhow::Result<()> {
+    let ns = env.create_namespace("rt", &[]).await?;
+    env.provision_app_secret(&ns).await?;
+    let intruder = env.pod_identity(&ns, "intruder").await?;
+    let client = OpenBaoClient::new(env.openbao().addr())?;
+    let refused = client
+        .login_kubernetes(
+            "kubernetes",
+            &format!("{ns}-app"),
+            &token_file(&env, &intruder)?,
+        )
+        .await;
+    match refused {
+        Ok(_) => bail!("a ServiceAccount the role does not bind logged in"),
+        Err(e) => {
+            let message = e.to_string();
+            ensure!(
+                message.contains("refused the Kubernetes login")
+                    && message.contains(&format!("role {ns}-app"))
+                    && message.contains("ServiceAccount"),
+                "the refusal says what to check: {message}"
+            );
+            ensure!(
+                !message.contains(&intruder.token),
+                "the message shows the token"
+            );
+        }
+    }
+    let unreachable = OpenBaoClient::new("http://127.0.0.1:9")?
+        .login_kubernetes("kubernetes", "r", &token_file(&env, &intruder)?)
+        .await
+        .expect_err("nothing listens on port 9");
+    ensure!(
+        unreachable
+            .to_string()
+            .contains("http://127.0.0.1:9 is unreachable"),
+        "{unreachable}"
+    );
+    Ok(())
+}
+
+async fn reads_coalesce(env: Arc<Env>) -> anyhow::Result<()> {
+    let ns = env.create_namespace("rt", &[]).await?;
+    let (path, value) = env.provision_app_secret(&ns).await?;
+    let proxy = CountingProxy::start(env.openbao().addr()).await?;
+    let identity = env.pod_identity(&ns, "app").await?;
+    let client = OpenBaoClient::new(proxy.url())?;
+    let session = client
+        .login_kubernetes(
+            "kubernetes",
+            &format!("{ns}-app"),
+            &token_file(&env, &identity)?,
+        )
+        .await?;
+    let reads = (0..50).map(|_| client.read_kv_coalesced(&session, "secret", &path, None));
+    for read in futures::future::join_all(reads).await {
+        ensure!(
+            read?.data["password"].expose() == value,
+            "every caller gets the value"
+        );
+    }
+    let asked = proxy.count("GET", &format!("/v1/secret/data/{path}"));
+    ensure!(
+        asked == 1,
+        "OpenBao was asked {asked} times for {path}, expected once"
+    );
+    ensure!(
+        proxy.count("POST", "/v1/auth/kubernetes/login") == 1,
+        "one login"
+    );
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Phantom's runtime side: what runs inside the pod. This first part holds the pieces every
+//! delivery path shares: [`SecretValue`] (zeroized on drop, never printed), the OpenBao client
+//! (Kubernetes auth with the pod's projected token, KV v2 reads) and request coalescing, so that
+//! many concurrent asks for one secret reach OpenBao once.
+
+pub mod coalesce;
+pub mod openbao;
+pub mod secret;
+
+pub use secret::SecretValue;
+
+/// Errors of the runtime proxy. None of them ever carries a secret value: OpenBao's answers are
+/// reduced to their `errors` array before they reach a message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// OpenBao could not be reached.
+    #[error(
+        "OpenBao at {addr} is unreachable ({cause}); check the address, DNS and network policy, and that OpenBao is unsealed"
+    )]
+    Unreachable { addr: String, cause: String },
+    /// OpenBao refused a login.
+    #[error(
+        "OpenBao at {addr} refused the Kubernetes login with role {role} at auth/{mount} ({status}: {errors}); check that the role binds this pod's namespace and ServiceAccount and accepts the token's audience"
+    )]
+    LoginRefused {
+        addr: String,
+        role: String,
+        mount: String,
+        status: u16,
+        errors: String,
+    },
+    /// OpenBao refused or failed a read.
+    #[error("OpenBao at {addr} answered {status} reading {path}: {errors}; {hint}")]
+    Read {
+        addr: String,
+        path: String,
+        status: u16,
+        errors: String,
+        hint: &'static str,
+    },
+    /// OpenBao's answer did not have the expected shape.
+    #[error("OpenBao at {addr} answered {path} with an unexpected body ({what})")]
+    Malformed {
+        addr: String,
+        path: String,
+        what: String,
+    },
+    /// The pod's ServiceAccount token could not be read.
+    #[error(
+        "reading the ServiceAccount token {path}: {cause}; is the projected token volume mounted?"
+    )]
+    Token { path: String, cause: String },
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

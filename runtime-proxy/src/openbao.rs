@@ -1,0 +1,269 @@
+//! A small OpenBao (and Vault) client for what the sidecar needs: Kubernetes auth with the pod's
+//! projected ServiceAccount token and KV v2 reads. Answers are parsed from zeroizing buffers and
+//! the secret data moves straight into [`SecretValue`]s; error messages carry OpenBao's `errors`
+//! array only, never a body that could hold data.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::coalesce::Coalescer;
+use crate::secret::{SecretValue, wipe};
+use crate::{Error, Result};
+
+/// A logged-in session: the client token and how long it lives.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub token: SecretValue,
+    pub lease_duration: Duration,
+    pub renewable: bool,
+}
+
+/// One version of a KV v2 secret.
+#[derive(Debug, Clone)]
+pub struct KvSecret {
+    pub data: BTreeMap<String, SecretValue>,
+    pub version: u64,
+}
+
+/// Talks to one OpenBao server.
+#[derive(Debug, Clone)]
+pub struct OpenBaoClient {
+    addr: String,
+    http: reqwest::Client,
+    reads: Arc<Coalescer<(String, String, String, Option<u64>), KvSecret>>,
+}
+
+impl OpenBaoClient {
+    /// A client for `addr` (`https://host:8200`) with a connection pool that is reused across
+    /// requests.
+    pub fn new(addr: impl Into<String>) -> Result<Self> {
+        let addr = addr.into().trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| Error::Unreachable {
+                addr: addr.clone(),
+                cause: format!("building the HTTP client: {e}"),
+            })?;
+        Ok(Self {
+            addr,
+            http,
+            reads: Arc::default(),
+        })
+    }
+
+    /// The server address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&SecretValue>,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.addr));
+        if let Some(token) = token {
+            request = request.header("X-Vault-Token", token.expose());
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let unreachable = |e: reqwest::Error| Error::Unreachable {
+            addr: self.addr.clone(),
+            cause: e.without_url().to_string(),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let bytes = Zeroizing::new(Vec::<u8>::from(
+            response.bytes().await.map_err(unreachable)?,
+        ));
+        let value = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
+                addr: self.addr.clone(),
+                path: path.to_owned(),
+                what: format!("not JSON: {e}"),
+            })?
+        };
+        Ok((status, value))
+    }
+
+    fn errors_of(value: &Value) -> String {
+        value
+            .get("errors")
+            .map(Value::to_string)
+            .unwrap_or_else(|| "no errors given".into())
+    }
+
+    /// Logs in with Kubernetes auth at `auth/<mount>` as `role` with the ServiceAccount token in
+    /// `token_path` (re-read on every login: the kubelet rotates it).
+    pub async fn login_kubernetes(
+        &self,
+        mount: &str,
+        role: &str,
+        token_path: &Path,
+    ) -> Result<Session> {
+        let jwt =
+            Zeroizing::new(
+                std::fs::read_to_string(token_path).map_err(|e| Error::Token {
+                    path: token_path.display().to_string(),
+                    cause: e.to_string(),
+                })?,
+            );
+        let path = format!("auth/{mount}/login");
+        let (status, mut answer) = self
+            .call(
+                reqwest::Method::POST,
+                &path,
+                None,
+                Some(json!({"role": role, "jwt": jwt.trim()})),
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(Error::LoginRefused {
+                addr: self.addr.clone(),
+                role: role.to_owned(),
+                mount: mount.to_owned(),
+                status,
+                errors: Self::errors_of(&answer),
+            });
+        }
+        let auth = answer
+            .get_mut("auth")
+            .map(Value::take)
+            .unwrap_or(Value::Null);
+        wipe(&mut answer);
+        let token = auth
+            .get("client_token")
+            .and_then(Value::as_str)
+            .map(|t| SecretValue::new(t.to_owned()))
+            .ok_or_else(|| Error::Malformed {
+                addr: self.addr.clone(),
+                path: path.clone(),
+                what: "no auth.client_token".into(),
+            })?;
+        let session = Session {
+            token,
+            lease_duration: Duration::from_secs(
+                auth.get("lease_duration")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+            ),
+            renewable: auth
+                .get("renewable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        };
+        let mut auth = auth;
+        wipe(&mut auth);
+        Ok(session)
+    }
+
+    /// Reads a KV v2 secret (`version` pins one; `None` is the latest).
+    pub async fn read_kv(
+        &self,
+        session: &Session,
+        mount: &str,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<KvSecret> {
+        let api_path = match version {
+            Some(v) => format!("{mount}/data/{path}?version={v}"),
+            None => format!("{mount}/data/{path}"),
+        };
+        let (status, mut answer) = self
+            .call(reqwest::Method::GET, &api_path, Some(&session.token), None)
+            .await?;
+        if !(200..300).contains(&status) {
+            let hint = match status {
+                403 => {
+                    "the pod's OpenBao policy does not allow reading this path: grant read on it to the role's policies"
+                }
+                404 => {
+                    "no such secret: check mount and path in the SecretBinding (no `data/` prefix)"
+                }
+                503 => "OpenBao is sealed or in standby",
+                _ => "see OpenBao's server log",
+            };
+            let errors = Self::errors_of(&answer);
+            wipe(&mut answer);
+            return Err(Error::Read {
+                addr: self.addr.clone(),
+                path: format!("{mount}/{path}"),
+                status,
+                errors,
+                hint,
+            });
+        }
+        let version = answer
+            .pointer("/data/metadata/version")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let data = match answer.pointer_mut("/data/data").map(Value::take) {
+            Some(Value::Object(map)) => map
+                .into_iter()
+                .map(|(k, mut v)| {
+                    let text = match &v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    wipe(&mut v);
+                    (k, SecretValue::new(text))
+                })
+                .collect(),
+            _ => {
+                wipe(&mut answer);
+                return Err(Error::Malformed {
+                    addr: self.addr.clone(),
+                    path: format!("{mount}/{path}"),
+                    what: "no data.data object (is this a KV v2 mount?)".into(),
+                });
+            }
+        };
+        wipe(&mut answer);
+        Ok(KvSecret { data, version })
+    }
+
+    /// [`read_kv`](Self::read_kv), with concurrent reads of the same (token, mount, path,
+    /// version) sharing one request to OpenBao.
+    pub async fn read_kv_coalesced(
+        &self,
+        session: &Session,
+        mount: &str,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<Arc<KvSecret>> {
+        // The token identifies the caller: two pods never share a read.
+        let identity = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            session.token.expose().hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        let key = (identity, mount.to_owned(), path.to_owned(), version);
+        let (client, session, mount, path) = (
+            self.clone(),
+            session.clone(),
+            mount.to_owned(),
+            path.to_owned(),
+        );
+        self.reads
+            .run(key, async move {
+                client.read_kv(&session, &mount, &path, version).await
+            })
+            .await
+    }
+}
