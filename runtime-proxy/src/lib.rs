@@ -4,6 +4,7 @@
 //! many concurrent asks for one secret reach OpenBao once.
 
 pub mod coalesce;
+pub mod exec;
 pub mod openbao;
 pub mod secret;
 
@@ -45,6 +46,9 @@ pub enum Error {
         path: String,
         what: String,
     },
+    /// `phantom-exec` could not get its container's variables from the sidecar.
+    #[error("phantom-exec: {0}")]
+    Exec(String),
     /// The pod's ServiceAccount token could not be read.
     #[error(
         "reading the ServiceAccount token {path}: {cause}; is the projected token volume mounted?"

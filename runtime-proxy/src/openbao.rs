@@ -30,12 +30,15 @@ pub struct KvSecret {
     pub version: u64,
 }
 
+/// (caller identity, mount, path, version) of a read.
+type ReadKey = (String, String, String, Option<u64>);
+
 /// Talks to one OpenBao server.
 #[derive(Debug, Clone)]
 pub struct OpenBaoClient {
     addr: String,
     http: reqwest::Client,
-    reads: Arc<Coalescer<(String, String, String, Option<u64>), KvSecret>>,
+    reads: Arc<Coalescer<ReadKey, KvSecret>>,
 }
 
 impl OpenBaoClient {

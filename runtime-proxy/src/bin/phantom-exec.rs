@@ -1,0 +1,68 @@
+//! `phantom-exec`: sets the container's secrets as environment variables and `exec`s the
+//! application (see `phantom_runtime_proxy::exec`). Exit codes: 127 when the command cannot be
+//! executed, 70 when the sidecar cannot deliver, 64 for bad arguments.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use phantom_runtime_proxy::exec::{Invocation, command, fetch_env, install, parse};
+
+fn main() -> ExitCode {
+    let invocation = match parse(std::env::args_os().skip(1).collect()) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(64);
+        }
+    };
+    match invocation {
+        Invocation::Install { dest } => match install(&dest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(70)
+            }
+        },
+        Invocation::Run { container, argv } => {
+            let socket = PathBuf::from(
+                std::env::var_os("PHANTOM_SOCKET")
+                    .unwrap_or_else(|| "/phantom/secrets/.phantom/proxy.sock".into()),
+            );
+            let wait = std::env::var("PHANTOM_EXEC_WAIT_SECONDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(Duration::from_secs(120));
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("phantom-exec: starting: {e}");
+                    return ExitCode::from(70);
+                }
+            };
+            let env = match runtime.block_on(fetch_env(&socket, &container, wait)) {
+                Ok(env) => env,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(70);
+                }
+            };
+            drop(runtime);
+            let names: Vec<&str> = env.keys().map(String::as_str).collect();
+            eprintln!(
+                "phantom-exec: container {container}: {} variable(s) from Phantom ({})",
+                names.len(),
+                names.join(", ")
+            );
+            // Only returns on failure; on success the application replaces this process.
+            let err = command(&argv, &env).exec();
+            eprintln!("phantom-exec: cannot execute {:?}: {err}", argv[0]);
+            ExitCode::from(127)
+        }
+    }
+}

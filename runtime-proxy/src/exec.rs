@@ -1,0 +1,199 @@
+//! `phantom-exec`: the wrapper in front of the application's command. It asks the sidecar over
+//! its Unix socket for this container's environment variables (waiting, bounded, for the socket
+//! to appear), sets them and `exec`s the original argv. Because `exec` replaces the process,
+//! the application keeps the PID, receives its signals directly and its exit code is the
+//! container's: there is no supervisor in between.
+//!
+//! Socket API used here: `GET /v1/env?container=<name>` → `{"env": {"NAME": "value", ...}}`.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+use crate::{Error, Result, SecretValue};
+
+/// What `phantom-exec` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    /// `phantom-exec install <dest>`: copy this binary to `dest` (the init container's job).
+    Install { dest: PathBuf },
+    /// `phantom-exec --container <name> -- <argv...>`.
+    Run {
+        container: String,
+        argv: Vec<OsString>,
+    },
+}
+
+/// Parses `phantom-exec`'s arguments (after the program name).
+pub fn parse(args: Vec<OsString>) -> Result<Invocation> {
+    let usage = "usage: phantom-exec --container <name> -- <command> [args...] | phantom-exec install <dest>";
+    let mut args = args.into_iter();
+    match args.next().as_ref().and_then(|a| a.to_str()) {
+        Some("install") => match (args.next(), args.next()) {
+            (Some(dest), None) => Ok(Invocation::Install { dest: dest.into() }),
+            _ => Err(Error::Exec(usage.into())),
+        },
+        Some("--container") => {
+            let container = args
+                .next()
+                .and_then(|c| c.into_string().ok())
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| Error::Exec(usage.into()))?;
+            if args.next().as_ref().and_then(|a| a.to_str()) != Some("--") {
+                return Err(Error::Exec(usage.into()));
+            }
+            let argv: Vec<OsString> = args.collect();
+            if argv.is_empty() {
+                return Err(Error::Exec(format!(
+                    "no command to run after `--`; {usage}"
+                )));
+            }
+            Ok(Invocation::Run { container, argv })
+        }
+        _ => Err(Error::Exec(usage.into())),
+    }
+}
+
+/// Copies the running binary to `dest` (mode 0755) through a temporary file and a rename, so a
+/// half-written wrapper is never executed.
+pub fn install(dest: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let me = std::env::current_exe().map_err(|e| Error::Exec(format!("locating myself: {e}")))?;
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy(&me, &tmp)
+        .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
+        .and_then(|_| std::fs::rename(&tmp, dest))
+        .map_err(|e| {
+            Error::Exec(format!(
+                "installing into {}: {e}; is the shared volume mounted writable?",
+                dest.display()
+            ))
+        })
+}
+
+#[derive(serde::Deserialize)]
+struct EnvAnswer {
+    env: BTreeMap<String, SecretValue>,
+}
+
+/// Asks the sidecar at `socket` for `container`'s variables, waiting up to `wait` for the socket
+/// to accept connections (the sidecar may still be fetching from OpenBao).
+pub async fn fetch_env(
+    socket: &Path,
+    container: &str,
+    wait: Duration,
+) -> Result<BTreeMap<String, SecretValue>> {
+    let deadline = Instant::now() + wait;
+    let stream = loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(s) => break s,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(Error::Exec(format!(
+                    "the Phantom sidecar's socket {} did not accept connections within {wait:?} ({e}); check the phantom-proxy container's log and status (is OpenBao reachable?)",
+                    socket.display()
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Error::Exec(format!("talking to the sidecar: {e}")))?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!("/v1/env?container={container}"))
+        .header(hyper::header::HOST, "phantom-proxy")
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| Error::Exec(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| Error::Exec(format!("asking the sidecar for the environment: {e}")))?;
+    let status = response.status();
+    let body = zeroize::Zeroizing::new(
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::Exec(format!("reading the sidecar's answer: {e}")))?
+            .to_bytes()
+            .to_vec(),
+    );
+    if !status.is_success() {
+        // Error answers carry a message, never values.
+        return Err(Error::Exec(format!(
+            "the sidecar refused the environment of container {container} ({status}): {}",
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(500)
+                .collect::<String>()
+        )));
+    }
+    let answer: EnvAnswer = serde_json::from_slice(&body).map_err(|e| {
+        Error::Exec(format!(
+            "the sidecar's answer is not {{\"env\": {{...}}}}: {e}"
+        ))
+    })?;
+    Ok(answer.env)
+}
+
+/// A command for `argv` with `env` added to the inherited environment. `exec` it
+/// (`std::os::unix::process::CommandExt::exec`) to replace this process.
+pub fn command(argv: &[OsString], env: &BTreeMap<String, SecretValue>) -> std::process::Command {
+    let mut command = std::process::Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    for (name, value) in env {
+        command.env(name, value.expose());
+    }
+    command
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn arguments_are_parsed_strictly() {
+        assert_eq!(
+            parse(os(&[
+                "--container",
+                "app",
+                "--",
+                "/bin/web",
+                "--port",
+                "80"
+            ]))
+            .expect("run"),
+            Invocation::Run {
+                container: "app".into(),
+                argv: os(&["/bin/web", "--port", "80"])
+            }
+        );
+        assert_eq!(
+            parse(os(&["install", "/phantom/bin/phantom-exec"])).expect("install"),
+            Invocation::Install {
+                dest: "/phantom/bin/phantom-exec".into()
+            }
+        );
+        for bad in [
+            &[][..],
+            &["--container", "app"],
+            &["--container", "app", "--"],
+            &["--container", "", "--", "x"],
+            &["install"],
+        ] {
+            let err = parse(os(bad)).expect_err("refused");
+            assert!(
+                err.to_string().contains("usage") || err.to_string().contains("no command"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `phantom-exec` as a real process: it fetches its container's variables from a socket speaking
+//! the sidecar's `/v1/env` API (a stand-in until `phantom-proxy` serves it), then `exec`s the
+//! command — same PID, same exit code, variables set, values never in its own output.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+const EXEC: &str = env!("CARGO_BIN_EXE_phantom-exec");
+
+fn serve_env(socket: &Path, value: String) -> std::thread::JoinHandle<()> {
+    let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async move {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::UnixListener::from_std(listener).expect("listener");
+            while let Ok((stream, _)) = listener.accept().await {
+                let value = value.clone();
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let value = value.clone();
+                        async move {
+                            let (status, body) = if req.uri() == "/v1/env?container=app" {
+                                (
+                                    200,
+                                    serde_json::json!({"env": {"DB_PASSWORD": value}}).to_string(),
+                                )
+                            } else {
+                                (
+                                    403,
+                                    "container other is not wrapped by this pod's policy"
+                                        .to_owned(),
+                                )
+                            };
+                            let mut r = Response::new(Full::new(Bytes::from(body)));
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+    })
+}
+
+fn random() -> String {
+    let mut buf = [0u8; 12];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").expect("urandom"),
+        &mut buf,
+    )
+    .expect("read");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn the_application_gets_its_variables_keeps_the_pid_and_its_exit_code() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("proxy.sock");
+    let value = format!("s3cret-{}", random());
+    serve_env(&socket, value.clone());
+    let child = Command::new(EXEC)
+        .args([
+            "--container",
+            "app",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo \"$DB_PASSWORD\"; echo $$; exit 7",
+        ])
+        .env("PHANTOM_SOCKET", &socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("phantom-exec");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(value.as_str()),
+        "the application sees its secret"
+    );
+    assert_eq!(
+        lines.get(1).copied(),
+        Some(pid.to_string().as_str()),
+        "exec keeps the PID"
+    );
+    assert_eq!(out.status.code(), Some(7), "the exit code passes through");
+    assert!(
+        stderr.contains("DB_PASSWORD") && !stderr.contains(&value),
+        "names only: {stderr}"
+    );
+}
+
+#[test]
+fn refusals_and_a_missing_sidecar_fail_with_a_message() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("proxy.sock");
+    let missing = Command::new(EXEC)
+        .args(["--container", "app", "--", "/bin/true"])
+        .env("PHANTOM_SOCKET", &socket)
+        .env("PHANTOM_EXEC_WAIT_SECONDS", "1")
+        .output()
+        .expect("phantom-exec");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(70));
+    assert!(
+        stderr.contains("proxy.sock") && stderr.contains("phantom-proxy"),
+        "{stderr}"
+    );
+
+    serve_env(&socket, "unused".into());
+    let refused = Command::new(EXEC)
+        .args(["--container", "other", "--", "/bin/true"])
+        .env("PHANTOM_SOCKET", &socket)
+        .output()
+        .expect("phantom-exec");
+    assert_eq!(refused.status.code(), Some(70));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("403"));
+
+    let bad = Command::new(EXEC)
+        .args(["--container", "app"])
+        .output()
+        .expect("phantom-exec");
+    assert_eq!(bad.status.code(), Some(64));
+
+    let not_found = Command::new(EXEC)
+        .args(["--container", "app", "--", "/nonexistent/app"])
+        .env("PHANTOM_SOCKET", &socket)
+        .output()
+        .expect("phantom-exec");
+    assert_eq!(not_found.status.code(), Some(127));
+}
+
+#[test]
+fn install_copies_an_executable_wrapper() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let dest = dir.path().join("phantom-exec");
+    let status = Command::new(EXEC)
+        .arg("install")
+        .arg(&dest)
+        .status()
+        .expect("install");
+    assert!(status.success());
+    let mode = std::fs::metadata(&dest)
+        .expect("installed")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(
+        std::fs::read(&dest).expect("copy"),
+        std::fs::read(EXEC).expect("original")
+    );
+}
