@@ -35,26 +35,26 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation> {
     match args.next().as_ref().and_then(|a| a.to_str()) {
         Some("install") => match (args.next(), args.next()) {
             (Some(dest), None) => Ok(Invocation::Install { dest: dest.into() }),
-            _ => Err(Error::Exec(usage.into())),
+            _ => Err(Error::Delivery(usage.into())),
         },
         Some("--container") => {
             let container = args
                 .next()
                 .and_then(|c| c.into_string().ok())
                 .filter(|c| !c.is_empty())
-                .ok_or_else(|| Error::Exec(usage.into()))?;
+                .ok_or_else(|| Error::Delivery(usage.into()))?;
             if args.next().as_ref().and_then(|a| a.to_str()) != Some("--") {
-                return Err(Error::Exec(usage.into()));
+                return Err(Error::Delivery(usage.into()));
             }
             let argv: Vec<OsString> = args.collect();
             if argv.is_empty() {
-                return Err(Error::Exec(format!(
+                return Err(Error::Delivery(format!(
                     "no command to run after `--`; {usage}"
                 )));
             }
             Ok(Invocation::Run { container, argv })
         }
-        _ => Err(Error::Exec(usage.into())),
+        _ => Err(Error::Delivery(usage.into())),
     }
 }
 
@@ -62,13 +62,14 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation> {
 /// half-written wrapper is never executed.
 pub fn install(dest: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let me = std::env::current_exe().map_err(|e| Error::Exec(format!("locating myself: {e}")))?;
+    let me =
+        std::env::current_exe().map_err(|e| Error::Delivery(format!("locating myself: {e}")))?;
     let tmp = dest.with_extension("tmp");
     std::fs::copy(&me, &tmp)
         .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
         .and_then(|_| std::fs::rename(&tmp, dest))
         .map_err(|e| {
-            Error::Exec(format!(
+            Error::Delivery(format!(
                 "installing into {}: {e}; is the shared volume mounted writable?",
                 dest.display()
             ))
@@ -92,7 +93,7 @@ pub async fn fetch_env(
         match tokio::net::UnixStream::connect(socket).await {
             Ok(s) => break s,
             Err(e) if Instant::now() >= deadline => {
-                return Err(Error::Exec(format!(
+                return Err(Error::Delivery(format!(
                     "the Phantom sidecar's socket {} did not accept connections within {wait:?} ({e}); check the phantom-proxy container's log and status (is OpenBao reachable?)",
                     socket.display()
                 )));
@@ -102,29 +103,29 @@ pub async fn fetch_env(
     };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| Error::Exec(format!("talking to the sidecar: {e}")))?;
+        .map_err(|e| Error::Delivery(format!("talking to the sidecar: {e}")))?;
     tokio::spawn(connection);
     let request = hyper::Request::get(format!("/v1/env?container={container}"))
         .header(hyper::header::HOST, "phantom-proxy")
         .body(Empty::<bytes::Bytes>::new())
-        .map_err(|e| Error::Exec(e.to_string()))?;
+        .map_err(|e| Error::Delivery(e.to_string()))?;
     let response = sender
         .send_request(request)
         .await
-        .map_err(|e| Error::Exec(format!("asking the sidecar for the environment: {e}")))?;
+        .map_err(|e| Error::Delivery(format!("asking the sidecar for the environment: {e}")))?;
     let status = response.status();
     let body = zeroize::Zeroizing::new(
         response
             .into_body()
             .collect()
             .await
-            .map_err(|e| Error::Exec(format!("reading the sidecar's answer: {e}")))?
+            .map_err(|e| Error::Delivery(format!("reading the sidecar's answer: {e}")))?
             .to_bytes()
             .to_vec(),
     );
     if !status.is_success() {
         // Error answers carry a message, never values.
-        return Err(Error::Exec(format!(
+        return Err(Error::Delivery(format!(
             "the sidecar refused the environment of container {container} ({status}): {}",
             String::from_utf8_lossy(&body)
                 .chars()
@@ -133,7 +134,7 @@ pub async fn fetch_env(
         )));
     }
     let answer: EnvAnswer = serde_json::from_slice(&body).map_err(|e| {
-        Error::Exec(format!(
+        Error::Delivery(format!(
             "the sidecar's answer is not {{\"env\": {{...}}}}: {e}"
         ))
     })?;

@@ -5,6 +5,7 @@
 
 pub mod coalesce;
 pub mod exec;
+pub mod files;
 pub mod openbao;
 pub mod secret;
 
@@ -46,9 +47,10 @@ pub enum Error {
         path: String,
         what: String,
     },
-    /// `phantom-exec` could not get its container's variables from the sidecar.
-    #[error("phantom-exec: {0}")]
-    Exec(String),
+    /// Delivery to the application failed (`phantom-exec` could not get its variables, a file
+    /// could not be written); the message names the path or socket and what to check.
+    #[error("{0}")]
+    Delivery(String),
     /// The pod's ServiceAccount token could not be read.
     #[error(
         "reading the ServiceAccount token {path}: {cause}; is the projected token volume mounted?"

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     let invocation = match parse(std::env::args_os().skip(1).collect()) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("phantom-exec: {e}");
             return ExitCode::from(64);
         }
     };
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         Invocation::Install { dest } => match install(&dest) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{e}");
+                eprintln!("phantom-exec: {e}");
                 ExitCode::from(70)
             }
         },
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
             let env = match runtime.block_on(fetch_env(&socket, &container, wait)) {
                 Ok(env) => env,
                 Err(e) => {
-                    eprintln!("{e}");
+                    eprintln!("phantom-exec: {e}");
                     return ExitCode::from(70);
                 }
             };
