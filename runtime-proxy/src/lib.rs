@@ -8,6 +8,7 @@ pub mod exec;
 pub mod files;
 pub mod openbao;
 pub mod secret;
+pub mod socket;
 
 pub use secret::SecretValue;
 

@@ -1,58 +1,47 @@
-//! `phantom-exec` as a real process: it fetches its container's variables from a socket speaking
-//! the sidecar's `/v1/env` API (a stand-in until `phantom-proxy` serves it), then `exec`s the
-//! command — same PID, same exit code, variables set, values never in its own output.
+//! `phantom-exec` as a real process: it fetches its container's variables from the sidecar's
+//! socket server (`phantom_runtime_proxy::socket`), then `exec`s the command — same PID, same exit code, variables set, values never in its own output.
 
-use std::convert::Infallible;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use phantom_runtime_proxy::SecretValue;
+use phantom_runtime_proxy::socket::{Contents, Delivered, SocketState, serve};
 
 const EXEC: &str = env!("CARGO_BIN_EXE_phantom-exec");
 
+/// The real socket server of the sidecar, with `DB_PASSWORD` for container `app`.
 fn serve_env(socket: &Path, value: String) -> std::thread::JoinHandle<()> {
-    let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind");
-    std::thread::spawn(move || {
+    let socket = socket.to_owned();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("rt");
         rt.block_on(async move {
-            listener.set_nonblocking(true).expect("nonblocking");
-            let listener = tokio::net::UnixListener::from_std(listener).expect("listener");
-            while let Ok((stream, _)) = listener.accept().await {
-                let value = value.clone();
-                let service =
-                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let value = value.clone();
-                        async move {
-                            let (status, body) = if req.uri() == "/v1/env?container=app" {
-                                (
-                                    200,
-                                    serde_json::json!({"env": {"DB_PASSWORD": value}}).to_string(),
-                                )
-                            } else {
-                                (
-                                    403,
-                                    "container other is not wrapped by this pod's policy"
-                                        .to_owned(),
-                                )
-                            };
-                            let mut r = Response::new(Full::new(Bytes::from(body)));
-                            *r.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
-                            Ok::<_, Infallible>(r)
-                        }
-                    });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service),
-                );
-            }
+            let state = SocketState::new(None);
+            state.publish(Contents {
+                secrets: BTreeMap::from([(
+                    "password".to_owned(),
+                    Delivered {
+                        value: SecretValue::new(value),
+                        version: 1,
+                    },
+                )]),
+                env: BTreeMap::from([(
+                    "app".to_owned(),
+                    BTreeMap::from([("DB_PASSWORD".to_owned(), "password".to_owned())]),
+                )]),
+                degraded: false,
+            });
+            let server = serve(state, &socket).expect("serve");
+            ready_tx.send(()).expect("ready");
+            let _ = server.await;
         });
-    })
+    });
+    ready_rx.recv().expect("server started");
+    handle
 }
 
 fn random() -> String {
@@ -131,7 +120,11 @@ fn refusals_and_a_missing_sidecar_fail_with_a_message() {
         .output()
         .expect("phantom-exec");
     assert_eq!(refused.status.code(), Some(70));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("403"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("403") && stderr.contains("not wrapped"),
+        "{stderr}"
+    );
 
     let bad = Command::new(EXEC)
         .args(["--container", "app"])

@@ -1,0 +1,234 @@
+//! The sidecar's socket API: HTTP/1.1 + JSON on a Unix socket inside the pod's memory volume.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `GET /v1/healthz` | `{"status": "ok" \| "degraded", "secrets": n}` (503 when degraded) |
+//! | `GET /v1/secrets` | `{"secrets": [{"name", "version"}]}` — names, no values |
+//! | `GET /v1/secrets/<name>` | `{"name", "version", "value"}` |
+//! | `GET /v1/env?container=<c>` | `{"env": {"VAR": "value"}}` for a wrapped container (used by `phantom-exec`) |
+//! | `GET /v1/watch` | newline-delimited JSON events `{"type": "changed", "name", "version"}` |
+//!
+//! Only a peer with the expected uid (SO_PEERCRED) is served: other processes sharing the volume
+//! get their connection closed.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::{Error, Result, SecretValue};
+
+/// One delivered secret.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub value: SecretValue,
+    pub version: u64,
+}
+
+/// What the socket serves, replaced as a whole on every change.
+#[derive(Debug, Clone, Default)]
+pub struct Contents {
+    pub secrets: BTreeMap<String, Delivered>,
+    /// Per wrapped container: variable name → secret name.
+    pub env: BTreeMap<String, BTreeMap<String, String>>,
+    /// Serving the last good values while OpenBao is unreachable.
+    pub degraded: bool,
+}
+
+/// Shared state of the socket server.
+#[derive(Debug)]
+pub struct SocketState {
+    contents: RwLock<Arc<Contents>>,
+    changes: broadcast::Sender<(String, u64)>,
+    allowed_uid: Option<u32>,
+}
+
+impl SocketState {
+    /// Serves only peers running as `allowed_uid` (`None`: any peer, for development).
+    pub fn new(allowed_uid: Option<u32>) -> Arc<Self> {
+        Arc::new(Self {
+            contents: RwLock::default(),
+            changes: broadcast::channel(256).0,
+            allowed_uid,
+        })
+    }
+
+    /// Replaces the contents and announces every secret whose version changed.
+    pub fn publish(&self, next: Contents) {
+        let mut current = self.contents.write().unwrap_or_else(|p| p.into_inner());
+        let changed: Vec<(String, u64)> = next
+            .secrets
+            .iter()
+            .filter(|(name, d)| {
+                current
+                    .secrets
+                    .get(*name)
+                    .is_none_or(|old| old.version != d.version)
+            })
+            .map(|(name, d)| (name.clone(), d.version))
+            .collect();
+        *current = Arc::new(next);
+        drop(current);
+        for change in changed {
+            let _ = self.changes.send(change);
+        }
+    }
+
+    fn contents(&self) -> Arc<Contents> {
+        self.contents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn answer(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: String) -> Response<Body> {
+    answer(status, json!({ "error": message }))
+}
+
+fn route(state: &SocketState, req: &Request<Incoming>) -> Response<Body> {
+    let contents = state.contents();
+    let path = req.uri().path();
+    match path {
+        "/v1/healthz" => {
+            let status = if contents.degraded { "degraded" } else { "ok" };
+            let code = if contents.degraded {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            answer(
+                code,
+                json!({"status": status, "secrets": contents.secrets.len()}),
+            )
+        }
+        "/v1/secrets" => answer(
+            StatusCode::OK,
+            json!({"secrets": contents.secrets.iter().map(|(n, d)| json!({"name": n, "version": d.version})).collect::<Vec<_>>()}),
+        ),
+        "/v1/env" => {
+            let container = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("container=")))
+                .unwrap_or_default();
+            let Some(vars) = contents.env.get(container) else {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "container {container:?} is not wrapped by Phantom in this pod (wrapped: {:?})",
+                        contents.env.keys().collect::<Vec<_>>()
+                    ),
+                );
+            };
+            let mut env = serde_json::Map::new();
+            for (var, secret) in vars {
+                match contents.secrets.get(secret) {
+                    Some(d) => {
+                        env.insert(var.clone(), json!(d.value.expose()));
+                    }
+                    None => {
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("secret {secret} for {var} is not available yet"),
+                        );
+                    }
+                }
+            }
+            answer(StatusCode::OK, json!({ "env": env }))
+        }
+        _ => match path.strip_prefix("/v1/secrets/") {
+            Some(name) => match contents.secrets.get(name) {
+                Some(d) => answer(
+                    StatusCode::OK,
+                    json!({"name": name, "version": d.version, "value": d.value.expose()}),
+                ),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!("no secret {name:?} in this pod's bindings"),
+                ),
+            },
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no endpoint {path}; see GET /v1/secrets, /v1/env, /v1/watch, /v1/healthz"),
+            ),
+        },
+    }
+}
+
+fn watch(state: &SocketState) -> Response<Body> {
+    let events = futures::stream::unfold(state.changes.subscribe(), |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok((name, version)) => json!({"type": "changed", "name": name, "version": version}),
+            // A slow reader missed events: tell it to re-list rather than dropping silently.
+            Err(broadcast::error::RecvError::Lagged(_)) => json!({"type": "resync"}),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        let line = Bytes::from(format!("{event}\n"));
+        Some((Ok::<_, Infallible>(Frame::data(line)), rx))
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(events)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
+/// Binds `socket` (replacing a stale one) and serves until the task is dropped.
+pub fn serve(state: Arc<SocketState>, socket: &Path) -> Result<tokio::task::JoinHandle<()>> {
+    let fail = |e: std::io::Error| {
+        Error::Delivery(format!("binding the socket {}: {e}", socket.display()))
+    };
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent).map_err(fail)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket).map_err(fail)?;
+    Ok(tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let uid = stream.peer_cred().ok().map(|c| c.uid());
+            if let Some(expected) = state.allowed_uid
+                && uid != Some(expected)
+            {
+                tracing::warn!(peer_uid = ?uid, expected, "socket connection from an unexpected uid refused");
+                continue;
+            }
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let response = if req.uri().path() == "/v1/watch" {
+                        watch(&state)
+                    } else {
+                        route(&state, &req)
+                    };
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }))
+}
