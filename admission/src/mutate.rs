@@ -14,12 +14,12 @@ use k8s_openapi::api::core::v1::{
     VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use phantom_crds::InjectionMode;
 use phantom_crds::wellknown::injected::*;
 use phantom_crds::wellknown::{
     BINDINGS_ANNOTATION, CANARY_ANNOTATION, COMMAND_ANNOTATION, DECISION_ANNOTATION,
     INJECTED_ANNOTATION, POLICY_DIGEST_ANNOTATION,
 };
+use phantom_crds::{BindingPlan, InjectionMode, PLAN_ENV};
 use phantom_policies::Decision;
 use serde_json::json;
 
@@ -45,11 +45,17 @@ pub fn is_injected(pod: &Pod) -> bool {
     annotated || has_proxy
 }
 
-/// The patch injecting Phantom into `pod` as `decision` says (`decision.inject` must be true).
+/// The patch injecting Phantom into `pod` as `decision` says (`decision.inject` must be true);
+/// `plan` holds the specs of the SecretBindings the decision names, handed to the sidecar.
 /// An already injected pod gets an empty patch. A pod that cannot be injected (a container without
 /// a command and no `phantom.dev/command` annotation, a name clash, an unavailable mode) is an
 /// [`Error::Inject`] whose message says what to change.
-pub fn mutate(pod: &Pod, decision: &Decision, config: &InjectConfig) -> Result<Patch> {
+pub fn mutate(
+    pod: &Pod,
+    decision: &Decision,
+    plan: &[BindingPlan],
+    config: &InjectConfig,
+) -> Result<Patch> {
     if is_injected(pod) {
         return Ok(Patch(Vec::new()));
     }
@@ -103,7 +109,7 @@ pub fn mutate(pod: &Pod, decision: &Decision, config: &InjectConfig) -> Result<P
     volumes.push(token_volume(config));
 
     let init = init_container(config);
-    let mut proxy = proxy_container(decision, &targets, config, run_as_user);
+    let mut proxy = proxy_container(decision, plan, &targets, config, run_as_user)?;
     if let Some(resources) = injection.sidecar_resources.clone() {
         proxy.resources = Some(resources);
     }
@@ -344,10 +350,13 @@ fn init_container(config: &InjectConfig) -> Container {
 /// it writes are readable by the application and the socket's SO_PEERCRED check can expect one uid.
 fn proxy_container(
     decision: &Decision,
+    plan: &[BindingPlan],
     targets: &[String],
     config: &InjectConfig,
     run_as_user: Option<i64>,
-) -> Container {
+) -> Result<Container> {
+    let plan_json = serde_json::to_string(plan)
+        .map_err(|e| Error::Config(format!("encoding the sidecar's plan: {e}")))?;
     let bindings: Vec<&str> = decision.bindings.iter().map(|b| b.name.as_str()).collect();
     let token_path = format!("{TOKEN_DIR}/token");
     let env = vec![
@@ -366,8 +375,9 @@ fn proxy_container(
         literal("PHANTOM_TOKEN_PATH", &token_path),
         literal("PHANTOM_SECRETS_DIR", SECRETS_DIR),
         literal("PHANTOM_SOCKET", SOCKET_PATH),
+        literal(PLAN_ENV, &plan_json),
     ];
-    Container {
+    Ok(Container {
         name: PROXY_CONTAINER.into(),
         image: Some(config.proxy_image.clone()),
         image_pull_policy: Some(config.image_pull_policy.clone()),
@@ -383,5 +393,5 @@ fn proxy_container(
         resources: Some(config.proxy_resources.clone()),
         security_context: Some(hardened(run_as_user)),
         ..Default::default()
-    }
+    })
 }

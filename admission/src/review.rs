@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use phantom_crds::wellknown::{OVERRIDE_ANNOTATION, OVERRIDE_BYPASS, OVERRIDE_LABEL};
-use phantom_crds::{AttestationRequirement, PhantomPolicy, SecretBinding};
+use phantom_crds::{AttestationRequirement, BindingPlan, PhantomPolicy, SecretBinding};
 use phantom_policies::{AdmissionInput, Decision, DecisionPool, RequestInfo, UserInfo};
 use serde_json::{Value, json};
 
@@ -341,9 +342,23 @@ impl Admitter {
             }
         };
         warnings.extend(decision.warnings.iter().take(16).cloned());
+        let plan: Vec<BindingPlan> = decision
+            .bindings
+            .iter()
+            .filter_map(|r| {
+                snapshot.sources.bindings.iter().find(|b| {
+                    b.name_any() == r.name && b.namespace().as_deref() == Some(r.namespace.as_str())
+                })
+            })
+            .map(|b| BindingPlan {
+                name: b.name_any(),
+                spec: b.spec.clone(),
+            })
+            .collect();
         self.apply(
             &pod,
             &decision,
+            &plan,
             &namespace,
             &pod_name,
             &user.username,
@@ -351,10 +366,12 @@ impl Admitter {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
         pod: &Pod,
         decision: &Decision,
+        plan: &[BindingPlan],
         namespace: &str,
         pod_name: &str,
         user: &str,
@@ -388,7 +405,7 @@ impl Admitter {
                 },
             );
         }
-        match mutate(pod, decision, &self.inject) {
+        match mutate(pod, decision, plan, &self.inject) {
             Ok(patch) => {
                 if !dry_run {
                     self.metrics

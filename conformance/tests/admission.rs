@@ -253,10 +253,25 @@ async fn pods_are_stored_as_their_namespace_decides(env: Arc<Env>) -> anyhow::Re
         annotations.get(BINDINGS_ANNOTATION).map(String::as_str) == Some("db"),
         "{annotations:?}"
     );
-    let stored = serde_json::to_string(&injected)?;
+    let proxy = injected
+        .spec
+        .as_ref()
+        .context("spec")?
+        .containers
+        .iter()
+        .find(|c| c.name == "phantom-proxy")
+        .context("proxy")?;
+    let plan = proxy
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == phantom_crds::PLAN_ENV)
+        .and_then(|e| e.value.clone())
+        .context("PHANTOM_PLAN")?;
+    let plan: Vec<phantom_crds::BindingPlan> = serde_json::from_str(&plan)?;
     ensure!(
-        !stored.contains("app/db\""),
-        "the spec names no OpenBao path"
+        plan.len() == 1 && plan[0].name == "db" && plan[0].spec.secrets[0].path == "app/db",
+        "the sidecar's plan: {plan:?}"
     );
 
     for ns in [&plain, &opted_out] {

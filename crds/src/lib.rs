@@ -11,6 +11,7 @@
 mod attestation;
 mod binding;
 mod common;
+mod plan;
 mod policy;
 mod render;
 pub mod wellknown;
@@ -18,6 +19,7 @@ pub mod wellknown;
 pub use attestation::*;
 pub use binding::*;
 pub use common::*;
+pub use plan::{BindingPlan, PLAN_ENV};
 pub use policy::*;
 pub use render::{CrdFile, all_crds, render_crd_yaml};
 

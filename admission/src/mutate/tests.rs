@@ -76,6 +76,7 @@ fn sidecar_mode_wraps_every_container_and_adds_the_proxy() {
     let patch = mutate(
         &original,
         &decision(InjectionMode::Sidecar),
+        &[],
         &InjectConfig::default(),
     )
     .expect("injects");
@@ -162,6 +163,7 @@ fn native_sidecar_and_init_only_place_the_proxy_among_init_containers() {
         &mutate(
             &original,
             &decision(InjectionMode::NativeSidecar),
+            &[],
             &InjectConfig::default(),
         )
         .expect("native"),
@@ -184,6 +186,7 @@ fn native_sidecar_and_init_only_place_the_proxy_among_init_containers() {
         &mutate(
             &original,
             &decision(InjectionMode::InitOnly),
+            &[],
             &InjectConfig::default(),
         )
         .expect("init-only"),
@@ -198,6 +201,7 @@ fn daemonset_mode_is_refused_with_what_to_change() {
     let err = mutate(
         &web(),
         &decision(InjectionMode::Daemonset),
+        &[],
         &InjectConfig::default(),
     )
     .expect_err("no node agent");
@@ -210,10 +214,10 @@ fn injection_is_idempotent() {
     let d = decision(InjectionMode::Sidecar);
     let once = apply(
         &original,
-        &mutate(&original, &d, &InjectConfig::default()).expect("once"),
+        &mutate(&original, &d, &[], &InjectConfig::default()).expect("once"),
     );
     assert!(is_injected(&once));
-    let again = mutate(&once, &d, &InjectConfig::default()).expect("again");
+    let again = mutate(&once, &d, &[], &InjectConfig::default()).expect("again");
     assert!(
         again.0.is_empty(),
         "an injected pod is left as it is: {again:?}"
@@ -227,7 +231,7 @@ fn a_container_without_command_needs_the_annotation() {
         "spec": {"containers": [{"name": "app", "image": "shop/web:1", "args": ["-v"]}]}
     }));
     let d = decision(InjectionMode::Sidecar);
-    let err = mutate(&bare, &d, &InjectConfig::default()).expect_err("no command");
+    let err = mutate(&bare, &d, &[], &InjectConfig::default()).expect_err("no command");
     let message = err.to_string();
     assert!(
         message.contains("container app has no command")
@@ -244,7 +248,7 @@ fn a_container_without_command_needs_the_annotation() {
         )]));
         let out = apply(
             &annotated,
-            &mutate(&annotated, &d, &InjectConfig::default()).expect(key),
+            &mutate(&annotated, &d, &[], &InjectConfig::default()).expect(key),
         );
         let app = &out.spec.expect("spec").containers[0];
         assert_eq!(
@@ -259,7 +263,7 @@ fn a_container_without_command_needs_the_annotation() {
         "phantom.dev/command".to_owned(),
         "/entry serve".to_owned(),
     )]));
-    let err = mutate(&broken, &d, &InjectConfig::default()).expect_err("not JSON");
+    let err = mutate(&broken, &d, &[], &InjectConfig::default()).expect_err("not JSON");
     assert!(err.to_string().contains("JSON array"), "{err}");
 }
 
@@ -270,7 +274,7 @@ fn listed_containers_only_and_clear_errors_for_clashes() {
     let original = web();
     let out = apply(
         &original,
-        &mutate(&original, &d, &InjectConfig::default()).expect("app"),
+        &mutate(&original, &d, &[], &InjectConfig::default()).expect("app"),
     );
     let spec = out.spec.expect("spec");
     assert_eq!(
@@ -279,7 +283,7 @@ fn listed_containers_only_and_clear_errors_for_clashes() {
     );
 
     d.injection.as_mut().expect("injection").containers = Some(vec!["api".into()]);
-    let err = mutate(&original, &d, &InjectConfig::default()).expect_err("no such container");
+    let err = mutate(&original, &d, &[], &InjectConfig::default()).expect_err("no such container");
     assert!(
         err.to_string().contains("spec.injection.containers"),
         "{err}"
@@ -293,6 +297,7 @@ fn listed_containers_only_and_clear_errors_for_clashes() {
     let err = mutate(
         &clash,
         &decision(InjectionMode::Sidecar),
+        &[],
         &InjectConfig::default(),
     )
     .expect_err("clash");
@@ -311,4 +316,45 @@ fn annotate_records_a_decision_without_touching_the_spec() {
         serde_json::from_str(&out.metadata.annotations.expect("annotations")[DECISION_ANNOTATION])
             .expect("json");
     assert_eq!(summary["outcome"], "not-selected");
+}
+
+#[test]
+fn the_sidecar_receives_the_bindings_specs_never_values() {
+    let spec: phantom_crds::SecretBindingSpec = serde_json::from_value(json!({
+        "selector": {"podSelector": {}}, "openbao": {"role": "shop"},
+        "secrets": [{"name": "pw", "path": "shop/db", "key": "password",
+                     "delivery": [{"kind": "env", "name": "DB_PASSWORD"}]}]
+    }))
+    .expect("spec");
+    let plan = vec![BindingPlan {
+        name: "db".into(),
+        spec,
+    }];
+    let original = web();
+    let out = apply(
+        &original,
+        &mutate(
+            &original,
+            &decision(InjectionMode::Sidecar),
+            &plan,
+            &InjectConfig::default(),
+        )
+        .expect("injects"),
+    );
+    let proxy = out
+        .spec
+        .expect("spec")
+        .containers
+        .into_iter()
+        .find(|c| c.name == PROXY_CONTAINER)
+        .expect("proxy");
+    let raw = proxy
+        .env
+        .into_iter()
+        .flatten()
+        .find(|e| e.name == PLAN_ENV)
+        .and_then(|e| e.value)
+        .expect("PHANTOM_PLAN");
+    let handed: Vec<BindingPlan> = serde_json::from_str(&raw).expect("plan JSON");
+    assert_eq!(handed, plan);
 }
