@@ -33,7 +33,13 @@ impl Drop for CountingProxy {
 impl CountingProxy {
     /// Starts a proxy on a free loopback port forwarding to `upstream` (`http://host:port`).
     pub async fn start(upstream: &str) -> Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on(upstream, ([127, 0, 0, 1], 0).into()).await
+    }
+
+    /// Starts a proxy on `addr` (to bring one back on the port a client already uses: stopping
+    /// and restarting it is how tests make OpenBao unreachable and reachable again).
+    pub async fn start_on(upstream: &str, addr: SocketAddr) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(Error::io("binding the counting proxy"))?;
         let addr = listener
@@ -45,9 +51,12 @@ impl CountingProxy {
         let task = {
             let counts = counts.clone();
             tokio::spawn(async move {
+                // Connections live in this set: stopping the proxy cuts open keep-alive
+                // connections too, as OpenBao going away would.
+                let mut connections = tokio::task::JoinSet::new();
                 while let Ok((tcp, _)) = listener.accept().await {
                     let (counts, upstream, http) = (counts.clone(), upstream.clone(), http.clone());
-                    tokio::spawn(async move {
+                    connections.spawn(async move {
                         let service = service_fn(move |req: Request<Incoming>| {
                             let (counts, upstream, http) =
                                 (counts.clone(), upstream.clone(), http.clone());

@@ -22,6 +22,10 @@ fn main() {
                 wrong_service_account,
             ),
             Case::new("fifty_concurrent_reads_reach_openbao_once", reads_coalesce),
+            Case::new(
+                "proxy_delivers_rotates_and_survives_an_outage",
+                proxy_delivers_rotates_and_survives_an_outage,
+            ),
         ],
     )
 }
@@ -147,4 +151,124 @@ async fn reads_coalesce(env: Arc<Env>) -> anyhow::Result<()> {
         "one login"
     );
     Ok(())
+}
+
+async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    use phantom_crds::BindingPlan;
+    use phantom_runtime_proxy::proxy::{ProxyConfig, refresh_loop, start};
+    use phantom_runtime_proxy::socket::{SocketState, serve};
+
+    let ns = env.create_namespace("rt", &[]).await?;
+    let (path, value) = env.provision_app_secret(&ns).await?;
+    let identity = env.pod_identity(&ns, "app").await?;
+    let outage = CountingProxy::start(env.openbao().addr()).await?;
+    let addr = outage.addr;
+    let plan: Vec<BindingPlan> = serde_json::from_value(serde_json::json!([{
+        "name": "db",
+        "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")},
+                 "secrets": [{"name": "password", "path": path, "key": "password",
+                              "delivery": [{"kind": "env", "name": "DB_PASSWORD"},
+                                           {"kind": "file", "path": "db/password"}]}]}
+    }]))?;
+    let dir = env.dir().join(format!("pod-{}", random_hex(4)));
+    let config = Arc::new(ProxyConfig {
+        openbao_addr: outage.url(),
+        token_path: token_file(&env, &identity)?,
+        secrets_dir: dir.join("secrets"),
+        socket_path: dir.join("secrets/.phantom/proxy.sock"),
+        plan,
+        wrapped_containers: vec!["app".into()],
+        grace: Duration::from_secs(1),
+        refresh_override: Some(Duration::from_millis(300)),
+    });
+    let state = SocketState::new(None);
+    let (client, sessions, contents) = start(&config, &state).await?;
+    let _server = serve(state.clone(), &config.socket_path)?;
+    let refresher = tokio::spawn(refresh_loop(
+        config.clone(),
+        state.clone(),
+        client,
+        sessions,
+        contents,
+    ));
+
+    // env through the socket, the way phantom-exec asks; the file with mode 0400.
+    let vars =
+        phantom_runtime_proxy::exec::fetch_env(&config.socket_path, "app", Duration::from_secs(5))
+            .await?;
+    ensure!(
+        vars.get("DB_PASSWORD").map(|v| v.expose()) == Some(value.as_str()),
+        "env delivery"
+    );
+    let file = config.secrets_dir.join("db/password");
+    ensure!(std::fs::read_to_string(&file)? == value, "file delivery");
+    ensure!(
+        std::fs::metadata(&file)?.permissions().mode() & 0o777 == 0o400,
+        "file mode"
+    );
+
+    // Rotation in OpenBao reaches the file within a few refresh intervals.
+    let rotated = format!("rotated-{}", random_hex(12));
+    env.openbao()
+        .kv_put("secret", &path, serde_json::json!({"password": rotated}))
+        .await?;
+    phantom_conformance::wait::until(
+        "the rotated value in the file",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async { anyhow::Ok((std::fs::read_to_string(&file)? == rotated).then_some(())) },
+    )
+    .await?;
+
+    // OpenBao unreachable: values still served, degraded after the grace period; back: healthy.
+    drop(outage);
+    let socket = config.socket_path.clone();
+    phantom_conformance::wait::until(
+        "degraded health",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let state = state.clone();
+            async move { anyhow::Ok(state_is_degraded(&state).then_some(())) }
+        },
+    )
+    .await?;
+    let during =
+        phantom_runtime_proxy::exec::fetch_env(&socket, "app", Duration::from_secs(5)).await?;
+    ensure!(
+        during["DB_PASSWORD"].expose() == rotated,
+        "the last good value is served during the outage"
+    );
+    let _back = CountingProxy::start_on(env.openbao().addr(), addr).await?;
+    phantom_conformance::wait::until(
+        "healthy again",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let state = state.clone();
+            async move { anyhow::Ok((!state_is_degraded(&state)).then_some(())) }
+        },
+    )
+    .await?;
+    refresher.abort();
+
+    // First start with OpenBao unreachable: a clear error naming the address.
+    drop(_back);
+    let cold = SocketState::new(None);
+    match start(&config, &cold).await {
+        Ok(_) => bail!("started without OpenBao"),
+        Err(e) => ensure!(
+            e.to_string().contains(&format!("http://{addr}"))
+                && e.to_string().contains("unreachable"),
+            "{e}"
+        ),
+    }
+    Ok(())
+}
+
+fn state_is_degraded(state: &phantom_runtime_proxy::socket::SocketState) -> bool {
+    state.is_degraded()
 }

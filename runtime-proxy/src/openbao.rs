@@ -83,9 +83,21 @@ impl OpenBaoClient {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let unreachable = |e: reqwest::Error| Error::Unreachable {
-            addr: self.addr.clone(),
-            cause: e.without_url().to_string(),
+        let unreachable = |e: reqwest::Error| {
+            // reqwest's own message is "error sending request"; the cause is in the chain.
+            let mut cause = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(inner) = source {
+                cause.push_str(": ");
+                cause.push_str(&inner.to_string());
+                source = inner.source();
+            }
+            Error::Unreachable {
+                addr: self.addr.clone(),
+                cause: cause
+                    .replace(&format!(" for url ({}/", self.addr), " (")
+                    .to_owned(),
+            }
         };
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status().as_u16();

@@ -83,6 +83,11 @@ impl SocketState {
         }
     }
 
+    /// Whether the last good values are being served while OpenBao is unreachable.
+    pub fn is_degraded(&self) -> bool {
+        self.contents().degraded
+    }
+
     fn contents(&self) -> Arc<Contents> {
         self.contents
             .read()

@@ -1,0 +1,110 @@
+//! `phantom-proxy`: the per-pod sidecar. Configured by admission through `PHANTOM_*` variables
+//! (see `docs/architecture.md`, "The injected pod"); every flag has one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use phantom_crds::BindingPlan;
+use phantom_runtime_proxy::proxy::{ProxyConfig, refresh_loop, start};
+use phantom_runtime_proxy::socket::{SocketState, serve};
+
+/// Phantom's sidecar: fetches the pod's secrets from OpenBao with the pod's own ServiceAccount
+/// token and delivers them as files on the memory volume and over a Unix socket.
+#[derive(Parser, Debug)]
+#[command(name = "phantom-proxy", version)]
+struct Args {
+    /// OpenBao address.
+    #[arg(long, env = "PHANTOM_OPENBAO_ADDR")]
+    openbao_addr: String,
+    /// The projected ServiceAccount token (audience of the OpenBao role).
+    #[arg(
+        long,
+        env = "PHANTOM_TOKEN_PATH",
+        default_value = "/var/run/secrets/phantom.dev/serviceaccount/token"
+    )]
+    token_path: PathBuf,
+    /// The memory-backed volume for secret files.
+    #[arg(long, env = "PHANTOM_SECRETS_DIR", default_value = "/phantom/secrets")]
+    secrets_dir: PathBuf,
+    /// The Unix socket serving the socket API.
+    #[arg(
+        long,
+        env = "PHANTOM_SOCKET",
+        default_value = "/phantom/secrets/.phantom/proxy.sock"
+    )]
+    socket: PathBuf,
+    /// JSON list of the SecretBindings to deliver (written by admission).
+    #[arg(long, env = "PHANTOM_PLAN")]
+    plan: String,
+    /// Comma-separated containers wrapped by phantom-exec.
+    #[arg(long, env = "PHANTOM_WRAPPED_CONTAINERS", default_value = "")]
+    wrapped_containers: String,
+    /// Seconds the last good values are served while OpenBao is unreachable before reporting degraded.
+    #[arg(long, env = "PHANTOM_GRACE_SECONDS", default_value_t = 900)]
+    grace_seconds: u64,
+    /// Overrides the bindings' refresh interval, in seconds.
+    #[arg(long, env = "PHANTOM_REFRESH_SECONDS")]
+    refresh_seconds: Option<u64>,
+    /// Fetch once, write the files and exit (init-only mode).
+    #[arg(long)]
+    once: bool,
+}
+
+/// The uid this process runs as (the application's, by admission's design): the only peer the
+/// socket serves.
+fn own_uid() -> Option<u32> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let plan: Vec<BindingPlan> = serde_json::from_str(&args.plan)
+        .context("PHANTOM_PLAN is not the plan admission writes")?;
+    let config = Arc::new(ProxyConfig {
+        openbao_addr: args.openbao_addr,
+        token_path: args.token_path,
+        secrets_dir: args.secrets_dir,
+        socket_path: args.socket,
+        plan,
+        wrapped_containers: args
+            .wrapped_containers
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        grace: Duration::from_secs(args.grace_seconds),
+        refresh_override: args.refresh_seconds.map(Duration::from_secs),
+    });
+    let state = SocketState::new(own_uid());
+    // Fails with the address and the cause when OpenBao is unreachable: the pod stays in Init.
+    let (client, sessions, contents) = start(&config, &state).await?;
+    tracing::info!(secrets = contents.secrets.len(), "secrets delivered");
+    if args.once {
+        return Ok(());
+    }
+    let server = serve(state.clone(), &config.socket_path)?;
+    tokio::select! {
+        _ = refresh_loop(config.clone(), state, client, sessions, contents) => {}
+        _ = server => anyhow::bail!("the socket server stopped"),
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! `phantom-proxy`'s work: from the plan admission handed over, log in to OpenBao as the pod
+//! (one login per auth mount and role), read every secret (coalesced), write the files, serve the
+//! socket, and refresh on the bindings' interval with jitter. OpenBao down on first start is an
+//! error (the pod stays in Init instead of starting without its secrets); OpenBao down later
+//! keeps the last good values for a grace period and reports degraded.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use phantom_crds::{BindingPlan, DeliveryKind};
+use serde_json::Value;
+
+use crate::files::{parse_mode, write_atomic};
+use crate::openbao::{OpenBaoClient, Session};
+use crate::socket::{Contents, Delivered, SocketState};
+use crate::{Error, Result, SecretValue};
+
+/// Settings of one sidecar.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub openbao_addr: String,
+    /// The projected ServiceAccount token (re-read at every login).
+    pub token_path: PathBuf,
+    /// The memory-backed volume for files.
+    pub secrets_dir: PathBuf,
+    pub socket_path: PathBuf,
+    pub plan: Vec<BindingPlan>,
+    /// Containers wrapped by `phantom-exec` (env deliveries without `containers` go to all).
+    pub wrapped_containers: Vec<String>,
+    /// How long the last good values are served while OpenBao cannot be reached.
+    pub grace: Duration,
+    /// Overrides the bindings' refresh interval (tests, and operators who must go faster).
+    pub refresh_override: Option<Duration>,
+}
+
+/// Reads everything the plan names, with one session per (mount, role).
+pub async fn fetch(
+    client: &OpenBaoClient,
+    config: &ProxyConfig,
+    sessions: &mut BTreeMap<(String, String), Session>,
+) -> Result<Contents> {
+    let mut contents = Contents::default();
+    for binding in &config.plan {
+        let auth = &binding.spec.openbao;
+        let key = (auth.auth_mount.clone(), auth.role.clone());
+        if !sessions.contains_key(&key) {
+            let session = client
+                .login_kubernetes(&auth.auth_mount, &auth.role, &config.token_path)
+                .await?;
+            sessions.insert(key.clone(), session);
+        }
+        let session = sessions[&key].clone();
+        for item in &binding.spec.secrets {
+            let version = item.version.map(u64::from);
+            let secret = match client
+                .read_kv_coalesced(&session, &item.mount, &item.path, version)
+                .await
+            {
+                // An expired token: log in again once, then read.
+                Err(Error::Read { status: 403, .. }) => {
+                    let fresh = client
+                        .login_kubernetes(&auth.auth_mount, &auth.role, &config.token_path)
+                        .await?;
+                    sessions.insert(key.clone(), fresh.clone());
+                    client
+                        .read_kv_coalesced(&fresh, &item.mount, &item.path, version)
+                        .await?
+                }
+                other => other?,
+            };
+            let value = match &item.key {
+                Some(k) => secret.data.get(k).cloned().ok_or_else(|| Error::Delivery(format!(
+                    "SecretBinding {}: secret {} at {}/{} has no key {k:?}; fix spec.secrets[].key or the secret in OpenBao",
+                    binding.name, item.name, item.mount, item.path
+                )))?,
+                None => {
+                    let map: serde_json::Map<String, Value> = secret
+                        .data
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::String(v.expose().to_owned())))
+                        .collect();
+                    SecretValue::new(Value::Object(map).to_string())
+                }
+            };
+            if contents.secrets.contains_key(&item.name) {
+                return Err(Error::Delivery(format!(
+                    "two SecretBindings of this pod deliver a secret named {}; rename one (spec.secrets[].name)",
+                    item.name
+                )));
+            }
+            for delivery in &item.delivery {
+                if delivery.kind == DeliveryKind::Env {
+                    let var = delivery.name.clone().unwrap_or_default();
+                    let targets = delivery
+                        .containers
+                        .clone()
+                        .unwrap_or_else(|| config.wrapped_containers.clone());
+                    for container in targets {
+                        contents
+                            .env
+                            .entry(container)
+                            .or_default()
+                            .insert(var.clone(), item.name.clone());
+                    }
+                }
+            }
+            contents.secrets.insert(
+                item.name.clone(),
+                Delivered {
+                    value,
+                    version: secret.version,
+                },
+            );
+        }
+    }
+    for container in &config.wrapped_containers {
+        contents.env.entry(container.clone()).or_default();
+    }
+    Ok(contents)
+}
+
+/// Writes every file delivery whose secret changed since `previous`.
+pub fn write_files(
+    config: &ProxyConfig,
+    contents: &Contents,
+    previous: Option<&Contents>,
+) -> Result<()> {
+    for binding in &config.plan {
+        for item in &binding.spec.secrets {
+            let Some(current) = contents.secrets.get(&item.name) else {
+                continue;
+            };
+            let unchanged = previous
+                .and_then(|p| p.secrets.get(&item.name))
+                .is_some_and(|old| old.version == current.version);
+            if unchanged {
+                continue;
+            }
+            for delivery in item
+                .delivery
+                .iter()
+                .filter(|d| d.kind == DeliveryKind::File)
+            {
+                let path = delivery.path.as_deref().unwrap_or(&item.name);
+                write_atomic(
+                    &config.secrets_dir,
+                    path,
+                    &current.value,
+                    parse_mode(delivery.mode.as_deref())?,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn refresh_interval(config: &ProxyConfig) -> Duration {
+    if let Some(d) = config.refresh_override {
+        return d;
+    }
+    let (interval, jitter) = config
+        .plan
+        .iter()
+        .map(|b| {
+            (
+                Duration::from(b.spec.refresh.interval),
+                b.spec.refresh.jitter_percent,
+            )
+        })
+        .min_by_key(|(d, _)| *d)
+        .unwrap_or((Duration::from_secs(240), 10));
+    // Spread renewals of many pods: up to `jitter` percent added, from a per-process random seed.
+    let random = {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    let extra = interval.as_millis() as u64 * u64::from(jitter) / 100;
+    interval + Duration::from_millis(if extra == 0 { 0 } else { random % extra })
+}
+
+/// First fetch: files written and the socket published, or the error that keeps the pod in Init.
+pub async fn start(
+    config: &ProxyConfig,
+    state: &SocketState,
+) -> Result<(OpenBaoClient, BTreeMap<(String, String), Session>, Contents)> {
+    let client = OpenBaoClient::new(&config.openbao_addr)?;
+    let mut sessions = BTreeMap::new();
+    let contents = fetch(&client, config, &mut sessions).await?;
+    write_files(config, &contents, None)?;
+    state.publish(contents.clone());
+    Ok((client, sessions, contents))
+}
+
+/// Refreshes forever: new versions reach files and watchers; failures beyond the grace period
+/// mark the socket degraded (values keep being served).
+pub async fn refresh_loop(
+    config: Arc<ProxyConfig>,
+    state: Arc<SocketState>,
+    client: OpenBaoClient,
+    mut sessions: BTreeMap<(String, String), Session>,
+    mut current: Contents,
+) {
+    let mut last_success = Instant::now();
+    loop {
+        tokio::time::sleep(refresh_interval(&config)).await;
+        match fetch(&client, &config, &mut sessions).await {
+            Ok(next) => {
+                if let Err(e) = write_files(&config, &next, Some(&current)) {
+                    tracing::error!(error = %e, "writing secret files failed");
+                }
+                let changed: Vec<&String> = next
+                    .secrets
+                    .iter()
+                    .filter(|(n, d)| {
+                        current
+                            .secrets
+                            .get(*n)
+                            .is_none_or(|o| o.version != d.version)
+                    })
+                    .map(|(n, _)| n)
+                    .collect();
+                if !changed.is_empty() {
+                    tracing::info!(secrets = ?changed, "new versions delivered");
+                }
+                last_success = Instant::now();
+                state.publish(next.clone());
+                current = next;
+            }
+            Err(e) => {
+                // A failed login may mean the token rotated under a session: start fresh next time.
+                sessions.clear();
+                let degraded = last_success.elapsed() > config.grace;
+                tracing::warn!(error = %e, degraded, "refresh failed; serving the last good values");
+                if degraded != current.degraded {
+                    current.degraded = degraded;
+                    state.publish(current.clone());
+                }
+            }
+        }
+    }
+}
