@@ -6,6 +6,7 @@
 //! Tests use one [`Env`] per test binary through [`harness::run`], and keep apart by namespace.
 //! Every wait has a timeout; a hang becomes an error that says what was awaited.
 
+pub mod bins;
 pub mod counting_proxy;
 mod env;
 mod error;

@@ -26,6 +26,10 @@ fn main() {
                 "proxy_delivers_rotates_and_survives_an_outage",
                 proxy_delivers_rotates_and_survives_an_outage,
             ),
+            Case::new(
+                "proxy_and_exec_processes_never_log_a_secret",
+                processes_never_log_a_secret,
+            ),
         ],
     )
 }
@@ -271,4 +275,95 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
 
 fn state_is_degraded(state: &phantom_runtime_proxy::socket::SocketState) -> bool {
     state.is_degraded()
+}
+
+/// A full run of the real binaries: `phantom-proxy` fetches and serves, rotates; `phantom-exec`
+/// starts an application that proves it has the secret by printing its length. Every line both
+/// binaries wrote is then searched for both values.
+async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let proxy_bin = phantom_conformance::bins::built("phantom-proxy")?;
+    let exec_bin = phantom_conformance::bins::built("phantom-exec")?;
+    let ns = env.create_namespace("rt", &[]).await?;
+    let (path, value) = env.provision_app_secret(&ns).await?;
+    let identity = env.pod_identity(&ns, "app").await?;
+    let dir = env.dir().join(format!("pod-{}", random_hex(4)));
+    let socket = dir.join("secrets/.phantom/proxy.sock");
+    let plan = serde_json::json!([{
+        "name": "db",
+        "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")},
+                 "secrets": [{"name": "password", "path": path, "key": "password",
+                              "delivery": [{"kind": "env", "name": "DB_PASSWORD"}, {"kind": "file", "path": "db/password"}]}]}
+    }]);
+    let log = dir.join("proxy.log");
+    std::fs::create_dir_all(&dir)?;
+    let mut proxy = Command::new(&proxy_bin)
+        .env("PHANTOM_OPENBAO_ADDR", env.openbao().addr())
+        .env("PHANTOM_TOKEN_PATH", token_file(&env, &identity)?)
+        .env("PHANTOM_SECRETS_DIR", dir.join("secrets"))
+        .env("PHANTOM_SOCKET", &socket)
+        .env("PHANTOM_PLAN", plan.to_string())
+        .env("PHANTOM_WRAPPED_CONTAINERS", "app")
+        .env("PHANTOM_REFRESH_SECONDS", "1")
+        .env("PHANTOM_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting phantom-proxy")?;
+    let result = async {
+        let app = tokio::process::Command::new(&exec_bin)
+            .args([
+                "--container",
+                "app",
+                "--",
+                "/bin/sh",
+                "-c",
+                "printf %s \"$DB_PASSWORD\" | wc -c",
+            ])
+            .env("PHANTOM_SOCKET", &socket)
+            .env("PHANTOM_EXEC_WAIT_SECONDS", "30")
+            .output()
+            .await?;
+        let printed = String::from_utf8_lossy(&app.stdout).trim().to_owned();
+        ensure!(
+            app.status.success() && printed == value.len().to_string(),
+            "the application saw {printed:?}: {}",
+            String::from_utf8_lossy(&app.stderr)
+        );
+        let rotated = format!("rotated-{}", random_hex(12));
+        env.openbao()
+            .kv_put("secret", &path, serde_json::json!({"password": rotated}))
+            .await?;
+        let file = dir.join("secrets/db/password");
+        phantom_conformance::wait::until(
+            "the rotated value in the file",
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            || async {
+                anyhow::Ok(
+                    (std::fs::read_to_string(&file).unwrap_or_default() == rotated).then_some(()),
+                )
+            },
+        )
+        .await?;
+        let mut everything = std::fs::read_to_string(&log)?;
+        everything.push_str(&String::from_utf8_lossy(&app.stderr));
+        ensure!(
+            everything.contains("secrets delivered"),
+            "the proxy logged its work:\n{everything}"
+        );
+        for secret in [&value, &rotated, &identity.token] {
+            ensure!(
+                !everything.contains(secret.as_str()),
+                "a secret appears in the binaries' output:\n{everything}"
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    result
 }
