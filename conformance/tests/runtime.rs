@@ -41,29 +41,56 @@ fn token_file(env: &Env, identity: &PodIdentity) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A namespace with the app's secret, role and ServiceAccount, and that ServiceAccount's token
+/// written where the kubelet would project it.
+struct App {
+    ns: String,
+    path: String,
+    value: String,
+    identity: PodIdentity,
+    token: PathBuf,
+}
+
+impl App {
+    async fn new(env: &Env) -> anyhow::Result<Self> {
+        let ns = env.create_namespace("rt", &[]).await?;
+        let (path, value) = env.provision_app_secret(&ns).await?;
+        let identity = env.pod_identity(&ns, "app").await?;
+        let token = token_file(env, &identity)?;
+        Ok(Self {
+            ns,
+            path,
+            value,
+            identity,
+            token,
+        })
+    }
+
+    fn role(&self) -> String {
+        format!("{}-app", self.ns)
+    }
+}
+
 async fn logs_in_and_reads(env: Arc<Env>) -> anyhow::Result<()> {
-    let ns = env.create_namespace("rt", &[]).await?;
-    let (path, value) = env.provision_app_secret(&ns).await?;
-    let identity = env.pod_identity(&ns, "app").await?;
+    let app = App::new(&env).await?;
+    let App {
+        ns, path, value, ..
+    } = &app;
     let client = OpenBaoClient::new(env.openbao().addr())?;
     let session = client
-        .login_kubernetes(
-            "kubernetes",
-            &format!("{ns}-app"),
-            &token_file(&env, &identity)?,
-        )
+        .login_kubernetes("kubernetes", &app.role(), &app.token)
         .await?;
     ensure!(
         session.lease_duration.as_secs() > 0,
         "the session has a lease"
     );
-    let secret = client.read_kv(&session, "secret", &path, None).await?;
+    let secret = client.read_kv(&session, "secret", path, None).await?;
     ensure!(secret.version == 1, "version {}", secret.version);
     let password = secret.data.get("password").context("password key")?;
     ensure!(password.expose() == value, "read back a different value");
     let printed = format!("{session:?} {secret:?}");
     ensure!(
-        !printed.contains(&value),
+        !printed.contains(value.as_str()),
         "Debug output shows the secret value"
     );
     ensure!(
@@ -126,19 +153,14 @@ async fn wrong_service_account(env: Arc<Env>) -> anyhow::Result<()> {
 }
 
 async fn reads_coalesce(env: Arc<Env>) -> anyhow::Result<()> {
-    let ns = env.create_namespace("rt", &[]).await?;
-    let (path, value) = env.provision_app_secret(&ns).await?;
+    let app = App::new(&env).await?;
+    let App { path, value, .. } = &app;
     let proxy = CountingProxy::start(env.openbao().addr()).await?;
-    let identity = env.pod_identity(&ns, "app").await?;
     let client = OpenBaoClient::new(proxy.url())?;
     let session = client
-        .login_kubernetes(
-            "kubernetes",
-            &format!("{ns}-app"),
-            &token_file(&env, &identity)?,
-        )
+        .login_kubernetes("kubernetes", &app.role(), &app.token)
         .await?;
-    let reads = (0..50).map(|_| client.read_kv_coalesced(&session, "secret", &path, None));
+    let reads = (0..50).map(|_| client.read_kv_coalesced(&session, "secret", path, None));
     for read in futures::future::join_all(reads).await {
         ensure!(
             read?.data["password"].expose() == value,
@@ -165,9 +187,14 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
     use phantom_runtime_proxy::proxy::{ProxyConfig, refresh_loop, start};
     use phantom_runtime_proxy::socket::{SocketState, serve};
 
-    let ns = env.create_namespace("rt", &[]).await?;
-    let (path, value) = env.provision_app_secret(&ns).await?;
-    let identity = env.pod_identity(&ns, "app").await?;
+    let app = App::new(&env).await?;
+    let App {
+        ns,
+        path,
+        value,
+        identity,
+        ..
+    } = &app;
     let outage = CountingProxy::start(env.openbao().addr()).await?;
     let addr = outage.addr;
     let plan: Vec<BindingPlan> = serde_json::from_value(serde_json::json!([{
@@ -208,7 +235,7 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
         "env delivery"
     );
     let file = config.secrets_dir.join("db/password");
-    ensure!(std::fs::read_to_string(&file)? == value, "file delivery");
+    ensure!(std::fs::read_to_string(&file)? == *value, "file delivery");
     ensure!(
         std::fs::metadata(&file)?.permissions().mode() & 0o777 == 0o400,
         "file mode"
@@ -217,7 +244,7 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
     // Rotation in OpenBao reaches the file within a few refresh intervals.
     let rotated = format!("rotated-{}", random_hex(12));
     env.openbao()
-        .kv_put("secret", &path, serde_json::json!({"password": rotated}))
+        .kv_put("secret", path, serde_json::json!({"password": rotated}))
         .await?;
     phantom_conformance::wait::until(
         "the rotated value in the file",
@@ -286,9 +313,14 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
 
     let proxy_bin = phantom_conformance::bins::built("phantom-proxy")?;
     let exec_bin = phantom_conformance::bins::built("phantom-exec")?;
-    let ns = env.create_namespace("rt", &[]).await?;
-    let (path, value) = env.provision_app_secret(&ns).await?;
-    let identity = env.pod_identity(&ns, "app").await?;
+    let app = App::new(&env).await?;
+    let App {
+        ns,
+        path,
+        value,
+        identity,
+        ..
+    } = &app;
     let dir = env.dir().join(format!("pod-{}", random_hex(4)));
     let socket = dir.join("secrets/.phantom/proxy.sock");
     let plan = serde_json::json!([{
@@ -334,7 +366,7 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
         );
         let rotated = format!("rotated-{}", random_hex(12));
         env.openbao()
-            .kv_put("secret", &path, serde_json::json!({"password": rotated}))
+            .kv_put("secret", path, serde_json::json!({"password": rotated}))
             .await?;
         let file = dir.join("secrets/db/password");
         phantom_conformance::wait::until(
