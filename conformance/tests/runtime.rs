@@ -189,11 +189,7 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
 
     let app = App::new(&env).await?;
     let App {
-        ns,
-        path,
-        value,
-        identity,
-        ..
+        ns, path, value, ..
     } = &app;
     let outage = CountingProxy::start(env.openbao().addr()).await?;
     let addr = outage.addr;
@@ -207,7 +203,7 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
     let dir = env.dir().join(format!("pod-{}", random_hex(4)));
     let config = Arc::new(ProxyConfig {
         openbao_addr: outage.url(),
-        token_path: token_file(&env, &identity)?,
+        token_path: app.token.clone(),
         secrets_dir: dir.join("secrets"),
         socket_path: dir.join("secrets/.phantom/proxy.sock"),
         plan,
@@ -333,7 +329,7 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut proxy = Command::new(&proxy_bin)
         .env("PHANTOM_OPENBAO_ADDR", env.openbao().addr())
-        .env("PHANTOM_TOKEN_PATH", token_file(&env, &identity)?)
+        .env("PHANTOM_TOKEN_PATH", &app.token)
         .env("PHANTOM_SECRETS_DIR", dir.join("secrets"))
         .env("PHANTOM_SOCKET", &socket)
         .env("PHANTOM_PLAN", plan.to_string())
@@ -386,7 +382,7 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
             everything.contains("secrets delivered"),
             "the proxy logged its work:\n{everything}"
         );
-        for secret in [&value, &rotated, &identity.token] {
+        for secret in [value, &rotated, &identity.token] {
             ensure!(
                 !everything.contains(secret.as_str()),
                 "a secret appears in the binaries' output:\n{everything}"
