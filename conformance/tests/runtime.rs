@@ -200,7 +200,11 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
                               "delivery": [{"kind": "env", "name": "DB_PASSWORD"},
                                            {"kind": "file", "path": "db/password"}]}]}
     }]))?;
-    let dir = env.dir().join(format!("pod-{}", random_hex(4)));
+    // The pod's memory-backed volume: the proxy refuses to write secret files anywhere else.
+    let shm = tempfile::Builder::new()
+        .prefix("phantom-pod-")
+        .tempdir_in("/dev/shm")?;
+    let dir = shm.path().to_owned();
     let config = Arc::new(ProxyConfig {
         openbao_addr: outage.url(),
         token_path: app.token.clone(),
@@ -317,7 +321,11 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
         identity,
         ..
     } = &app;
-    let dir = env.dir().join(format!("pod-{}", random_hex(4)));
+    // The pod's memory-backed volume: the proxy refuses to write secret files anywhere else.
+    let shm = tempfile::Builder::new()
+        .prefix("phantom-pod-")
+        .tempdir_in("/dev/shm")?;
+    let dir = shm.path().to_owned();
     let socket = dir.join("secrets/.phantom/proxy.sock");
     let plan = serde_json::json!([{
         "name": "db",
@@ -378,6 +386,10 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
         .await?;
         let mut everything = std::fs::read_to_string(&log)?;
         everything.push_str(&String::from_utf8_lossy(&app.stderr));
+        ensure!(
+            everything.contains("process hardened"),
+            "the proxy reports its hardening:\n{everything}"
+        );
         ensure!(
             everything.contains("secrets delivered"),
             "the proxy logged its work:\n{everything}"

@@ -6,6 +6,7 @@
 pub mod coalesce;
 pub mod exec;
 pub mod files;
+pub mod harden;
 pub mod openbao;
 pub mod proxy;
 pub mod secret;

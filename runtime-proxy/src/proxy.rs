@@ -182,11 +182,24 @@ fn refresh_interval(config: &ProxyConfig) -> Duration {
     interval + Duration::from_millis(if extra == 0 { 0 } else { random % extra })
 }
 
-/// First fetch: files written and the socket published, or the error that keeps the pod in Init.
+/// First fetch: files written (only onto a memory-backed volume) and the socket published, or
+/// the error that keeps the pod in Init.
 pub async fn start(
     config: &ProxyConfig,
     state: &SocketState,
 ) -> Result<(OpenBaoClient, BTreeMap<(String, String), Session>, Contents)> {
+    let has_files = config.plan.iter().any(|b| {
+        b.spec
+            .secrets
+            .iter()
+            .any(|s| s.delivery.iter().any(|d| d.kind == DeliveryKind::File))
+    });
+    if has_files {
+        std::fs::create_dir_all(&config.secrets_dir).map_err(|e| {
+            Error::Delivery(format!("creating {}: {e}", config.secrets_dir.display()))
+        })?;
+        crate::harden::require_memory_backed(&config.secrets_dir)?;
+    }
     let client = OpenBaoClient::new(&config.openbao_addr)?;
     let mut sessions = BTreeMap::new();
     let contents = fetch(&client, config, &mut sessions).await?;

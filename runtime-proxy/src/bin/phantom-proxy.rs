@@ -76,6 +76,16 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let hardening = phantom_runtime_proxy::harden::harden_process();
+    match &hardening.memory_locked {
+        Ok(()) => tracing::info!(
+            dumpable_off = hardening.dumpable_off,
+            "process hardened; memory locked"
+        ),
+        Err(why) => {
+            tracing::warn!(dumpable_off = hardening.dumpable_off, reason = %why, "process hardened; memory not locked")
+        }
+    }
     let plan: Vec<BindingPlan> = serde_json::from_str(&args.plan)
         .context("PHANTOM_PLAN is not the plan admission writes")?;
     let config = Arc::new(ProxyConfig {
