@@ -329,7 +329,7 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
     let socket = dir.join("secrets/.phantom/proxy.sock");
     let plan = serde_json::json!([{
         "name": "db",
-        "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")},
+        "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")}, "rotationNotice": "sighup",
                  "secrets": [{"name": "password", "path": path, "key": "password",
                               "delivery": [{"kind": "env", "name": "DB_PASSWORD"}, {"kind": "file", "path": "db/password"}]}]}
     }]);
@@ -368,10 +368,44 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
             "the application saw {printed:?}: {}",
             String::from_utf8_lossy(&app.stderr)
         );
+        // A long-running application that records SIGHUPs (the test shares the PID namespace,
+        // as a pod with shareProcessNamespace does).
+        let hup = dir.join("hup");
+        let ready = dir.join("ready");
+        let mut daemon = tokio::process::Command::new(&exec_bin)
+            .args([
+                "--container",
+                "app",
+                "--",
+                "/bin/sh",
+                "-c",
+                "trap 'echo hup >> \"$HUP\"' HUP; touch \"$READY\"; while :; do sleep 0.1; done",
+            ])
+            .env("PHANTOM_SOCKET", &socket)
+            .env("HUP", &hup)
+            .env("READY", &ready)
+            .stderr(std::fs::File::create(dir.join("daemon.log"))?)
+            .kill_on_drop(true)
+            .spawn()?;
+        phantom_conformance::wait::until(
+            "the application running",
+            Duration::from_secs(15),
+            Duration::from_millis(50),
+            || async { anyhow::Ok(ready.exists().then_some(())) },
+        )
+        .await?;
         let rotated = format!("rotated-{}", random_hex(12));
         env.openbao()
             .kv_put("secret", path, serde_json::json!({"password": rotated}))
             .await?;
+        phantom_conformance::wait::until(
+            "SIGHUP at the application after the rotation",
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            || async { anyhow::Ok(hup.exists().then_some(())) },
+        )
+        .await?;
+        let _ = daemon.kill().await;
         let file = dir.join("secrets/db/password");
         phantom_conformance::wait::until(
             "the rotated value in the file",
@@ -386,6 +420,7 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
         .await?;
         let mut everything = std::fs::read_to_string(&log)?;
         everything.push_str(&String::from_utf8_lossy(&app.stderr));
+        everything.push_str(&std::fs::read_to_string(dir.join("daemon.log"))?);
         ensure!(
             everything.contains("process hardened"),
             "the proxy reports its hardening:\n{everything}"

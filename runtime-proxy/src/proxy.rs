@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use phantom_crds::{BindingPlan, DeliveryKind};
+use phantom_crds::{BindingPlan, DeliveryKind, RotationNotice};
 use serde_json::Value;
 
 use crate::files::{parse_mode, write_atomic};
@@ -182,6 +182,41 @@ fn refresh_interval(config: &ProxyConfig) -> Duration {
     interval + Duration::from_millis(if extra == 0 { 0 } else { random % extra })
 }
 
+/// SIGHUP to the applications of the containers that receive a changed secret of a binding
+/// with `rotationNotice: sighup` (needs `shareProcessNamespace: true`; the PIDs come from the
+/// `phantom-exec` connections). Other notices are the socket's watch events, already sent.
+fn notify_applications(config: &ProxyConfig, state: &SocketState, changed: &[&String]) {
+    let applications = state.applications();
+    for binding in config
+        .plan
+        .iter()
+        .filter(|b| b.spec.rotation_notice == RotationNotice::Sighup)
+    {
+        let touched = binding
+            .spec
+            .secrets
+            .iter()
+            .any(|s| changed.iter().any(|c| **c == s.name));
+        if !touched {
+            continue;
+        }
+        for (container, pid) in &applications {
+            let sent = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGHUP,
+            );
+            match sent {
+                Ok(()) => {
+                    tracing::info!(%container, pid, binding = %binding.name, "SIGHUP sent for a rotated secret")
+                }
+                Err(e) => {
+                    tracing::warn!(%container, pid, error = %e, "SIGHUP failed (is shareProcessNamespace set?)")
+                }
+            }
+        }
+    }
+}
+
 /// First fetch: files written (only onto a memory-backed volume) and the socket published, or
 /// the error that keeps the pod in Init.
 pub async fn start(
@@ -238,6 +273,7 @@ pub async fn refresh_loop(
                     .collect();
                 if !changed.is_empty() {
                     tracing::info!(secrets = ?changed, "new versions delivered");
+                    notify_applications(&config, &state, &changed);
                 }
                 last_success = Instant::now();
                 state.publish(next.clone());

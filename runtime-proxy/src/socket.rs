@@ -50,6 +50,9 @@ pub struct SocketState {
     contents: RwLock<Arc<Contents>>,
     changes: broadcast::Sender<(String, u64)>,
     allowed_uid: Option<u32>,
+    /// PIDs of the processes that fetched a container's environment: `phantom-exec` keeps its
+    /// PID when it `exec`s, so these are the applications (SIGHUP rotation notices go here).
+    applications: std::sync::Mutex<BTreeMap<String, i32>>,
 }
 
 impl SocketState {
@@ -59,7 +62,16 @@ impl SocketState {
             contents: RwLock::default(),
             changes: broadcast::channel(256).0,
             allowed_uid,
+            applications: std::sync::Mutex::default(),
         })
+    }
+
+    /// Application PIDs by container, as learned from `/v1/env` callers (SO_PEERCRED).
+    pub fn applications(&self) -> BTreeMap<String, i32> {
+        self.applications
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
     }
 
     /// Replaces the contents and announces every secret whose version changed.
@@ -112,7 +124,7 @@ fn error(status: StatusCode, message: String) -> Response<Body> {
     answer(status, json!({ "error": message }))
 }
 
-fn route(state: &SocketState, req: &Request<Incoming>) -> Response<Body> {
+fn route(state: &SocketState, req: &Request<Incoming>, peer_pid: Option<i32>) -> Response<Body> {
     let contents = state.contents();
     let path = req.uri().path();
     match path {
@@ -147,6 +159,9 @@ fn route(state: &SocketState, req: &Request<Incoming>) -> Response<Body> {
                     ),
                 );
             };
+            if let (Some(pid), Ok(mut apps)) = (peer_pid, state.applications.lock()) {
+                apps.insert(container.to_owned(), pid);
+            }
             let mut env = serde_json::Map::new();
             for (var, secret) in vars {
                 match contents.secrets.get(secret) {
@@ -213,7 +228,9 @@ pub fn serve(state: Arc<SocketState>, socket: &Path) -> Result<tokio::task::Join
     let listener = tokio::net::UnixListener::bind(socket).map_err(fail)?;
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let uid = stream.peer_cred().ok().map(|c| c.uid());
+            let cred = stream.peer_cred().ok();
+            let uid = cred.map(|c| c.uid());
+            let peer_pid = cred.and_then(|c| c.pid());
             if let Some(expected) = state.allowed_uid
                 && uid != Some(expected)
             {
@@ -226,7 +243,7 @@ pub fn serve(state: Arc<SocketState>, socket: &Path) -> Result<tokio::task::Join
                     let response = if req.uri().path() == "/v1/watch" {
                         watch(&state)
                     } else {
-                        route(&state, &req)
+                        route(&state, &req, peer_pid)
                     };
                     async move { Ok::<_, Infallible>(response) }
                 });
