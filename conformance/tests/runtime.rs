@@ -201,9 +201,7 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
                                            {"kind": "file", "path": "db/password"}]}]}
     }]))?;
     // The pod's memory-backed volume: the proxy refuses to write secret files anywhere else.
-    let shm = tempfile::Builder::new()
-        .prefix("phantom-pod-")
-        .tempdir_in("/dev/shm")?;
+    let shm = pod_volume()?;
     let dir = shm.path().to_owned();
     let config = Arc::new(ProxyConfig {
         openbao_addr: outage.url(),
@@ -322,9 +320,7 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
         ..
     } = &app;
     // The pod's memory-backed volume: the proxy refuses to write secret files anywhere else.
-    let shm = tempfile::Builder::new()
-        .prefix("phantom-pod-")
-        .tempdir_in("/dev/shm")?;
+    let shm = pod_volume()?;
     let dir = shm.path().to_owned();
     let socket = dir.join("secrets/.phantom/proxy.sock");
     let plan = serde_json::json!([{
@@ -441,4 +437,20 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
     let _ = proxy.kill();
     let _ = proxy.wait();
     result
+}
+
+/// A directory on tmpfs standing in for the pod's memory-backed volume (`/dev/shm` or `/run`).
+fn pod_volume() -> anyhow::Result<tempfile::TempDir> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let base = ["/dev/shm", "/run"]
+        .into_iter()
+        .find(|d| {
+            phantom_runtime_proxy::harden::filesystem_of(&mountinfo, std::path::Path::new(d))
+                .as_deref()
+                == Some("tmpfs")
+        })
+        .context("no tmpfs at /dev/shm or /run to stand in for the pod's memory-backed volume")?;
+    Ok(tempfile::Builder::new()
+        .prefix("phantom-pod-")
+        .tempdir_in(base)?)
 }
