@@ -35,6 +35,31 @@ pub struct ProxyConfig {
     pub refresh_override: Option<Duration>,
 }
 
+/// What this release of the sidecar cannot deliver yet, said up front instead of failing later
+/// with a confusing OpenBao answer.
+pub fn unsupported(plan: &[BindingPlan]) -> Option<String> {
+    for binding in plan {
+        if let Some(ns) = &binding.spec.openbao.namespace {
+            return Some(format!(
+                "SecretBinding {} uses OpenBao namespace {ns}, which this phantom-proxy does not support yet; remove spec.openbao.namespace or mount the secrets in the root namespace",
+                binding.name
+            ));
+        }
+        if let Some(item) = binding
+            .spec
+            .secrets
+            .iter()
+            .find(|s| s.engine == phantom_crds::Engine::Dynamic)
+        {
+            return Some(format!(
+                "SecretBinding {}: secret {} uses a dynamic engine, which this phantom-proxy does not read yet (KV v2 only); use engine kv-v2",
+                binding.name, item.name
+            ));
+        }
+    }
+    None
+}
+
 /// Reads everything the plan names, with one session per (mount, role).
 pub async fn fetch(
     client: &OpenBaoClient,
@@ -223,6 +248,9 @@ pub async fn start(
     config: &ProxyConfig,
     state: &SocketState,
 ) -> Result<(OpenBaoClient, BTreeMap<(String, String), Session>, Contents)> {
+    if let Some(message) = unsupported(&config.plan) {
+        return Err(Error::Delivery(message));
+    }
     let has_files = config.plan.iter().any(|b| {
         b.spec
             .secrets
@@ -290,5 +318,38 @@ pub async fn refresh_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(extra: serde_json::Value) -> Vec<BindingPlan> {
+        let mut spec = serde_json::json!({
+            "selector": {"podSelector": {}}, "openbao": {"role": "r"},
+            "secrets": [{"name": "s", "path": "p", "delivery": [{"kind": "socket"}]}]
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                spec.insert(k.clone(), v.clone());
+            }
+        }
+        vec![BindingPlan {
+            name: "b".into(),
+            spec: serde_json::from_value(spec).expect("spec"),
+        }]
+    }
+
+    #[test]
+    fn unsupported_features_are_named_up_front() {
+        assert_eq!(unsupported(&plan(serde_json::json!({}))), None);
+        let ns = unsupported(&plan(
+            serde_json::json!({"openbao": {"role": "r", "namespace": "team-a"}}),
+        ));
+        assert!(ns.is_some_and(|m| m.contains("spec.openbao.namespace")));
+        let dynamic = unsupported(&plan(serde_json::json!({"secrets": [
+            {"name": "db", "path": "creds/app", "mount": "database", "engine": "dynamic", "delivery": [{"kind": "socket"}]}]})));
+        assert!(dynamic.is_some_and(|m| m.contains("dynamic engine") && m.contains("db")));
     }
 }
