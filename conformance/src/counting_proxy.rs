@@ -39,6 +39,16 @@ impl CountingProxy {
     /// Starts a proxy on `addr` (to bring one back on the port a client already uses: stopping
     /// and restarting it is how tests make OpenBao unreachable and reachable again).
     pub async fn start_on(upstream: &str, addr: SocketAddr) -> Result<Self> {
+        Self::start_with_latency(upstream, addr, std::time::Duration::ZERO).await
+    }
+
+    /// Starts a proxy on `addr` that holds every answer for `latency`, like an OpenBao across a
+    /// WAN: concurrent callers then really overlap, whatever the scheduler does.
+    pub async fn start_with_latency(
+        upstream: &str,
+        addr: SocketAddr,
+        latency: std::time::Duration,
+    ) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(Error::io("binding the counting proxy"))?;
@@ -61,7 +71,9 @@ impl CountingProxy {
                             let (counts, upstream, http) =
                                 (counts.clone(), upstream.clone(), http.clone());
                             async move {
-                                Ok::<_, Infallible>(forward(req, &upstream, &http, &counts).await)
+                                let answer = forward(req, &upstream, &http, &counts).await;
+                                tokio::time::sleep(latency).await;
+                                Ok::<_, Infallible>(answer)
                             }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
