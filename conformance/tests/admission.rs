@@ -555,7 +555,14 @@ async fn malformed_reviews(env: Arc<Env>) -> anyhow::Result<()> {
             "exceeds",
         ),
     ] {
-        let (got, answer) = post(body).await.with_context(|| name.to_owned())?;
+        let (got, answer) = match post(body).await {
+            Ok(answer) => answer,
+            // The server answers 413 without reading 9 MiB and closes the connection; a client
+            // still uploading may see the close before the answer. Either way nothing was
+            // admitted, and the checks below prove the server kept serving.
+            Err(e) if status == 413 && format!("{e:#}").contains("writing a body") => continue,
+            Err(e) => return Err(e.context(name)),
+        };
         ensure!(
             got == status,
             "{name}: status {got}, expected {status}: {answer}"
