@@ -19,7 +19,7 @@ use phantom_crds::wellknown::{
     BINDINGS_ANNOTATION, CANARY_ANNOTATION, COMMAND_ANNOTATION, DECISION_ANNOTATION,
     INJECTED_ANNOTATION, POLICY_DIGEST_ANNOTATION,
 };
-use phantom_crds::{BindingPlan, InjectionMode, PLAN_ENV};
+use phantom_crds::{BindingPlan, InjectionMode, KEY_RELEASE_ENV, KeyReleasePlan, PLAN_ENV};
 use phantom_policies::Decision;
 use serde_json::json;
 
@@ -54,6 +54,7 @@ pub fn mutate(
     pod: &Pod,
     decision: &Decision,
     plan: &[BindingPlan],
+    key_release: Option<&KeyReleasePlan>,
     config: &InjectConfig,
 ) -> Result<Patch> {
     if is_injected(pod) {
@@ -109,7 +110,7 @@ pub fn mutate(
     volumes.push(token_volume(config));
 
     let init = init_container(config);
-    let mut proxy = proxy_container(decision, plan, &targets, config, run_as_user)?;
+    let mut proxy = proxy_container(decision, plan, key_release, &targets, config, run_as_user)?;
     if let Some(resources) = injection.sidecar_resources.clone() {
         proxy.resources = Some(resources);
     }
@@ -351,6 +352,7 @@ fn init_container(config: &InjectConfig) -> Container {
 fn proxy_container(
     decision: &Decision,
     plan: &[BindingPlan],
+    key_release: Option<&KeyReleasePlan>,
     targets: &[String],
     config: &InjectConfig,
     run_as_user: Option<i64>,
@@ -359,7 +361,7 @@ fn proxy_container(
         .map_err(|e| Error::Config(format!("encoding the sidecar's plan: {e}")))?;
     let bindings: Vec<&str> = decision.bindings.iter().map(|b| b.name.as_str()).collect();
     let token_path = format!("{TOKEN_DIR}/token");
-    let env = vec![
+    let mut env = vec![
         field("PHANTOM_POD_NAME", "metadata.name"),
         field("PHANTOM_POD_NAMESPACE", "metadata.namespace"),
         field("PHANTOM_POD_UID", "metadata.uid"),
@@ -377,6 +379,11 @@ fn proxy_container(
         literal("PHANTOM_SOCKET", SOCKET_PATH),
         literal(PLAN_ENV, &plan_json),
     ];
+    if let Some(key_release) = key_release.filter(|k| !k.policies.is_empty()) {
+        let json = serde_json::to_string(key_release)
+            .map_err(|e| Error::Config(format!("encoding the sidecar's key-release plan: {e}")))?;
+        env.push(literal(KEY_RELEASE_ENV, &json));
+    }
     Ok(Container {
         name: PROXY_CONTAINER.into(),
         image: Some(config.proxy_image.clone()),

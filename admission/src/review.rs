@@ -12,7 +12,9 @@ use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use phantom_crds::wellknown::{OVERRIDE_ANNOTATION, OVERRIDE_BYPASS, OVERRIDE_LABEL};
-use phantom_crds::{AttestationRequirement, BindingPlan, PhantomPolicy, SecretBinding};
+use phantom_crds::{
+    AttestationRequirement, BindingPlan, KeyReleasePlan, PhantomPolicy, SecretBinding,
+};
 use phantom_policies::{AdmissionInput, Decision, DecisionPool, RequestInfo, UserInfo};
 use serde_json::{Value, json};
 
@@ -355,10 +357,18 @@ impl Admitter {
                 spec: b.spec.clone(),
             })
             .collect();
+        // The sidecar checks these again before it releases anything (the last gate).
+        let key_release = (!decision.key_release_policies.is_empty()).then(|| {
+            snapshot.set.key_release_plan(
+                &decision.key_release_policies,
+                &serde_json::to_value(&pod).unwrap_or_default(),
+            )
+        });
         self.apply(
             &pod,
             &decision,
             &plan,
+            key_release.as_ref(),
             &namespace,
             &pod_name,
             &user.username,
@@ -372,6 +382,7 @@ impl Admitter {
         pod: &Pod,
         decision: &Decision,
         plan: &[BindingPlan],
+        key_release: Option<&KeyReleasePlan>,
         namespace: &str,
         pod_name: &str,
         user: &str,
@@ -405,7 +416,7 @@ impl Admitter {
                 },
             );
         }
-        match mutate(pod, decision, plan, &self.inject) {
+        match mutate(pod, decision, plan, key_release, &self.inject) {
             Ok(patch) => {
                 if !dry_run {
                     self.metrics

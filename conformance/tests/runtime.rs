@@ -30,6 +30,10 @@ fn main() {
                 "proxy_and_exec_processes_never_log_a_secret",
                 processes_never_log_a_secret,
             ),
+            Case::new(
+                "key_release_refusal_keeps_values_in_openbao",
+                key_release_refusal,
+            ),
         ],
     )
 }
@@ -219,6 +223,8 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
         wrapped_containers: vec!["app".into()],
         grace: Duration::from_secs(1),
         refresh_override: Some(Duration::from_millis(300)),
+        namespace: ns.clone(),
+        key_release: None,
     });
     let state = SocketState::new(None);
     let (client, sessions, contents) = start(&config, &state).await?;
@@ -346,6 +352,12 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
         .env("PHANTOM_PLAN", plan.to_string())
         .env("PHANTOM_WRAPPED_CONTAINERS", "app")
         .env("PHANTOM_REFRESH_SECONDS", "1")
+        .env("PHANTOM_POD_NAMESPACE", ns)
+        .env("PHANTOM_POD_NAME", "web-0")
+        .env(
+            "PHANTOM_KEY_RELEASE",
+            key_release_plan(ns, "binding.metadata.namespace == pod.metadata.namespace && pod.metadata.name == 'web-0'"),
+        )
         .env("PHANTOM_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
@@ -444,6 +456,69 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
     let _ = proxy.kill();
     let _ = proxy.wait();
     result
+}
+
+/// A key-release plan as admission writes it, with one condition `expression` named `gate`.
+fn key_release_plan(ns: &str, expression: &str) -> String {
+    serde_json::json!({
+        "policyDigest": "sha256:test",
+        "policies": [{"name": "gatekeeper", "keyRelease": {"conditions": [
+            {"name": "gate", "expression": expression, "message": "this pod does not meet the gate"}]}}],
+        "requirements": [],
+        "pod": {"metadata": {"namespace": ns, "labels": {"tier": "dev"}}, "spec": {"serviceAccountName": "app"}}
+    })
+    .to_string()
+}
+
+/// A key-release condition that does not hold: the real `phantom-proxy` exits non-zero naming the
+/// policy and the condition, and OpenBao is never asked for the value (nor logged in to).
+async fn key_release_refusal(env: Arc<Env>) -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    let proxy_bin = phantom_conformance::bins::built("phantom-proxy")?;
+    let app = App::new(&env).await?;
+    let App { ns, path, .. } = &app;
+    let counter = CountingProxy::start(env.openbao().addr()).await?;
+    let shm = pod_volume()?;
+    let dir = shm.path().to_owned();
+    let plan = serde_json::json!([{
+        "name": "db",
+        "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")},
+                 "secrets": [{"name": "password", "path": path, "key": "password",
+                              "delivery": [{"kind": "file", "path": "db/password"}]}]}
+    }]);
+    let run = tokio::process::Command::new(&proxy_bin)
+        .env("PHANTOM_OPENBAO_ADDR", counter.url())
+        .env("PHANTOM_TOKEN_PATH", &app.token)
+        .env("PHANTOM_SECRETS_DIR", dir.join("secrets"))
+        .env("PHANTOM_SOCKET", dir.join("secrets/.phantom/proxy.sock"))
+        .env("PHANTOM_PLAN", plan.to_string())
+        .env("PHANTOM_POD_NAMESPACE", ns)
+        .env(
+            "PHANTOM_KEY_RELEASE",
+            key_release_plan(ns, "pod.metadata.labels.tier == 'prod'"),
+        )
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .context("phantom-proxy did not exit within 30 s after a refused key release")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "the proxy started anyway:\n{stderr}");
+    ensure!(
+        stderr.contains("SecretBinding db: key release refused by policy gatekeeper, condition gate: this pod does not meet the gate"),
+        "the refusal names the binding, policy and condition:\n{stderr}"
+    );
+    ensure!(
+        counter.count("GET", &format!("/v1/secret/data/{path}")) == 0
+            && counter.count("POST", "/v1/auth/kubernetes/login") == 0,
+        "OpenBao was asked despite the refusal"
+    );
+    ensure!(
+        !dir.join("secrets/db/password").exists(),
+        "a file was written"
+    );
+    Ok(())
 }
 
 /// A directory on tmpfs standing in for the pod's memory-backed volume (`/dev/shm` or `/run`).

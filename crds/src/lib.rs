@@ -19,7 +19,9 @@ pub mod wellknown;
 pub use attestation::*;
 pub use binding::*;
 pub use common::*;
-pub use plan::{BindingPlan, PLAN_ENV};
+pub use plan::{
+    BindingPlan, KEY_RELEASE_ENV, KeyReleasePlan, KeyReleasePolicyPlan, PLAN_ENV, RequirementPlan,
+};
 pub use policy::*;
 pub use render::{CrdFile, all_crds, render_crd_yaml};
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 use phantom_crds::{
-    AttestationRequirement, CelRule, CompileError, DeliveryKind, Engine, PhantomPolicy, PluginRef,
-    Position, SecretBinding, TeeType,
+    AttestationRequirement, CelRule, CompileError, DeliveryKind, Engine, KeyRelease,
+    KeyReleasePlan, PhantomPolicy, PluginRef, Position, SecretBinding, TeeType,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -436,26 +436,11 @@ fn compile_policy(
             Err((field, message)) => errors.push(field, message),
         }
     }
-    let mut key_release = Vec::new();
-    if let Some(kr) = &spec.key_release {
-        key_release = errors.rules(
-            "spec.keyRelease.conditions",
-            &kr.conditions,
-            Scope::KeyRelease,
-            limits,
-        );
-        if let Some(r) = &kr.attestation_requirement_ref
-            && !requirements.contains_key(&r.name)
-        {
-            errors.push(
-                "spec.keyRelease.attestationRequirementRef.name",
-                format!(
-                    "AttestationRequirement {} does not exist or does not compile",
-                    r.name
-                ),
-            );
-        }
-    }
+    let key_release = spec
+        .key_release
+        .as_ref()
+        .map(|kr| compile_key_release(&mut errors, kr, requirements, limits))
+        .unwrap_or_default();
     let total: u64 = match_conditions
         .iter()
         .map(|(_, e)| e.estimated_cost())
@@ -482,6 +467,86 @@ fn compile_policy(
         plugins,
         key_release,
     })
+}
+
+/// `spec.keyRelease` of a policy: its conditions, and a check that the requirement it names
+/// compiled. Shared by [`PolicySet`] and the sidecar's [`crate::KeyReleaseSet`].
+fn compile_key_release(
+    errors: &mut Errors,
+    kr: &KeyRelease,
+    requirements: &BTreeMap<String, CompiledRequirement>,
+    limits: &Limits,
+) -> Vec<Rule> {
+    let rules = errors.rules(
+        "spec.keyRelease.conditions",
+        &kr.conditions,
+        Scope::KeyRelease,
+        limits,
+    );
+    if let Some(r) = &kr.attestation_requirement_ref
+        && !requirements.contains_key(&r.name)
+    {
+        errors.push(
+            "spec.keyRelease.attestationRequirementRef.name",
+            format!(
+                "AttestationRequirement {} does not exist or does not compile",
+                r.name
+            ),
+        );
+    }
+    rules
+}
+
+/// Compiles a sidecar's key-release plan: the requirements, then each policy's conditions.
+pub(crate) fn compile_key_release_plan(
+    plan: &KeyReleasePlan,
+    limits: &Limits,
+) -> Result<
+    (
+        Vec<(String, Vec<Rule>, Option<String>)>,
+        BTreeMap<String, CompiledRequirement>,
+    ),
+    Vec<ObjectErrors>,
+> {
+    let mut report = Vec::new();
+    let mut requirements = BTreeMap::new();
+    for r in &plan.requirements {
+        let object = AttestationRequirement::new(&r.name, r.spec.clone());
+        match compile_requirement(&object, limits) {
+            Ok(c) => {
+                requirements.insert(r.name.clone(), c);
+            }
+            Err(errors) => report.push(ObjectErrors {
+                kind: "AttestationRequirement",
+                name: r.name.clone(),
+                errors,
+            }),
+        }
+    }
+    let mut policies = Vec::new();
+    for p in &plan.policies {
+        let mut errors = Errors(Vec::new());
+        let rules = compile_key_release(&mut errors, &p.key_release, &requirements, limits);
+        if errors.0.is_empty() {
+            let requirement = p
+                .key_release
+                .attestation_requirement_ref
+                .as_ref()
+                .map(|r| r.name.clone());
+            policies.push((p.name.clone(), rules, requirement));
+        } else {
+            report.push(ObjectErrors {
+                kind: "PhantomPolicy",
+                name: p.name.clone(),
+                errors: errors.0,
+            });
+        }
+    }
+    if report.is_empty() {
+        Ok((policies, requirements))
+    } else {
+        Err(report)
+    }
 }
 
 fn digest(sources: &Sources) -> String {

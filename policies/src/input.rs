@@ -58,6 +58,31 @@ pub struct KeyReleaseInput {
     pub attestation: Option<Value>,
 }
 
+/// The pod as key-release conditions see it: metadata (without managed fields) and the spec
+/// without containers and volumes, which carry nothing a release condition should depend on and
+/// would bloat the sidecar's environment.
+pub fn key_release_pod_view(pod: &Value) -> Value {
+    let mut view = serde_json::Map::new();
+    if let Some(metadata) = pod.get("metadata").and_then(Value::as_object) {
+        let mut metadata = metadata.clone();
+        metadata.remove("managedFields");
+        view.insert("metadata".into(), Value::Object(metadata));
+    }
+    if let Some(spec) = pod.get("spec").and_then(Value::as_object) {
+        let mut spec = spec.clone();
+        for heavy in [
+            "containers",
+            "initContainers",
+            "ephemeralContainers",
+            "volumes",
+        ] {
+            spec.remove(heavy);
+        }
+        view.insert("spec".into(), Value::Object(spec));
+    }
+    Value::Object(view)
+}
+
 pub(crate) fn labels(object: &Value) -> std::collections::BTreeMap<String, String> {
     object
         .pointer("/metadata/labels")

@@ -24,6 +24,6 @@ mod selector;
 pub use canary::{bucket as canary_bucket, default_key as default_canary_key};
 pub use compile::{ModuleResolver, Modules, ObjectErrors, PolicySet, Sources};
 pub use decide::{BindingRef, CanaryOutcome, Decision, Denial, MonitoringScope, PolicyOutcome};
-pub use input::{AdmissionInput, KeyReleaseInput, RequestInfo, UserInfo};
-pub use keyrelease::KeyReleaseRefusal;
+pub use input::{AdmissionInput, KeyReleaseInput, RequestInfo, UserInfo, key_release_pod_view};
+pub use keyrelease::{KeyReleaseRefusal, KeyReleaseSet};
 pub use pool::DecisionPool;

@@ -1,8 +1,10 @@
 //! `compile` + `decide` + `check_key_release` on realistic objects (pure logic: no cluster).
 
-use phantom_crds::{AttestationRequirement, PhantomPolicy, SecretBinding};
+use phantom_crds::{AttestationRequirement, KeyReleasePlan, PhantomPolicy, SecretBinding};
 use phantom_policies::wasm::{PluginHost, module_digest};
-use phantom_policies::{AdmissionInput, KeyReleaseInput, Modules, PolicySet, RequestInfo, Sources};
+use phantom_policies::{
+    AdmissionInput, KeyReleaseInput, KeyReleaseSet, Modules, PolicySet, RequestInfo, Sources,
+};
 use serde_json::{Value, json};
 
 fn policy(yaml: &str) -> PhantomPolicy {
@@ -389,6 +391,104 @@ spec:
         ..base
     };
     assert_eq!(set.check_key_release(&policies, &good), Ok(()));
+}
+
+#[test]
+fn the_sidecars_key_release_set_answers_like_the_policy_set() {
+    let requirement: AttestationRequirement = serde_yaml::from_str(
+        r#"
+apiVersion: phantom.dev/v1alpha1
+kind: AttestationRequirement
+metadata: {name: snp}
+spec:
+  teeTypes: [sev-snp]
+  sevSnp: {measurements: ["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]}
+"#,
+    )
+    .expect("requirement YAML");
+    let named = PAYMENTS
+        .replace("name: payments", "name: named-pods")
+        .replace(
+            "        message: \"bindings release only to their own namespace\"\n",
+            "        message: \"bindings release only to their own namespace\"\n      - {name: web-only, expression: \"pod.metadata.name.startsWith('web')\"}\n",
+        );
+    let gated = PAYMENTS.replace("name: payments", "name: gated").replace(
+        "  keyRelease:\n",
+        "  keyRelease:\n    attestationRequirementRef: {name: snp}\n",
+    );
+    let sources = Sources {
+        policies: vec![policy(PAYMENTS), policy(&named), policy(&gated)],
+        bindings: vec![binding()],
+        requirements: vec![requirement],
+    };
+    let (set, errors) = PolicySet::compile(
+        &sources,
+        &PluginHost::new().expect("host"),
+        &Modules::default(),
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let admitted = pod("", json!({}));
+    let names = ["payments".to_owned(), "named-pods".to_owned()];
+    // Through JSON, as it travels in the sidecar's environment.
+    let plan: KeyReleasePlan = serde_json::from_str(
+        &serde_json::to_string(&set.key_release_plan(&names, &admitted)).expect("encode"),
+    )
+    .expect("decode");
+    assert_eq!(plan.policies.len(), 2);
+    assert!(
+        plan.requirements.is_empty(),
+        "only named policies' requirements travel"
+    );
+    assert!(
+        plan.pod.pointer("/spec/containers").is_none(),
+        "{}",
+        plan.pod
+    );
+    let own = json!({"metadata": {"namespace": "shop"}});
+    let elsewhere = json!({"metadata": {"namespace": "elsewhere"}});
+
+    let web = KeyReleaseSet::compile(&plan, Some("web-7f9c")).expect("compiles");
+    assert_eq!(web.policy_names(), ["payments", "named-pods"]);
+    assert_eq!(web.check(&own, None), Ok(()));
+    let full = KeyReleaseInput {
+        pod: pod("web-7f9c", json!({})),
+        binding: elsewhere.clone(),
+        attestation: None,
+    };
+    assert_eq!(
+        web.check(&elsewhere, None),
+        set.check_key_release(&names, &full)
+    );
+    let batch = KeyReleaseSet::compile(&plan, Some("batch-1")).expect("compiles");
+    assert_eq!(
+        batch.check(&own, None).expect_err("name").condition,
+        "web-only"
+    );
+
+    let gated_plan = set.key_release_plan(&["gated".to_owned()], &admitted);
+    assert_eq!(gated_plan.requirements.len(), 1);
+    let gated = KeyReleaseSet::compile(&gated_plan, None).expect("compiles");
+    assert!(
+        gated
+            .check(&own, None)
+            .expect_err("no evidence")
+            .message
+            .contains("presented none")
+    );
+    assert_eq!(
+        gated.check(&own, Some(&json!({"teeType": "sev-snp"}))),
+        Ok(())
+    );
+
+    let mut broken = plan.clone();
+    broken.policies[0].key_release.conditions[0].expression =
+        "binding.metadata.namespace ==".into();
+    let err = KeyReleaseSet::compile(&broken, None).expect_err("broken CEL");
+    assert!(
+        err.to_string()
+            .contains("spec.keyRelease.conditions[0].expression"),
+        "{err}"
+    );
 }
 
 #[test]

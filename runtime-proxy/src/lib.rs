@@ -54,6 +54,19 @@ pub enum Error {
     /// could not be written); the message names the path or socket and what to check.
     #[error("{0}")]
     Delivery(String),
+    /// A key-release condition refused a binding's values: nothing of it was read or released.
+    #[error(
+        "SecretBinding {binding}: {refusal}; the values stay in OpenBao. Fix the pod or binding so the condition holds, or change the PhantomPolicy"
+    )]
+    KeyRelease {
+        binding: String,
+        refusal: phantom_policies::KeyReleaseRefusal,
+    },
+    /// The key-release conditions admission handed over do not compile in this sidecar.
+    #[error(
+        "the key-release conditions in PHANTOM_KEY_RELEASE do not compile here ({0}); nothing is released. Is phantom-proxy older than phantom-admission?"
+    )]
+    KeyReleasePlan(String),
     /// The pod's ServiceAccount token could not be read.
     #[error(
         "reading the ServiceAccount token {path}: {cause}; is the projected token volume mounted?"

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use phantom_crds::{BindingPlan, DeliveryKind, RotationNotice};
+use phantom_policies::KeyReleaseSet;
 use serde_json::Value;
 
 use crate::files::{parse_mode, write_atomic};
@@ -33,6 +34,27 @@ pub struct ProxyConfig {
     pub grace: Duration,
     /// Overrides the bindings' refresh interval (tests, and operators who must go faster).
     pub refresh_override: Option<Duration>,
+    /// The pod's namespace (the bindings' namespace, as key-release conditions see them).
+    pub namespace: String,
+    /// Key-release conditions checked before each binding's values are read and released.
+    pub key_release: Option<KeyReleaseSet>,
+}
+
+/// Checks the key-release conditions for `binding`; without conditions every binding is released.
+pub fn check_release(config: &ProxyConfig, binding: &BindingPlan) -> Result<()> {
+    let Some(set) = &config.key_release else {
+        return Ok(());
+    };
+    let object = serde_json::json!({
+        "metadata": {"name": binding.name, "namespace": config.namespace},
+        "spec": binding.spec,
+    });
+    // No attestation evidence yet: a policy that requires it refuses (fail closed).
+    set.check(&object, None)
+        .map_err(|refusal| Error::KeyRelease {
+            binding: binding.name.clone(),
+            refusal,
+        })
 }
 
 /// What this release of the sidecar cannot deliver yet, said up front instead of failing later
@@ -68,6 +90,7 @@ pub async fn fetch(
 ) -> Result<Contents> {
     let mut contents = Contents::default();
     for binding in &config.plan {
+        check_release(config, binding)?;
         let auth = &binding.spec.openbao;
         let key = (auth.auth_mount.clone(), auth.role.clone());
         if !sessions.contains_key(&key) {

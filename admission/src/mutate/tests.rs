@@ -1,4 +1,6 @@
-use phantom_crds::Injection;
+use std::collections::BTreeMap;
+
+use phantom_crds::{Injection, KeyReleasePolicyPlan};
 use phantom_policies::{BindingRef, CanaryOutcome, MonitoringScope, PolicyOutcome};
 use serde_json::{Value, json};
 
@@ -77,6 +79,7 @@ fn sidecar_mode_wraps_every_container_and_adds_the_proxy() {
         &original,
         &decision(InjectionMode::Sidecar),
         &[],
+        None,
         &InjectConfig::default(),
     )
     .expect("injects");
@@ -164,6 +167,7 @@ fn native_sidecar_and_init_only_place_the_proxy_among_init_containers() {
             &original,
             &decision(InjectionMode::NativeSidecar),
             &[],
+            None,
             &InjectConfig::default(),
         )
         .expect("native"),
@@ -187,6 +191,7 @@ fn native_sidecar_and_init_only_place_the_proxy_among_init_containers() {
             &original,
             &decision(InjectionMode::InitOnly),
             &[],
+            None,
             &InjectConfig::default(),
         )
         .expect("init-only"),
@@ -202,6 +207,7 @@ fn daemonset_mode_is_refused_with_what_to_change() {
         &web(),
         &decision(InjectionMode::Daemonset),
         &[],
+        None,
         &InjectConfig::default(),
     )
     .expect_err("no node agent");
@@ -214,10 +220,10 @@ fn injection_is_idempotent() {
     let d = decision(InjectionMode::Sidecar);
     let once = apply(
         &original,
-        &mutate(&original, &d, &[], &InjectConfig::default()).expect("once"),
+        &mutate(&original, &d, &[], None, &InjectConfig::default()).expect("once"),
     );
     assert!(is_injected(&once));
-    let again = mutate(&once, &d, &[], &InjectConfig::default()).expect("again");
+    let again = mutate(&once, &d, &[], None, &InjectConfig::default()).expect("again");
     assert!(
         again.0.is_empty(),
         "an injected pod is left as it is: {again:?}"
@@ -231,7 +237,7 @@ fn a_container_without_command_needs_the_annotation() {
         "spec": {"containers": [{"name": "app", "image": "shop/web:1", "args": ["-v"]}]}
     }));
     let d = decision(InjectionMode::Sidecar);
-    let err = mutate(&bare, &d, &[], &InjectConfig::default()).expect_err("no command");
+    let err = mutate(&bare, &d, &[], None, &InjectConfig::default()).expect_err("no command");
     let message = err.to_string();
     assert!(
         message.contains("container app has no command")
@@ -248,7 +254,7 @@ fn a_container_without_command_needs_the_annotation() {
         )]));
         let out = apply(
             &annotated,
-            &mutate(&annotated, &d, &[], &InjectConfig::default()).expect(key),
+            &mutate(&annotated, &d, &[], None, &InjectConfig::default()).expect(key),
         );
         let app = &out.spec.expect("spec").containers[0];
         assert_eq!(
@@ -263,7 +269,7 @@ fn a_container_without_command_needs_the_annotation() {
         "phantom.dev/command".to_owned(),
         "/entry serve".to_owned(),
     )]));
-    let err = mutate(&broken, &d, &[], &InjectConfig::default()).expect_err("not JSON");
+    let err = mutate(&broken, &d, &[], None, &InjectConfig::default()).expect_err("not JSON");
     assert!(err.to_string().contains("JSON array"), "{err}");
 }
 
@@ -274,7 +280,7 @@ fn listed_containers_only_and_clear_errors_for_clashes() {
     let original = web();
     let out = apply(
         &original,
-        &mutate(&original, &d, &[], &InjectConfig::default()).expect("app"),
+        &mutate(&original, &d, &[], None, &InjectConfig::default()).expect("app"),
     );
     let spec = out.spec.expect("spec");
     assert_eq!(
@@ -283,7 +289,8 @@ fn listed_containers_only_and_clear_errors_for_clashes() {
     );
 
     d.injection.as_mut().expect("injection").containers = Some(vec!["api".into()]);
-    let err = mutate(&original, &d, &[], &InjectConfig::default()).expect_err("no such container");
+    let err =
+        mutate(&original, &d, &[], None, &InjectConfig::default()).expect_err("no such container");
     assert!(
         err.to_string().contains("spec.injection.containers"),
         "{err}"
@@ -298,6 +305,7 @@ fn listed_containers_only_and_clear_errors_for_clashes() {
         &clash,
         &decision(InjectionMode::Sidecar),
         &[],
+        None,
         &InjectConfig::default(),
     )
     .expect_err("clash");
@@ -330,31 +338,54 @@ fn the_sidecar_receives_the_bindings_specs_never_values() {
         name: "db".into(),
         spec,
     }];
+    let key_release = KeyReleasePlan {
+        policy_digest: "sha256:00".into(),
+        policies: vec![KeyReleasePolicyPlan {
+            name: "payments".into(),
+            key_release: serde_json::from_value(json!({"conditions": [
+                {"name": "same-namespace", "expression": "binding.metadata.namespace == pod.metadata.namespace"}
+            ]}))
+            .expect("keyRelease"),
+        }],
+        requirements: vec![],
+        pod: json!({"metadata": {"namespace": "shop"}}),
+    };
     let original = web();
-    let out = apply(
-        &original,
-        &mutate(
+    let proxy_env = |key_release: Option<&KeyReleasePlan>| {
+        let out = apply(
             &original,
-            &decision(InjectionMode::Sidecar),
-            &plan,
-            &InjectConfig::default(),
-        )
-        .expect("injects"),
-    );
-    let proxy = out
-        .spec
-        .expect("spec")
-        .containers
-        .into_iter()
-        .find(|c| c.name == PROXY_CONTAINER)
-        .expect("proxy");
-    let raw = proxy
-        .env
-        .into_iter()
-        .flatten()
-        .find(|e| e.name == PLAN_ENV)
-        .and_then(|e| e.value)
-        .expect("PHANTOM_PLAN");
-    let handed: Vec<BindingPlan> = serde_json::from_str(&raw).expect("plan JSON");
+            &mutate(
+                &original,
+                &decision(InjectionMode::Sidecar),
+                &plan,
+                key_release,
+                &InjectConfig::default(),
+            )
+            .expect("injects"),
+        );
+        let proxy = out
+            .spec
+            .expect("spec")
+            .containers
+            .into_iter()
+            .find(|c| c.name == PROXY_CONTAINER)
+            .expect("proxy");
+        proxy
+            .env
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let env = proxy_env(Some(&key_release));
+    let handed: Vec<BindingPlan> = serde_json::from_str(&env[PLAN_ENV]).expect("plan JSON");
     assert_eq!(handed, plan);
+    let conditions: KeyReleasePlan =
+        serde_json::from_str(&env[KEY_RELEASE_ENV]).expect("key-release JSON");
+    assert_eq!(conditions, key_release);
+    let without = proxy_env(Some(&KeyReleasePlan::default()));
+    assert!(
+        !without.contains_key(KEY_RELEASE_ENV),
+        "no policies, no variable"
+    );
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use phantom_crds::BindingPlan;
+use phantom_crds::{BindingPlan, KeyReleasePlan};
+use phantom_policies::KeyReleaseSet;
+use phantom_runtime_proxy::Error;
 use phantom_runtime_proxy::proxy::{ProxyConfig, refresh_loop, start};
 use phantom_runtime_proxy::socket::{SocketState, serve};
 
@@ -48,6 +50,15 @@ struct Args {
     /// Overrides the bindings' refresh interval, in seconds.
     #[arg(long, env = "PHANTOM_REFRESH_SECONDS")]
     refresh_seconds: Option<u64>,
+    /// The pod's namespace (the SecretBindings' namespace, as key-release conditions see them).
+    #[arg(long, env = "PHANTOM_POD_NAMESPACE", default_value = "")]
+    pod_namespace: String,
+    /// The pod's name (fills `pod.metadata.name` for key-release conditions).
+    #[arg(long, env = "PHANTOM_POD_NAME")]
+    pod_name: Option<String>,
+    /// JSON key-release conditions to check before releasing any value (written by admission).
+    #[arg(long, env = "PHANTOM_KEY_RELEASE")]
+    key_release: Option<String>,
     /// Fetch once, write the files and exit (init-only mode).
     #[arg(long)]
     once: bool,
@@ -88,6 +99,17 @@ async fn main() -> anyhow::Result<()> {
     }
     let plan: Vec<BindingPlan> = serde_json::from_str(&args.plan)
         .context("PHANTOM_PLAN is not the plan admission writes")?;
+    let key_release = match &args.key_release {
+        Some(json) => {
+            let plan: KeyReleasePlan = serde_json::from_str(json)
+                .context("PHANTOM_KEY_RELEASE is not the key-release plan admission writes")?;
+            let set = KeyReleaseSet::compile(&plan, args.pod_name.as_deref())
+                .map_err(|e| Error::KeyReleasePlan(e.to_string()))?;
+            tracing::info!(policies = ?set.policy_names(), "key-release conditions in force");
+            Some(set)
+        }
+        None => None,
+    };
     let config = Arc::new(ProxyConfig {
         openbao_addr: args.openbao_addr,
         token_path: args.token_path,
@@ -102,6 +124,8 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
         grace: Duration::from_secs(args.grace_seconds),
         refresh_override: args.refresh_seconds.map(Duration::from_secs),
+        namespace: args.pod_namespace,
+        key_release,
     });
     let state = SocketState::new(own_uid());
     // Fails with the address and the cause when OpenBao is unreachable: the pod stays in Init.
