@@ -497,17 +497,17 @@ fn compile_key_release(
     rules
 }
 
+/// One policy's compiled key-release part: its name, its conditions and the requirement it names.
+pub(crate) type ReleaseRules = (String, Vec<Rule>, Option<String>);
+
+/// A key-release plan, compiled: the policies' parts and the requirements they name.
+pub(crate) type CompiledKeyRelease = (Vec<ReleaseRules>, BTreeMap<String, CompiledRequirement>);
+
 /// Compiles a sidecar's key-release plan: the requirements, then each policy's conditions.
 pub(crate) fn compile_key_release_plan(
     plan: &KeyReleasePlan,
     limits: &Limits,
-) -> Result<
-    (
-        Vec<(String, Vec<Rule>, Option<String>)>,
-        BTreeMap<String, CompiledRequirement>,
-    ),
-    Vec<ObjectErrors>,
-> {
+) -> Result<CompiledKeyRelease, Vec<ObjectErrors>> {
     let mut report = Vec::new();
     let mut requirements = BTreeMap::new();
     for r in &plan.requirements {

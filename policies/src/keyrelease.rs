@@ -6,7 +6,9 @@ use phantom_crds::{KeyReleasePlan, KeyReleasePolicyPlan, RequirementPlan, TeeTyp
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::compile::{CompiledRequirement, PolicySet, Rule, compile_key_release_plan};
+use crate::compile::{
+    CompiledRequirement, PolicySet, ReleaseRules, Rule, compile_key_release_plan,
+};
 use crate::decide::rule_failure;
 use crate::expr::{Limits, check_input_bounds, context};
 use crate::input::{KeyReleaseInput, key_release_pod_view, labels};
@@ -21,13 +23,13 @@ pub struct KeyReleaseRefusal {
     pub message: String,
 }
 
-/// One policy's compiled key-release part: its name, its conditions and the requirement it names.
-type ReleaseRules = (String, Vec<Rule>, Option<String>);
+/// A policy name, with its conditions and requirement when the caller knows the policy.
+type Resolved<'a> = (&'a str, Option<(&'a [Rule], Option<&'a str>)>);
 
 /// Checks `policies` in order against one release; `None` in the list is a policy name the
 /// caller does not know, which refuses.
 fn check(
-    policies: &[(&str, Option<(&[Rule], Option<&str>)>)],
+    policies: &[Resolved<'_>],
     requirements: &BTreeMap<String, CompiledRequirement>,
     limits: &Limits,
     digest: &str,
