@@ -12,7 +12,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 
 use crate::env::{REVIEWER_NAMESPACE, REVIEWER_SERVICE_ACCOUNT};
-use crate::{Env, Error, Result, wait};
+use crate::{Env, Error, OpenBao, Result, wait};
 
 /// Field manager of the environment's server-side applies.
 const FIELD_MANAGER: &str = "phantom-conformance";
@@ -115,7 +115,11 @@ impl Env {
     /// `secret/<ns>/*`, and a Kubernetes auth role `<ns>-app` for ServiceAccount `<ns>/app`.
     /// Returns the path and the value (for assertions; never print it).
     pub async fn provision_app_secret(&self, ns: &str) -> Result<(String, String)> {
-        let bao = self.openbao();
+        Self::provision_app_secret_on(self.openbao(), ns).await
+    }
+
+    /// [`Env::provision_app_secret`] on another OpenBao server (TLS tests).
+    pub async fn provision_app_secret_on(bao: &OpenBao, ns: &str) -> Result<(String, String)> {
         let value = format!("s3cr3t-{}", crate::random_hex(16));
         let path = format!("{ns}/db");
         bao.kv_put("secret", &path, serde_json::json!({ "password": value }))
@@ -157,6 +161,11 @@ impl Env {
     /// Gives OpenBao a reviewer identity (ServiceAccount bound to `system:auth-delegator`) and
     /// points its Kubernetes auth method at this API server.
     pub(crate) async fn configure_openbao_kubernetes_auth(&self) -> Result<()> {
+        self.configure_kubernetes_auth_on(self.openbao()).await
+    }
+
+    /// Points `bao`'s Kubernetes auth method at this API server, with the shared reviewer.
+    pub async fn configure_kubernetes_auth_on(&self, bao: &OpenBao) -> Result<()> {
         self.ensure_service_account(REVIEWER_NAMESPACE, REVIEWER_SERVICE_ACCOUNT)
             .await?;
         let binding = ClusterRoleBinding {
@@ -194,14 +203,13 @@ impl Env {
                 Duration::from_secs(24 * 3600),
             )
             .await?;
-        self.openbao()
-            .configure_kubernetes_auth(
-                "kubernetes",
-                self.api_url(),
-                &self.ca().cert_pem,
-                &reviewer_jwt,
-            )
-            .await
+        bao.configure_kubernetes_auth(
+            "kubernetes",
+            self.api_url(),
+            &self.ca().cert_pem,
+            &reviewer_jwt,
+        )
+        .await
     }
 
     /// Installs (server-side apply) Phantom's three CRDs and waits until they are Established.

@@ -17,6 +17,7 @@ pub mod node;
 mod openbao;
 mod pki;
 mod process;
+mod tls_openbao;
 mod tools;
 pub mod wait;
 pub mod webhook;
@@ -27,6 +28,7 @@ pub use images::{ImageSpec, build_oci_tar};
 pub use kube_helpers::PodIdentity;
 pub use openbao::{KubernetesRole, OpenBao};
 pub use pki::{CertificateAuthority, ServingCert};
+pub use tls_openbao::TlsOpenBao;
 pub use tools::Tools;
 
 /// Default log filter of the environment's binaries and suites: warnings, without kube's noise

@@ -53,6 +53,104 @@ impl OpenBao {
         }
     }
 
+    /// A client for a server reached with its own HTTP client (TLS roots, client certificate).
+    pub fn with_client(
+        addr: impl Into<String>,
+        root_token: impl Into<String>,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            addr: addr.into(),
+            root_token: root_token.into(),
+            http,
+        }
+    }
+
+    /// Initialises a fresh non-dev server with one unseal key, unseals it and keeps the root
+    /// token (test environments only: a real deployment splits and guards the keys).
+    pub async fn init_and_unseal(&mut self) -> Result<()> {
+        let init = self
+            .call(
+                reqwest::Method::PUT,
+                "sys/init",
+                None,
+                Some(json!({"secret_shares": 1, "secret_threshold": 1})),
+            )
+            .await?
+            .unwrap_or_default();
+        let key = init
+            .pointer("/keys_base64/0")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        self.root_token = init
+            .get("root_token")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let unsealed = self
+            .call(
+                reqwest::Method::PUT,
+                "sys/unseal",
+                None,
+                Some(json!({ "key": key })),
+            )
+            .await?
+            .unwrap_or_default();
+        if unsealed.get("sealed") != Some(&Value::Bool(false)) {
+            return Err(Error::OpenBao {
+                method: "PUT",
+                path: "sys/unseal".into(),
+                status: 200,
+                errors: format!("still sealed: {unsealed}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// `sys/health` as a status code whatever the state (200 active, 429 standby, 501
+    /// uninitialised, 503 sealed), or the transport error.
+    pub async fn health_code(&self) -> Result<u16> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/sys/health", self.addr))
+            .send()
+            .await
+            .map_err(|source| Error::OpenBaoTransport {
+                method: "GET",
+                path: "sys/health".into(),
+                source,
+            })?;
+        Ok(resp.status().as_u16())
+    }
+
+    /// Mounts KV v2 at `mount` (idempotent; the dev server has `secret/` already).
+    pub async fn enable_kv2(&self, mount: &str) -> Result<()> {
+        let mounts = self
+            .call(
+                reqwest::Method::GET,
+                "sys/mounts",
+                Some(&self.root_token),
+                None,
+            )
+            .await?
+            .unwrap_or_default();
+        if mounts
+            .get("data")
+            .and_then(|d| d.get(format!("{mount}/")))
+            .is_some()
+        {
+            return Ok(());
+        }
+        self.admin(
+            reqwest::Method::POST,
+            &format!("sys/mounts/{mount}"),
+            json!({"type": "kv", "options": {"version": "2"}}),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Base address, e.g. `http://127.0.0.1:8200`.
     pub fn addr(&self) -> &str {
         &self.addr

@@ -21,6 +21,8 @@ pub struct CertificateAuthority {
 pub struct ServingCert {
     pub cert_pem: String,
     pub key_pem: String,
+    /// DER SubjectPublicKeyInfo of the key (what public-key pins hash).
+    pub spki_der: Vec<u8>,
 }
 
 impl CertificateAuthority {
@@ -71,6 +73,7 @@ impl CertificateAuthority {
         Ok(ServingCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
         })
     }
 }

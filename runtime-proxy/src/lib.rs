@@ -11,6 +11,7 @@ pub mod openbao;
 pub mod proxy;
 pub mod secret;
 pub mod socket;
+pub mod tls;
 
 pub use secret::SecretValue;
 
@@ -23,6 +24,12 @@ pub enum Error {
         "OpenBao at {addr} is unreachable ({cause}); check the address, DNS and network policy, and that OpenBao is unsealed"
     )]
     Unreachable { addr: String, cause: String },
+    /// The TLS connection to OpenBao failed: certificate not trusted, pin mismatch, client
+    /// certificate refused, or TLS settings that cannot be loaded.
+    #[error(
+        "TLS to OpenBao at {addr} failed: {cause}; check PHANTOM_OPENBAO_CA_FILE, PHANTOM_OPENBAO_SPKI_SHA256 and the client certificate (PHANTOM_OPENBAO_CLIENT_CERT/KEY)"
+    )]
+    Tls { addr: String, cause: String },
     /// OpenBao refused a login.
     #[error(
         "OpenBao at {addr} refused the Kubernetes login with role {role} at auth/{mount} ({status}: {errors}); check that the role binds this pod's namespace and ServiceAccount and accepts the token's audience"

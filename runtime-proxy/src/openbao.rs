@@ -13,7 +13,16 @@ use zeroize::Zeroizing;
 
 use crate::coalesce::Coalescer;
 use crate::secret::{SecretValue, wipe};
+use crate::tls::TlsSettings;
 use crate::{Error, Result};
+
+/// How rustls reports a handshake that failed on trust (reqwest only offers the messages).
+const TLS_FAILURES: &[&str] = &[
+    "invalid peer certificate",
+    "pinned public key mismatch",
+    "received fatal alert",
+    "peer sent no certificates",
+];
 
 /// A logged-in session: the client token and how long it lives.
 #[derive(Debug, Clone)]
@@ -42,19 +51,39 @@ pub struct OpenBaoClient {
 }
 
 impl OpenBaoClient {
-    /// A client for `addr` (`https://host:8200`) with a connection pool that is reused across
-    /// requests.
+    /// A client for `addr` with default TLS settings (the system CA bundle for `https://`).
     pub fn new(addr: impl Into<String>) -> Result<Self> {
+        Self::with_tls(addr, &TlsSettings::default())
+    }
+
+    /// A client for `addr` (`https://host:8200`) trusting OpenBao as `tls` says, with a
+    /// connection pool that is reused across requests.
+    pub fn with_tls(addr: impl Into<String>, tls: &TlsSettings) -> Result<Self> {
         let addr = addr.into().trim_end_matches('/').to_owned();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| Error::Unreachable {
-                addr: addr.clone(),
-                cause: format!("building the HTTP client: {e}"),
+            .pool_idle_timeout(Duration::from_secs(90));
+        if addr.starts_with("https://") {
+            let config = crate::tls::client_config(tls).map_err(|e| match e {
+                Error::Tls { cause, .. } => Error::Tls {
+                    addr: addr.clone(),
+                    cause,
+                },
+                other => other,
             })?;
+            builder = builder.use_preconfigured_tls(config);
+        } else if *tls != TlsSettings::default() {
+            return Err(Error::Tls {
+                addr,
+                cause: "TLS settings are given but the address is plain http://; use https://"
+                    .into(),
+            });
+        }
+        let http = builder.build().map_err(|e| Error::Unreachable {
+            addr: addr.clone(),
+            cause: format!("building the HTTP client: {e}"),
+        })?;
         Ok(Self {
             addr,
             http,
@@ -92,11 +121,19 @@ impl OpenBaoClient {
                 cause.push_str(&inner.to_string());
                 source = inner.source();
             }
-            Error::Unreachable {
-                addr: self.addr.clone(),
-                cause: cause
-                    .replace(&format!(" for url ({}/", self.addr), " (")
-                    .to_owned(),
+            let cause = cause
+                .replace(&format!(" for url ({}/", self.addr), " (")
+                .to_owned();
+            if TLS_FAILURES.iter().any(|marker| cause.contains(marker)) {
+                Error::Tls {
+                    addr: self.addr.clone(),
+                    cause,
+                }
+            } else {
+                Error::Unreachable {
+                    addr: self.addr.clone(),
+                    cause,
+                }
             }
         };
         let response = request.send().await.map_err(unreachable)?;

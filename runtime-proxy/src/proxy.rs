@@ -16,12 +16,15 @@ use serde_json::Value;
 use crate::files::{parse_mode, write_atomic};
 use crate::openbao::{OpenBaoClient, Session};
 use crate::socket::{Contents, Delivered, SocketState};
+use crate::tls::TlsSettings;
 use crate::{Error, Result, SecretValue};
 
 /// Settings of one sidecar.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub openbao_addr: String,
+    /// How OpenBao is trusted (CA, SPKI pins) and the client certificate.
+    pub tls: TlsSettings,
     /// The projected ServiceAccount token (re-read at every login).
     pub token_path: PathBuf,
     /// The memory-backed volume for files.
@@ -286,7 +289,7 @@ pub async fn start(
         })?;
         crate::harden::require_memory_backed(&config.secrets_dir)?;
     }
-    let client = OpenBaoClient::new(&config.openbao_addr)?;
+    let client = OpenBaoClient::with_tls(&config.openbao_addr, &config.tls)?;
     let mut sessions = BTreeMap::new();
     let contents = fetch(&client, config, &mut sessions).await?;
     write_files(config, &contents, None)?;

@@ -12,6 +12,7 @@ use phantom_policies::KeyReleaseSet;
 use phantom_runtime_proxy::Error;
 use phantom_runtime_proxy::proxy::{ProxyConfig, refresh_loop, start};
 use phantom_runtime_proxy::socket::{SocketState, serve};
+use phantom_runtime_proxy::tls::{TlsSettings, parse_pin};
 
 /// Phantom's sidecar: fetches the pod's secrets from OpenBao with the pod's own ServiceAccount
 /// token and delivers them as files on the memory volume and over a Unix socket.
@@ -21,6 +22,27 @@ struct Args {
     /// OpenBao address.
     #[arg(long, env = "PHANTOM_OPENBAO_ADDR")]
     openbao_addr: String,
+    /// PEM CA bundle that signs OpenBao's certificate (default: the system bundle, unless a pin is set).
+    #[arg(long, env = "PHANTOM_OPENBAO_CA_FILE")]
+    openbao_ca_file: Option<PathBuf>,
+    /// Pinned sha256 of OpenBao's public key (SubjectPublicKeyInfo), `sha256//BASE64` or hex;
+    /// comma-separated to accept several during a key rotation. With a CA bundle both must hold.
+    #[arg(long, env = "PHANTOM_OPENBAO_SPKI_SHA256", value_delimiter = ',')]
+    openbao_spki_sha256: Vec<String>,
+    /// PEM client certificate for OpenBao listeners that require mTLS.
+    #[arg(
+        long,
+        env = "PHANTOM_OPENBAO_CLIENT_CERT",
+        requires = "openbao_client_key"
+    )]
+    openbao_client_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(
+        long,
+        env = "PHANTOM_OPENBAO_CLIENT_KEY",
+        requires = "openbao_client_cert"
+    )]
+    openbao_client_key: Option<PathBuf>,
     /// The projected ServiceAccount token (audience of the OpenBao role).
     #[arg(
         long,
@@ -110,8 +132,20 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let tls = TlsSettings {
+        ca_file: args.openbao_ca_file,
+        spki_pins: args
+            .openbao_spki_sha256
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| parse_pin(p))
+            .collect::<Result<_, _>>()?,
+        client_cert: args.openbao_client_cert,
+        client_key: args.openbao_client_key,
+    };
     let config = Arc::new(ProxyConfig {
         openbao_addr: args.openbao_addr,
+        tls,
         token_path: args.token_path,
         secrets_dir: args.secrets_dir,
         socket_path: args.socket,

@@ -1,0 +1,285 @@
+//! TLS to OpenBao: the server is trusted through a CA bundle, a pinned public key (SPKI sha256),
+//! or both; a client certificate is presented when OpenBao asks for one (mTLS).
+//!
+//! The pin covers the key, not the certificate, so a re-issued certificate for the same key keeps
+//! working, and a certificate for another key is refused even when a trusted CA signed it: a
+//! compromised or compelled CA cannot redirect the sidecar (see docs/threat-model.md).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// Where the system CA bundle usually is (Debian, Alpine, distroless); a scratch image has none.
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
+
+/// How the sidecar trusts OpenBao and proves itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM CA bundle that signs OpenBao's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// sha256 digests of accepted SubjectPublicKeyInfo (any one matches): rotation to a new key
+    /// is pinning both for a while.
+    pub spki_pins: Vec<[u8; 32]>,
+    /// PEM client certificate chain and key, for OpenBao listeners that require one.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// Parses a pin: `sha256//BASE64` (curl's `--pinnedpubkey` form), bare base64 or 64 hex digits.
+pub fn parse_pin(text: &str) -> Result<[u8; 32]> {
+    let text = text.trim();
+    let body = text.strip_prefix("sha256//").unwrap_or(text);
+    let bytes = if body.len() == 64 && body.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&body[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .ok()
+    } else {
+        base64::engine::general_purpose::STANDARD.decode(body).ok()
+    };
+    bytes
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| Error::Tls {
+            addr: "-".into(),
+            cause: format!(
+                "the pin {text:?} is not a sha256 digest (expected sha256//BASE64, base64 or 64 hex digits, as printed by `openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64`)"
+            ),
+        })
+}
+
+/// `sha256//BASE64` of a digest, the form errors and docs print.
+pub fn format_pin(pin: &[u8; 32]) -> String {
+    format!(
+        "sha256//{}",
+        base64::engine::general_purpose::STANDARD.encode(pin)
+    )
+}
+
+/// The sha256 of a DER certificate's SubjectPublicKeyInfo.
+pub fn spki_sha256(cert_der: &[u8]) -> Option<[u8; 32]> {
+    let spki = subject_public_key_info(cert_der)?;
+    Some(Sha256::digest(spki).into())
+}
+
+/// One DER TLV at the start of `input`: (tag, contents, whole element, rest).
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let len = rest[..count]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[count..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let header = input.len() - rest.len();
+    Some((tag, &rest[..len], &input[..header + len], &rest[len..]))
+}
+
+/// Certificate → tbsCertificate → its SubjectPublicKeyInfo (the seventh field when the explicit
+/// version is present, the sixth otherwise). A walk over the DER instead of an X.509 parser: this
+/// is the only field the sidecar needs, and it runs before the signature check has any meaning.
+fn subject_public_key_info(cert_der: &[u8]) -> Option<&[u8]> {
+    const SEQUENCE: u8 = 0x30;
+    const EXPLICIT_VERSION: u8 = 0xa0;
+    let (tag, certificate, _, _) = tlv(cert_der)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, tbs, _, _) = tlv(certificate)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let mut rest = tbs;
+    if rest.first() == Some(&EXPLICIT_VERSION) {
+        rest = tlv(rest)?.3;
+    }
+    // serialNumber, signature, issuer, validity, subject
+    for _ in 0..5 {
+        rest = tlv(rest)?.3;
+    }
+    let (tag, _, spki, _) = tlv(rest)?;
+    (tag == SEQUENCE).then_some(spki)
+}
+
+/// Chain validation (when a CA is configured) followed by the pin check (when pins are).
+#[derive(Debug)]
+struct PinningVerifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    pins: Vec<[u8; 32]>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(chain) = &self.chain {
+            chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        }
+        if self.pins.is_empty() {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let presented = spki_sha256(end_entity).ok_or_else(|| {
+            rustls::Error::General("OpenBao's certificate has no readable public key".into())
+        })?;
+        if self.pins.contains(&presented) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "pinned public key mismatch: OpenBao presented {}, the pins are {}",
+                format_pin(&presented),
+                self.pins
+                    .iter()
+                    .map(format_pin)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+fn tls_error(cause: String) -> Error {
+    Error::Tls {
+        addr: "-".into(),
+        cause,
+    }
+}
+
+fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls_error(format!("reading the {what} {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(tls_error(format!(
+            "the {what} {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn roots(settings: &TlsSettings) -> Result<Option<RootCertStore>> {
+    let bundle = match &settings.ca_file {
+        Some(path) => path.clone(),
+        // A pin alone is a complete trust decision; without one, fall back to the system bundle.
+        None if !settings.spki_pins.is_empty() => return Ok(None),
+        None => match std::env::var_os("SSL_CERT_FILE")
+            .map(PathBuf::from)
+            .or_else(|| {
+                SYSTEM_BUNDLES
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.exists())
+            }) {
+            Some(path) => path,
+            None => {
+                return Err(tls_error(
+                    "no way to trust OpenBao's certificate: set PHANTOM_OPENBAO_CA_FILE or PHANTOM_OPENBAO_SPKI_SHA256 (the image has no system CA bundle)".into(),
+                ));
+            }
+        },
+    };
+    let mut store = RootCertStore::empty();
+    for cert in read_certs(&bundle, "CA bundle")? {
+        store.add(cert).map_err(|e| {
+            tls_error(format!(
+                "a certificate in the CA bundle {} is not usable: {e}",
+                bundle.display()
+            ))
+        })?;
+    }
+    Ok(Some(store))
+}
+
+/// The rustls client configuration for `settings`.
+pub fn client_config(settings: &TlsSettings) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = match roots(settings)? {
+        Some(store) => Some(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+                .build()
+                .map_err(|e| tls_error(format!("building the certificate verifier: {e}")))?,
+        ),
+        None => None,
+    };
+    let verifier = PinningVerifier {
+        chain,
+        pins: settings.spki_pins.clone(),
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(format!("TLS versions: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match (&settings.client_cert, &settings.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = read_certs(cert, "client certificate")?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| tls_error(format!("reading the client key {}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| tls_error(format!("the client certificate and key do not fit: {e}")))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(tls_error(
+                "a client certificate needs both PHANTOM_OPENBAO_CLIENT_CERT and PHANTOM_OPENBAO_CLIENT_KEY".into(),
+            ));
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests;
