@@ -74,8 +74,17 @@ pub fn spki_sha256(cert_der: &[u8]) -> Option<[u8; 32]> {
     Some(Sha256::digest(spki).into())
 }
 
-/// One DER TLV at the start of `input`: (tag, contents, whole element, rest).
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER element at the start of an input.
+struct Tlv<'a> {
+    tag: u8,
+    /// The element with its header.
+    whole: &'a [u8],
+    contents: &'a [u8],
+    /// What follows the element.
+    rest: &'a [u8],
+}
+
+fn tlv(input: &[u8]) -> Option<Tlv<'_>> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {
@@ -94,7 +103,12 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
         return None;
     }
     let header = input.len() - rest.len();
-    Some((tag, &rest[..len], &input[..header + len], &rest[len..]))
+    Some(Tlv {
+        tag,
+        whole: &input[..header + len],
+        contents: &rest[..len],
+        rest: &rest[len..],
+    })
 }
 
 /// Certificate → tbsCertificate → its SubjectPublicKeyInfo (the seventh field when the explicit
@@ -103,24 +117,24 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
 fn subject_public_key_info(cert_der: &[u8]) -> Option<&[u8]> {
     const SEQUENCE: u8 = 0x30;
     const EXPLICIT_VERSION: u8 = 0xa0;
-    let (tag, certificate, _, _) = tlv(cert_der)?;
-    if tag != SEQUENCE {
+    let certificate = tlv(cert_der)?;
+    if certificate.tag != SEQUENCE {
         return None;
     }
-    let (tag, tbs, _, _) = tlv(certificate)?;
-    if tag != SEQUENCE {
+    let tbs = tlv(certificate.contents)?;
+    if tbs.tag != SEQUENCE {
         return None;
     }
-    let mut rest = tbs;
+    let mut rest = tbs.contents;
     if rest.first() == Some(&EXPLICIT_VERSION) {
-        rest = tlv(rest)?.3;
+        rest = tlv(rest)?.rest;
     }
     // serialNumber, signature, issuer, validity, subject
     for _ in 0..5 {
-        rest = tlv(rest)?.3;
+        rest = tlv(rest)?.rest;
     }
-    let (tag, _, spki, _) = tlv(rest)?;
-    (tag == SEQUENCE).then_some(spki)
+    let spki = tlv(rest)?;
+    (spki.tag == SEQUENCE).then_some(spki.whole)
 }
 
 /// Chain validation (when a CA is configured) followed by the pin check (when pins are).
