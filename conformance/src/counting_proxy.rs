@@ -99,6 +99,14 @@ impl CountingProxy {
             .map(|c| c.get(&key).copied().unwrap_or(0))
             .unwrap_or(0)
     }
+
+    /// How many answers had HTTP status `code`.
+    pub fn status_count(&self, code: u16) -> usize {
+        self.counts
+            .lock()
+            .map(|c| c.get(&format!("status {code}")).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
 }
 
 async fn forward(
@@ -134,6 +142,9 @@ async fn forward(
             Bytes::from(format!("counting proxy: {e}")),
         ),
     };
+    if let Ok(mut c) = counts.lock() {
+        *c.entry(format!("status {}", status.as_u16())).or_default() += 1;
+    }
     let mut response = Response::new(Full::new(bytes));
     *response.status_mut() = status;
     response

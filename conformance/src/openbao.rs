@@ -23,6 +23,8 @@ pub struct KubernetesRole {
     /// Required `aud` of the presented token; Phantom mints tokens for audience `openbao`.
     pub audience: Option<String>,
     pub token_ttl: String,
+    /// Cap on renewals (`token_max_ttl`); OpenBao's system maximum when `None`.
+    pub token_max_ttl: Option<String>,
 }
 
 impl KubernetesRole {
@@ -40,6 +42,7 @@ impl KubernetesRole {
             policies: policies.iter().map(|p| p.to_string()).collect(),
             audience: Some("openbao".to_owned()),
             token_ttl: "15m".to_owned(),
+            token_max_ttl: None,
         }
     }
 }
@@ -312,6 +315,9 @@ impl OpenBao {
         });
         if let Some(aud) = &role.audience {
             body["audience"] = json!(aud);
+        }
+        if let Some(max) = &role.token_max_ttl {
+            body["token_max_ttl"] = json!(max);
         }
         self.admin(
             reqwest::Method::POST,

@@ -77,11 +77,8 @@ cluster_addr = "https://127.0.0.1:{cluster_port}"
         command
             .env("HOME", self.dir())
             .args(["server", &format!("-config={d}/config.hcl")]);
-        let process = std::sync::Mutex::new(ManagedProcess::spawn(
-            "openbao-tls",
-            command,
-            self.dir(),
-        )?);
+        let process =
+            std::sync::Mutex::new(ManagedProcess::spawn("openbao-tls", command, self.dir())?);
         let alive = || process.lock().expect("process").check_alive();
 
         let http = reqwest::Client::builder()

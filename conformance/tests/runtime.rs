@@ -38,6 +38,10 @@ fn main() {
                 "tls_pins_and_client_certificates_against_a_real_openbao",
                 tls_pinning_and_mtls,
             ),
+            Case::new(
+                "tokens_are_renewed_and_replaced_before_they_expire",
+                tokens_renewed,
+            ),
         ],
     )
 }
@@ -313,6 +317,78 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
             "{e}"
         ),
     }
+    Ok(())
+}
+
+/// A role whose tokens live 3 s and at most 6 s: the proxy renews at two thirds of the lease
+/// and logs in again when the maximum leaves too little, so reads never meet an expired token.
+async fn tokens_renewed(env: Arc<Env>) -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use phantom_conformance::KubernetesRole;
+    use phantom_runtime_proxy::proxy::{ProxyConfig, refresh_loop, start};
+    use phantom_runtime_proxy::socket::SocketState;
+
+    let app = App::new(&env).await?;
+    let App { ns, path, .. } = &app;
+    env.openbao()
+        .put_kubernetes_role(
+            "kubernetes",
+            &KubernetesRole {
+                token_ttl: "3s".into(),
+                token_max_ttl: Some("6s".into()),
+                ..KubernetesRole::for_service_account(&app.role(), ns, "app", &[ns])
+            },
+        )
+        .await?;
+    let counter = CountingProxy::start(env.openbao().addr()).await?;
+    let config = Arc::new(ProxyConfig {
+        openbao_addr: counter.url(),
+        tls: Default::default(),
+        token_path: app.token.clone(),
+        secrets_dir: PathBuf::from("/nonexistent"),
+        socket_path: PathBuf::from("/nonexistent/proxy.sock"),
+        plan: serde_json::from_value(serde_json::json!([{
+            "name": "db",
+            "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": app.role()},
+                     "secrets": [{"name": "password", "path": path, "key": "password",
+                                  "delivery": [{"kind": "socket"}]}]}
+        }]))?,
+        wrapped_containers: vec![],
+        grace: Duration::from_secs(60),
+        refresh_override: Some(Duration::from_millis(250)),
+        namespace: ns.clone(),
+        key_release: None,
+    });
+    let state = SocketState::new(None);
+    let (client, sessions, contents) = start(&config, &state).await?;
+    let refresher = tokio::spawn(refresh_loop(
+        config.clone(),
+        state.clone(),
+        client,
+        sessions,
+        contents,
+    ));
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    refresher.abort();
+    let renewals = counter.count("POST", "/v1/auth/token/renew-self");
+    let logins = counter.count("POST", "/v1/auth/kubernetes/login");
+    let reads = counter.count("GET", &format!("/v1/secret/data/{path}"));
+    ensure!(renewals >= 2, "{renewals} renewals in 9 s of 3 s tokens");
+    ensure!(
+        (2..=4).contains(&logins),
+        "{logins} logins: one at start, then one per 6 s maximum"
+    );
+    ensure!(reads >= 20, "only {reads} reads in 9 s at 250 ms");
+    ensure!(
+        !state.is_degraded(),
+        "a refresh failed on an expired token (degraded)"
+    );
+    ensure!(
+        counter.status_count(403) == 0,
+        "OpenBao refused an expired token {} times",
+        counter.status_count(403)
+    );
     Ok(())
 }
 

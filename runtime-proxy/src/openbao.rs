@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -30,6 +30,16 @@ pub struct Session {
     pub token: SecretValue,
     pub lease_duration: Duration,
     pub renewable: bool,
+    /// When OpenBao granted (or last renewed) the lease.
+    pub granted_at: Instant,
+}
+
+impl Session {
+    /// Whether two thirds of the lease have passed: time to renew (or log in again) while the
+    /// token still works, leaving room for a retry.
+    pub fn wants_renewal(&self) -> bool {
+        !self.lease_duration.is_zero() && self.granted_at.elapsed() >= self.lease_duration * 2 / 3
+    }
 }
 
 /// One version of a KV v2 secret.
@@ -176,7 +186,7 @@ impl OpenBaoClient {
                 })?,
             );
         let path = format!("auth/{mount}/login");
-        let (status, mut answer) = self
+        let (status, answer) = self
             .call(
                 reqwest::Method::POST,
                 &path,
@@ -193,7 +203,13 @@ impl OpenBaoClient {
                 errors: Self::errors_of(&answer),
             });
         }
-        let auth = answer
+        self.session_from(&path, answer)
+    }
+
+    /// The session in a login or renewal answer (`auth.client_token`, lease, renewable); the
+    /// answer is wiped.
+    fn session_from(&self, path: &str, mut answer: Value) -> Result<Session> {
+        let mut auth = answer
             .get_mut("auth")
             .map(Value::take)
             .unwrap_or(Value::Null);
@@ -204,10 +220,10 @@ impl OpenBaoClient {
             .map(|t| SecretValue::new(t.to_owned()))
             .ok_or_else(|| Error::Malformed {
                 addr: self.addr.clone(),
-                path: path.clone(),
+                path: path.to_owned(),
                 what: "no auth.client_token".into(),
-            })?;
-        let session = Session {
+            });
+        let session = token.map(|token| Session {
             token,
             lease_duration: Duration::from_secs(
                 auth.get("lease_duration")
@@ -218,10 +234,37 @@ impl OpenBaoClient {
                 .get("renewable")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-        };
-        let mut auth = auth;
+            granted_at: Instant::now(),
+        });
         wipe(&mut auth);
-        Ok(session)
+        session
+    }
+
+    /// Extends the session's token (`auth/token/renew-self`). OpenBao caps the lease at the
+    /// role's `token_max_ttl`; the caller logs in again when the renewed lease is too short.
+    pub async fn renew_self(&self, session: &Session) -> Result<Session> {
+        let path = "auth/token/renew-self";
+        let (status, answer) = self
+            .call(
+                reqwest::Method::POST,
+                path,
+                Some(&session.token),
+                Some(json!({})),
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            let errors = Self::errors_of(&answer);
+            let mut answer = answer;
+            wipe(&mut answer);
+            return Err(Error::Read {
+                addr: self.addr.clone(),
+                path: path.into(),
+                status,
+                errors,
+                hint: "the token expired or was revoked; phantom-proxy logs in again",
+            });
+        }
+        self.session_from(path, answer)
     }
 
     /// Reads a KV v2 secret (`version` pins one; `None` is the latest).

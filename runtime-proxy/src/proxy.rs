@@ -85,6 +85,43 @@ pub fn unsupported(plan: &[BindingPlan]) -> Option<String> {
     None
 }
 
+/// The session for (auth mount, role): the current one, renewed once two thirds of its lease
+/// have passed, or a fresh login (with the token file re-read: the kubelet rotates it) when there
+/// is none, it cannot be renewed, or OpenBao's `token_max_ttl` leaves too little of it.
+async fn session_for(
+    client: &OpenBaoClient,
+    config: &ProxyConfig,
+    sessions: &mut BTreeMap<(String, String), Session>,
+    key: &(String, String),
+) -> Result<Session> {
+    let (mount, role) = key;
+    if let Some(current) = sessions.get(key) {
+        if !current.wants_renewal() {
+            return Ok(current.clone());
+        }
+        if current.renewable {
+            match client.renew_self(current).await {
+                Ok(renewed) if renewed.lease_duration * 3 >= current.lease_duration => {
+                    tracing::debug!(%mount, %role, lease = ?renewed.lease_duration, "OpenBao token renewed");
+                    sessions.insert(key.clone(), renewed.clone());
+                    return Ok(renewed);
+                }
+                Ok(_) => {
+                    tracing::debug!(%mount, %role, "token near its maximum TTL; logging in again")
+                }
+                Err(e) => {
+                    tracing::info!(%mount, %role, error = %e, "token renewal failed; logging in again")
+                }
+            }
+        }
+    }
+    let fresh = client
+        .login_kubernetes(mount, role, &config.token_path)
+        .await?;
+    sessions.insert(key.clone(), fresh.clone());
+    Ok(fresh)
+}
+
 /// Reads everything the plan names, with one session per (mount, role).
 pub async fn fetch(
     client: &OpenBaoClient,
@@ -96,13 +133,7 @@ pub async fn fetch(
         check_release(config, binding)?;
         let auth = &binding.spec.openbao;
         let key = (auth.auth_mount.clone(), auth.role.clone());
-        if !sessions.contains_key(&key) {
-            let session = client
-                .login_kubernetes(&auth.auth_mount, &auth.role, &config.token_path)
-                .await?;
-            sessions.insert(key.clone(), session);
-        }
-        let session = sessions[&key].clone();
+        let session = session_for(client, config, sessions, &key).await?;
         for item in &binding.spec.secrets {
             let version = item.version.map(u64::from);
             let secret = match client
