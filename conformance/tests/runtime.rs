@@ -234,6 +234,7 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
         refresh_override: Some(Duration::from_millis(300)),
         namespace: ns.clone(),
         key_release: None,
+        metrics: Default::default(),
     });
     let state = SocketState::new(None);
     let (client, sessions, contents) = start(&config, &state).await?;
@@ -359,6 +360,7 @@ async fn tokens_renewed(env: Arc<Env>) -> anyhow::Result<()> {
         refresh_override: Some(Duration::from_millis(250)),
         namespace: ns.clone(),
         key_release: None,
+        metrics: Default::default(),
     });
     let state = SocketState::new(None);
     let (client, sessions, contents) = start(&config, &state).await?;
@@ -425,6 +427,7 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
     }]);
     let log = dir.join("proxy.log");
     std::fs::create_dir_all(&dir)?;
+    let status = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut proxy = Command::new(&proxy_bin)
         .env("PHANTOM_OPENBAO_ADDR", env.openbao().addr())
         .env("PHANTOM_TOKEN_PATH", &app.token)
@@ -440,6 +443,7 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
             key_release_plan(ns, "binding.metadata.namespace == pod.metadata.namespace && pod.metadata.name == 'web-0'"),
         )
         .env("PHANTOM_LOG", "debug")
+        .env("PHANTOM_STATUS_ADDR", status.to_string())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()
@@ -514,7 +518,32 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
             },
         )
         .await?;
+        // The status port: ready, and metrics that count the work without carrying a value.
+        let http = reqwest::Client::new();
+        let ready = http.get(format!("http://{status}/readyz")).send().await?;
+        ensure!(ready.status() == 200, "/readyz answered {}", ready.status());
+        let metrics = http
+            .get(format!("http://{status}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        for line in [
+            r#"phantom_proxy_openbao_requests_total{operation="login",result="ok"} 1"#,
+            "phantom_proxy_secrets 1",
+            "phantom_proxy_degraded 0",
+        ] {
+            ensure!(
+                metrics.contains(line),
+                "{line} missing from /metrics:\n{metrics}"
+            );
+        }
+        ensure!(
+            metrics.contains("phantom_proxy_rotations_total 1"),
+            "the rotation is counted:\n{metrics}"
+        );
         let mut everything = std::fs::read_to_string(&log)?;
+        everything.push_str(&metrics);
         everything.push_str(&String::from_utf8_lossy(&app.stderr));
         everything.push_str(&std::fs::read_to_string(dir.join("daemon.log"))?);
         ensure!(

@@ -7,6 +7,7 @@ pub mod coalesce;
 pub mod exec;
 pub mod files;
 pub mod harden;
+pub mod metrics;
 pub mod openbao;
 pub mod proxy;
 pub mod secret;

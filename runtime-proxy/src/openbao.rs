@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::coalesce::Coalescer;
+use crate::metrics::ProxyMetrics;
 use crate::secret::{SecretValue, wipe};
 use crate::tls::TlsSettings;
 use crate::{Error, Result};
@@ -58,6 +59,7 @@ pub struct OpenBaoClient {
     addr: String,
     http: reqwest::Client,
     reads: Arc<Coalescer<ReadKey, KvSecret>>,
+    metrics: Option<Arc<ProxyMetrics>>,
 }
 
 impl OpenBaoClient {
@@ -98,7 +100,14 @@ impl OpenBaoClient {
             addr,
             http,
             reads: Arc::default(),
+            metrics: None,
         })
+    }
+
+    /// Counts every request that reaches OpenBao in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The server address.
@@ -146,8 +155,17 @@ impl OpenBaoClient {
                 }
             }
         };
-        let response = request.send().await.map_err(unreachable)?;
+        let observe = |status: u16| {
+            if let Some(metrics) = &self.metrics {
+                metrics.observe_request(path.split('?').next().unwrap_or(path), status);
+            }
+        };
+        let response = request.send().await.map_err(|e| {
+            observe(0);
+            unreachable(e)
+        })?;
         let status = response.status().as_u16();
+        observe(status);
         let bytes = Zeroizing::new(Vec::<u8>::from(
             response.bytes().await.map_err(unreachable)?,
         ));

@@ -14,6 +14,7 @@ use phantom_policies::KeyReleaseSet;
 use serde_json::Value;
 
 use crate::files::{parse_mode, write_atomic};
+use crate::metrics::ProxyMetrics;
 use crate::openbao::{OpenBaoClient, Session};
 use crate::socket::{Contents, Delivered, SocketState};
 use crate::tls::TlsSettings;
@@ -41,6 +42,15 @@ pub struct ProxyConfig {
     pub namespace: String,
     /// Key-release conditions checked before each binding's values are read and released.
     pub key_release: Option<KeyReleaseSet>,
+    pub metrics: Arc<ProxyMetrics>,
+}
+
+/// The policy of a key-release refusal (for the refusal metric).
+fn refusing_policy(error: &Error) -> Option<&str> {
+    match error {
+        Error::KeyRelease { refusal, .. } => Some(&refusal.policy),
+        _ => None,
+    }
 }
 
 /// Checks the key-release conditions for `binding`; without conditions every binding is released.
@@ -320,9 +330,13 @@ pub async fn start(
         })?;
         crate::harden::require_memory_backed(&config.secrets_dir)?;
     }
-    let client = OpenBaoClient::with_tls(&config.openbao_addr, &config.tls)?;
+    let client = OpenBaoClient::with_tls(&config.openbao_addr, &config.tls)?
+        .with_metrics(config.metrics.clone());
     let mut sessions = BTreeMap::new();
-    let contents = fetch(&client, config, &mut sessions).await?;
+    let contents = fetch(&client, config, &mut sessions)
+        .await
+        .inspect_err(|e| config.metrics.failed(refusing_policy(e)))?;
+    config.metrics.fetched(contents.secrets.len());
     write_files(config, &contents, None)?;
     state.publish(contents.clone());
     Ok((client, sessions, contents))
@@ -356,7 +370,10 @@ pub async fn refresh_loop(
                     })
                     .map(|(n, _)| n)
                     .collect();
+                config.metrics.fetched(next.secrets.len());
+                config.metrics.degraded.set(0);
                 if !changed.is_empty() {
+                    config.metrics.rotations.inc_by(changed.len() as u64);
                     tracing::info!(secrets = ?changed, "new versions delivered");
                     notify_applications(&config, &state, &changed);
                 }
@@ -367,7 +384,9 @@ pub async fn refresh_loop(
             Err(e) => {
                 // A failed login may mean the token rotated under a session: start fresh next time.
                 sessions.clear();
+                config.metrics.failed(refusing_policy(&e));
                 let degraded = last_success.elapsed() > config.grace;
+                config.metrics.degraded.set(i64::from(degraded));
                 tracing::warn!(error = %e, degraded, "refresh failed; serving the last good values");
                 if degraded != current.degraded {
                     current.degraded = degraded;

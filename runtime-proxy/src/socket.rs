@@ -53,6 +53,8 @@ pub struct SocketState {
     /// PIDs of the processes that fetched a container's environment: `phantom-exec` keeps its
     /// PID when it `exec`s, so these are the applications (SIGHUP rotation notices go here).
     applications: std::sync::Mutex<BTreeMap<String, i32>>,
+    /// Whether a first fetch has been published.
+    published: std::sync::atomic::AtomicBool,
 }
 
 impl SocketState {
@@ -63,6 +65,7 @@ impl SocketState {
             changes: broadcast::channel(256).0,
             allowed_uid,
             applications: std::sync::Mutex::default(),
+            published: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -90,9 +93,16 @@ impl SocketState {
             .collect();
         *current = Arc::new(next);
         drop(current);
+        self.published
+            .store(true, std::sync::atomic::Ordering::Release);
         for change in changed {
             let _ = self.changes.send(change);
         }
+    }
+
+    /// Whether the secrets have been delivered (a first fetch published).
+    pub fn is_published(&self) -> bool {
+        self.published.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether the last good values are being served while OpenBao is unreachable.

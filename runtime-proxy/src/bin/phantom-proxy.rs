@@ -10,6 +10,7 @@ use clap::Parser;
 use phantom_crds::{BindingPlan, KeyReleasePlan};
 use phantom_policies::KeyReleaseSet;
 use phantom_runtime_proxy::Error;
+use phantom_runtime_proxy::metrics::{ProxyMetrics, serve_status};
 use phantom_runtime_proxy::proxy::{ProxyConfig, refresh_loop, start};
 use phantom_runtime_proxy::socket::{SocketState, serve};
 use phantom_runtime_proxy::tls::{TlsSettings, parse_pin};
@@ -81,6 +82,9 @@ struct Args {
     /// JSON key-release conditions to check before releasing any value (written by admission).
     #[arg(long, env = "PHANTOM_KEY_RELEASE")]
     key_release: Option<String>,
+    /// Plain-HTTP address for /metrics, /healthz and /readyz (empty: off). Nothing secret is served there.
+    #[arg(long, env = "PHANTOM_STATUS_ADDR", default_value = "")]
+    status_addr: String,
     /// Fetch once, write the files and exit (init-only mode).
     #[arg(long)]
     once: bool,
@@ -132,6 +136,10 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let metrics = Arc::new(ProxyMetrics::default());
+    metrics
+        .memory_locked
+        .set(i64::from(hardening.memory_locked.is_ok()));
     let tls = TlsSettings {
         ca_file: args.openbao_ca_file,
         spki_pins: args
@@ -160,8 +168,18 @@ async fn main() -> anyhow::Result<()> {
         refresh_override: args.refresh_seconds.map(Duration::from_secs),
         namespace: args.pod_namespace,
         key_release,
+        metrics: metrics.clone(),
     });
     let state = SocketState::new(own_uid());
+    let _status = match args.status_addr.trim() {
+        "" => None,
+        addr => {
+            let addr = addr
+                .parse()
+                .with_context(|| format!("PHANTOM_STATUS_ADDR {addr:?} is not host:port"))?;
+            Some(serve_status(addr, metrics.clone(), state.clone())?)
+        }
+    };
     // Fails with the address and the cause when OpenBao is unreachable: the pod stays in Init.
     let (client, sessions, contents) = start(&config, &state).await?;
     tracing::info!(secrets = contents.secrets.len(), "secrets delivered");

@@ -1,0 +1,270 @@
+//! Prometheus metrics of the sidecar, `phantom_proxy_*`, and a small plain-HTTP endpoint for
+//! them and for the kubelet's probes (`/healthz` live, `/readyz` secrets delivered and not
+//! degraded). Labels carry operations, outcomes and policy names: never a path's value, never a
+//! secret.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::socket::SocketState;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `login`, `renew` or `read`.
+    pub operation: String,
+    /// `ok` (2xx), `refused` (4xx), `error` (5xx or no answer).
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
+/// The sidecar's metrics and their registry.
+#[derive(Debug)]
+pub struct ProxyMetrics {
+    registry: Registry,
+    /// Requests that reached OpenBao (coalesced reads count once), by operation and result.
+    pub openbao_requests: Family<RequestLabels, Counter>,
+    /// Refresh rounds by result (`ok`, `error`).
+    pub refreshes: Family<ResultLabels, Counter>,
+    /// Secrets whose new version was delivered.
+    pub rotations: Counter,
+    /// 1 while OpenBao has been unreachable for longer than the grace period.
+    pub degraded: Gauge,
+    /// Secrets currently held.
+    pub secrets: Gauge,
+    /// Unix time of the last successful fetch.
+    pub last_success_seconds: Gauge,
+    /// Releases refused by a key-release condition, by policy.
+    pub key_release_refusals: Family<PolicyLabels, Counter>,
+    /// 1 when `mlockall` succeeded (secret pages never swapped).
+    pub memory_locked: Gauge,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("phantom_proxy");
+        let metrics = Self {
+            registry: Registry::default(),
+            openbao_requests: Family::default(),
+            refreshes: Family::default(),
+            rotations: Counter::default(),
+            degraded: Gauge::default(),
+            secrets: Gauge::default(),
+            last_success_seconds: Gauge::default(),
+            key_release_refusals: Family::default(),
+            memory_locked: Gauge::default(),
+        };
+        registry.register(
+            "openbao_requests",
+            "Requests that reached OpenBao, by operation and result",
+            metrics.openbao_requests.clone(),
+        );
+        registry.register(
+            "refreshes",
+            "Refresh rounds by result",
+            metrics.refreshes.clone(),
+        );
+        registry.register(
+            "rotations",
+            "Secrets whose new version was delivered",
+            metrics.rotations.clone(),
+        );
+        registry.register(
+            "degraded",
+            "1 while OpenBao has been unreachable beyond the grace period",
+            metrics.degraded.clone(),
+        );
+        registry.register("secrets", "Secrets held", metrics.secrets.clone());
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful fetch",
+            metrics.last_success_seconds.clone(),
+        );
+        registry.register(
+            "key_release_refusals",
+            "Releases refused by a key-release condition, by policy",
+            metrics.key_release_refusals.clone(),
+        );
+        registry.register(
+            "memory_locked",
+            "1 when mlockall succeeded",
+            metrics.memory_locked.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl ProxyMetrics {
+    /// Counts one OpenBao request from its API path and HTTP status (0: no answer).
+    pub fn observe_request(&self, path: &str, status: u16) {
+        let operation = if path == "auth/token/renew-self" {
+            "renew"
+        } else if path.starts_with("auth/") && path.ends_with("/login") {
+            "login"
+        } else {
+            "read"
+        };
+        let result = match status {
+            200..=299 => "ok",
+            400..=499 => "refused",
+            _ => "error",
+        };
+        self.openbao_requests
+            .get_or_create(&RequestLabels {
+                operation: operation.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Records a successful fetch of `secrets` values.
+    pub fn fetched(&self, secrets: usize) {
+        self.refreshes
+            .get_or_create(&ResultLabels {
+                result: "ok".into(),
+            })
+            .inc();
+        self.secrets.set(secrets as i64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        self.last_success_seconds.set(now);
+    }
+
+    /// Records a failed fetch; `refusal_policy` when a key-release condition refused.
+    pub fn failed(&self, refusal_policy: Option<&str>) {
+        self.refreshes
+            .get_or_create(&ResultLabels {
+                result: "error".into(),
+            })
+            .inc();
+        if let Some(policy) = refusal_policy {
+            self.key_release_refusals
+                .get_or_create(&PolicyLabels {
+                    policy: policy.into(),
+                })
+                .inc();
+        }
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` (plain HTTP: nothing secret is on it).
+pub fn serve_status(
+    addr: SocketAddr,
+    metrics: Arc<ProxyMetrics>,
+    state: Arc<SocketState>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| {
+            Error::Delivery(format!(
+                "binding the status port {addr}: {e}; choose another PHANTOM_STATUS_ADDR"
+            ))
+        })?;
+    Ok(tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (metrics, state) = (metrics.clone(), state.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let answer = match req.uri().path() {
+                        "/metrics" => reply(
+                            StatusCode::OK,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            metrics.encode(),
+                        ),
+                        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+                        "/readyz" if state.is_degraded() => reply(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain",
+                            "degraded: OpenBao unreachable beyond the grace period\n".into(),
+                        ),
+                        "/readyz" if !state.is_published() => reply(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain",
+                            "secrets not delivered yet\n".into(),
+                        ),
+                        "/readyz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+                        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+                    };
+                    async move { Ok::<_, Infallible>(answer) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_labelled_by_operation_and_result() {
+        let metrics = ProxyMetrics::default();
+        metrics.observe_request("auth/kubernetes/login", 200);
+        metrics.observe_request("auth/token/renew-self", 403);
+        metrics.observe_request("secret/data/shop/db", 0);
+        metrics.fetched(3);
+        metrics.failed(Some("payments"));
+        let text = metrics.encode();
+        for line in [
+            r#"phantom_proxy_openbao_requests_total{operation="login",result="ok"} 1"#,
+            r#"phantom_proxy_openbao_requests_total{operation="renew",result="refused"} 1"#,
+            r#"phantom_proxy_openbao_requests_total{operation="read",result="error"} 1"#,
+            r#"phantom_proxy_refreshes_total{result="ok"} 1"#,
+            r#"phantom_proxy_key_release_refusals_total{policy="payments"} 1"#,
+            "phantom_proxy_secrets 3",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}
