@@ -11,6 +11,8 @@ pub struct OpenBao {
     addr: String,
     root_token: String,
     http: reqwest::Client,
+    /// OpenBao namespace every call is made in (`X-Vault-Namespace`).
+    namespace: Option<String>,
 }
 
 /// A role of OpenBao's Kubernetes auth method: which ServiceAccounts may log in, with which policies.
@@ -49,11 +51,7 @@ impl KubernetesRole {
 
 impl OpenBao {
     pub fn new(addr: impl Into<String>, root_token: impl Into<String>) -> Self {
-        Self {
-            addr: addr.into(),
-            root_token: root_token.into(),
-            http: reqwest::Client::new(),
-        }
+        Self::with_client(addr, root_token, reqwest::Client::new())
     }
 
     /// A client for a server reached with its own HTTP client (TLS roots, client certificate).
@@ -66,7 +64,26 @@ impl OpenBao {
             addr: addr.into(),
             root_token: root_token.into(),
             http,
+            namespace: None,
         }
+    }
+
+    /// Creates the OpenBao namespace `name` (under this client's namespace) and returns a
+    /// client working inside it.
+    pub async fn create_namespace(&self, name: &str) -> Result<Self> {
+        self.admin(
+            reqwest::Method::POST,
+            &format!("sys/namespaces/{name}"),
+            json!({}),
+        )
+        .await?;
+        Ok(Self {
+            namespace: Some(match &self.namespace {
+                Some(parent) => format!("{parent}/{name}"),
+                None => name.to_owned(),
+            }),
+            ..self.clone()
+        })
     }
 
     /// Initialises a fresh non-dev server with one unseal key, unseals it and keeps the root
@@ -183,6 +200,9 @@ impl OpenBao {
             .request(method, format!("{}/v1/{path}", self.addr));
         if let Some(token) = token {
             req = req.header("X-Vault-Token", token);
+        }
+        if let Some(namespace) = &self.namespace {
+            req = req.header("X-Vault-Namespace", namespace);
         }
         if let Some(body) = body {
             req = req.json(&body);

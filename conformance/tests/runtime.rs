@@ -42,6 +42,10 @@ fn main() {
                 "tokens_are_renewed_and_replaced_before_they_expire",
                 tokens_renewed,
             ),
+            Case::new(
+                "bindings_read_inside_their_openbao_namespace",
+                openbao_namespaces,
+            ),
         ],
     )
 }
@@ -391,6 +395,57 @@ async fn tokens_renewed(env: Arc<Env>) -> anyhow::Result<()> {
         "OpenBao refused an expired token {} times",
         counter.status_count(403)
     );
+    Ok(())
+}
+
+/// A team's secrets, auth method and role inside an OpenBao namespace: a binding naming the
+/// namespace logs in and reads there; the same binding without it finds no such role at the root.
+async fn openbao_namespaces(env: Arc<Env>) -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use phantom_runtime_proxy::proxy::{ProxyConfig, start};
+    use phantom_runtime_proxy::socket::SocketState;
+
+    let ns = env.create_namespace("bao-ns", &[]).await?;
+    let team = format!("team-{}", random_hex(4));
+    let inside = env.openbao().create_namespace(&team).await?;
+    inside.enable_kv2("secret").await?;
+    env.configure_kubernetes_auth_on(&inside).await?;
+    let (path, value) = Env::provision_app_secret_on(&inside, &ns).await?;
+    let token = token_file(&env, &env.pod_identity(&ns, "app").await?)?;
+    let config = |namespace: Option<&str>| ProxyConfig {
+        openbao_addr: env.openbao().addr().to_owned(),
+        tls: Default::default(),
+        token_path: token.clone(),
+        secrets_dir: PathBuf::from("/nonexistent"),
+        socket_path: PathBuf::from("/nonexistent/proxy.sock"),
+        plan: serde_json::from_value(serde_json::json!([{
+            "name": "db",
+            "spec": {"selector": {"serviceAccountName": "app"},
+                     "openbao": {"role": format!("{ns}-app"), "namespace": namespace},
+                     "secrets": [{"name": "password", "path": path, "key": "password",
+                                  "delivery": [{"kind": "socket"}]}]}
+        }]))
+        .expect("plan"),
+        wrapped_containers: vec![],
+        grace: Duration::from_secs(60),
+        refresh_override: None,
+        namespace: ns.clone(),
+        key_release: None,
+        metrics: Default::default(),
+    };
+    let (_, _, contents) = start(&config(Some(&team)), &SocketState::new(None)).await?;
+    ensure!(
+        contents.secrets["password"].value.expose() == value,
+        "read inside namespace {team}"
+    );
+    match start(&config(None), &SocketState::new(None)).await {
+        Ok(_) => bail!("the team's role answered outside its namespace"),
+        Err(e) => ensure!(
+            e.to_string().contains("refused the Kubernetes login"),
+            "{e}"
+        ),
+    }
     Ok(())
 }
 

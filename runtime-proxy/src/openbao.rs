@@ -33,6 +33,8 @@ pub struct Session {
     pub renewable: bool,
     /// When OpenBao granted (or last renewed) the lease.
     pub granted_at: Instant,
+    /// The OpenBao namespace the token belongs to (`X-Vault-Namespace` on every request).
+    pub namespace: Option<String>,
 }
 
 impl Session {
@@ -119,12 +121,16 @@ impl OpenBaoClient {
         &self,
         method: reqwest::Method,
         path: &str,
+        namespace: Option<&str>,
         token: Option<&SecretValue>,
         body: Option<Value>,
     ) -> Result<(u16, Value)> {
         let mut request = self
             .http
             .request(method, format!("{}/v1/{path}", self.addr));
+        if let Some(namespace) = namespace {
+            request = request.header("X-Vault-Namespace", namespace);
+        }
         if let Some(token) = token {
             request = request.header("X-Vault-Token", token.expose());
         }
@@ -196,6 +202,19 @@ impl OpenBaoClient {
         role: &str,
         token_path: &Path,
     ) -> Result<Session> {
+        self.login_kubernetes_in(None, mount, role, token_path)
+            .await
+    }
+
+    /// [`login_kubernetes`](Self::login_kubernetes) inside an OpenBao namespace (the auth mount
+    /// lives there; the session's reads and renewals then carry the same namespace).
+    pub async fn login_kubernetes_in(
+        &self,
+        namespace: Option<&str>,
+        mount: &str,
+        role: &str,
+        token_path: &Path,
+    ) -> Result<Session> {
         let jwt =
             Zeroizing::new(
                 std::fs::read_to_string(token_path).map_err(|e| Error::Token {
@@ -208,6 +227,7 @@ impl OpenBaoClient {
             .call(
                 reqwest::Method::POST,
                 &path,
+                namespace,
                 None,
                 Some(json!({"role": role, "jwt": jwt.trim()})),
             )
@@ -221,7 +241,9 @@ impl OpenBaoClient {
                 errors: Self::errors_of(&answer),
             });
         }
-        self.session_from(&path, answer)
+        let mut session = self.session_from(&path, answer)?;
+        session.namespace = namespace.map(str::to_owned);
+        Ok(session)
     }
 
     /// The session in a login or renewal answer (`auth.client_token`, lease, renewable); the
@@ -253,6 +275,7 @@ impl OpenBaoClient {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             granted_at: Instant::now(),
+            namespace: None,
         });
         wipe(&mut auth);
         session
@@ -266,6 +289,7 @@ impl OpenBaoClient {
             .call(
                 reqwest::Method::POST,
                 path,
+                session.namespace.as_deref(),
                 Some(&session.token),
                 Some(json!({})),
             )
@@ -282,7 +306,9 @@ impl OpenBaoClient {
                 hint: "the token expired or was revoked; phantom-proxy logs in again",
             });
         }
-        self.session_from(path, answer)
+        let mut renewed = self.session_from(path, answer)?;
+        renewed.namespace = session.namespace.clone();
+        Ok(renewed)
     }
 
     /// Reads a KV v2 secret (`version` pins one; `None` is the latest).
@@ -298,7 +324,13 @@ impl OpenBaoClient {
             None => format!("{mount}/data/{path}"),
         };
         let (status, mut answer) = self
-            .call(reqwest::Method::GET, &api_path, Some(&session.token), None)
+            .call(
+                reqwest::Method::GET,
+                &api_path,
+                session.namespace.as_deref(),
+                Some(&session.token),
+                None,
+            )
             .await?;
         if !(200..300).contains(&status) {
             let hint = match status {

@@ -74,12 +74,6 @@ pub fn check_release(config: &ProxyConfig, binding: &BindingPlan) -> Result<()> 
 /// with a confusing OpenBao answer.
 pub fn unsupported(plan: &[BindingPlan]) -> Option<String> {
     for binding in plan {
-        if let Some(ns) = &binding.spec.openbao.namespace {
-            return Some(format!(
-                "SecretBinding {} uses OpenBao namespace {ns}, which this phantom-proxy does not support yet; remove spec.openbao.namespace or mount the secrets in the root namespace",
-                binding.name
-            ));
-        }
         if let Some(item) = binding
             .spec
             .secrets
@@ -95,16 +89,20 @@ pub fn unsupported(plan: &[BindingPlan]) -> Option<String> {
     None
 }
 
-/// The session for (auth mount, role): the current one, renewed once two thirds of its lease
+/// Sessions by (OpenBao namespace, auth mount, role): one login per pod identity and place.
+pub type SessionKey = (Option<String>, String, String);
+pub type Sessions = BTreeMap<SessionKey, Session>;
+
+/// The session for (namespace, auth mount, role): the current one, renewed once two thirds of its lease
 /// have passed, or a fresh login (with the token file re-read: the kubelet rotates it) when there
 /// is none, it cannot be renewed, or OpenBao's `token_max_ttl` leaves too little of it.
 async fn session_for(
     client: &OpenBaoClient,
     config: &ProxyConfig,
-    sessions: &mut BTreeMap<(String, String), Session>,
-    key: &(String, String),
+    sessions: &mut Sessions,
+    key: &SessionKey,
 ) -> Result<Session> {
-    let (mount, role) = key;
+    let (namespace, mount, role) = key;
     if let Some(current) = sessions.get(key) {
         if !current.wants_renewal() {
             return Ok(current.clone());
@@ -126,7 +124,7 @@ async fn session_for(
         }
     }
     let fresh = client
-        .login_kubernetes(mount, role, &config.token_path)
+        .login_kubernetes_in(namespace.as_deref(), mount, role, &config.token_path)
         .await?;
     sessions.insert(key.clone(), fresh.clone());
     Ok(fresh)
@@ -136,13 +134,17 @@ async fn session_for(
 pub async fn fetch(
     client: &OpenBaoClient,
     config: &ProxyConfig,
-    sessions: &mut BTreeMap<(String, String), Session>,
+    sessions: &mut Sessions,
 ) -> Result<Contents> {
     let mut contents = Contents::default();
     for binding in &config.plan {
         check_release(config, binding)?;
         let auth = &binding.spec.openbao;
-        let key = (auth.auth_mount.clone(), auth.role.clone());
+        let key = (
+            auth.namespace.clone(),
+            auth.auth_mount.clone(),
+            auth.role.clone(),
+        );
         let session = session_for(client, config, sessions, &key).await?;
         for item in &binding.spec.secrets {
             let version = item.version.map(u64::from);
@@ -153,7 +155,12 @@ pub async fn fetch(
                 // An expired token: log in again once, then read.
                 Err(Error::Read { status: 403, .. }) => {
                     let fresh = client
-                        .login_kubernetes(&auth.auth_mount, &auth.role, &config.token_path)
+                        .login_kubernetes_in(
+                            auth.namespace.as_deref(),
+                            &auth.auth_mount,
+                            &auth.role,
+                            &config.token_path,
+                        )
                         .await?;
                     sessions.insert(key.clone(), fresh.clone());
                     client
@@ -314,7 +321,7 @@ fn notify_applications(config: &ProxyConfig, state: &SocketState, changed: &[&St
 pub async fn start(
     config: &ProxyConfig,
     state: &SocketState,
-) -> Result<(OpenBaoClient, BTreeMap<(String, String), Session>, Contents)> {
+) -> Result<(OpenBaoClient, Sessions, Contents)> {
     if let Some(message) = unsupported(&config.plan) {
         return Err(Error::Delivery(message));
     }
@@ -348,7 +355,7 @@ pub async fn refresh_loop(
     config: Arc<ProxyConfig>,
     state: Arc<SocketState>,
     client: OpenBaoClient,
-    mut sessions: BTreeMap<(String, String), Session>,
+    mut sessions: Sessions,
     mut current: Contents,
 ) {
     let mut last_success = Instant::now();
@@ -423,7 +430,7 @@ mod tests {
         let ns = unsupported(&plan(
             serde_json::json!({"openbao": {"role": "r", "namespace": "team-a"}}),
         ));
-        assert!(ns.is_some_and(|m| m.contains("spec.openbao.namespace")));
+        assert_eq!(ns, None, "OpenBao namespaces are supported");
         let dynamic = unsupported(&plan(serde_json::json!({"secrets": [
             {"name": "db", "path": "creds/app", "mount": "database", "engine": "dynamic", "delivery": [{"kind": "socket"}]}]})));
         assert!(dynamic.is_some_and(|m| m.contains("dynamic engine") && m.contains("db")));
