@@ -48,7 +48,8 @@ apt_update_once() {
 }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-apt_packages=(etcd-server etcd-client golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev)
+# postgresql-15: a real database behind OpenBao's database engine (dynamic secrets with leases).
+apt_packages=(etcd-server etcd-client golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev postgresql-15 postgresql-client-15)
 [ "$WITH_NODE" = 1 ] && apt_packages+=(containerd runc containernetworking-plugins busybox-static)
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -144,6 +145,7 @@ if [ "$PRINT_PATHS" = 1 ]; then
   echo "ETCDCTL=$(command -v etcdctl)"
   echo "KUBECTL=$KUBECTL_DIR/bin/kubectl"
   echo "BAO=$BAO_DIR/bin/bao"
+  echo "POSTGRES_BIN=/usr/lib/postgresql/15/bin"
   if [ "$WITH_NODE" = 1 ]; then
     echo "KUBE_SCHEDULER=$K8S_DIR/bin/kube-scheduler"
     echo "KUBELET=$K8S_DIR/bin/kubelet"

@@ -16,6 +16,7 @@ mod kube_helpers;
 pub mod node;
 mod openbao;
 mod pki;
+mod postgres;
 mod process;
 mod tls_openbao;
 mod tools;
@@ -28,6 +29,7 @@ pub use images::{ImageSpec, build_oci_tar};
 pub use kube_helpers::PodIdentity;
 pub use openbao::{KubernetesRole, OpenBao};
 pub use pki::{CertificateAuthority, ServingCert};
+pub use postgres::Postgres;
 pub use tls_openbao::TlsOpenBao;
 pub use tools::Tools;
 

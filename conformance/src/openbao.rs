@@ -144,6 +144,12 @@ impl OpenBao {
         Ok(resp.status().as_u16())
     }
 
+    /// `POST <path>` with the root token: any administrative write (mounts, engine configs,
+    /// roles) the helpers here do not name.
+    pub async fn write(&self, path: &str, body: Value) -> Result<Option<Value>> {
+        self.admin(reqwest::Method::POST, path, body).await
+    }
+
     /// Mounts KV v2 at `mount` (idempotent; the dev server has `secret/` already).
     pub async fn enable_kv2(&self, mount: &str) -> Result<()> {
         let mounts = self

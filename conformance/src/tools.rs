@@ -25,6 +25,8 @@ pub struct Tools {
     pub kube_controller_manager: PathBuf,
     pub kubectl: PathBuf,
     pub bao: PathBuf,
+    /// Directory with PostgreSQL's `initdb`, `postgres` and `psql`.
+    pub postgres_bin: PathBuf,
     /// Present when installed with the node (kubelet, scheduler, containerd).
     pub node: Option<crate::node::NodeTools>,
 }
@@ -81,6 +83,7 @@ impl Tools {
             kube_controller_manager: get("KUBE_CONTROLLER_MANAGER")?,
             kubectl: get("KUBECTL")?,
             bao: get("BAO")?,
+            postgres_bin: get("POSTGRES_BIN")?,
             node: match node {
                 false => None,
                 true => Some(crate::node::NodeTools {

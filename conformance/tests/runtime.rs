@@ -46,6 +46,10 @@ fn main() {
                 "bindings_read_inside_their_openbao_namespace",
                 openbao_namespaces,
             ),
+            Case::new(
+                "dynamic_database_credentials_are_renewed_replaced_and_revoked",
+                dynamic_database_credentials,
+            ),
         ],
     )
 }
@@ -249,6 +253,7 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
         client,
         sessions,
         contents,
+        std::future::pending(),
     ));
 
     // env through the socket, the way phantom-exec asks; the file with mode 0400.
@@ -374,6 +379,7 @@ async fn tokens_renewed(env: Arc<Env>) -> anyhow::Result<()> {
         client,
         sessions,
         contents,
+        std::future::pending(),
     ));
     tokio::time::sleep(Duration::from_secs(9)).await;
     refresher.abort();
@@ -446,6 +452,140 @@ async fn openbao_namespaces(env: Arc<Env>) -> anyhow::Result<()> {
             "{e}"
         ),
     }
+    Ok(())
+}
+
+/// OpenBao's database engine in front of a real PostgreSQL: the proxy delivers working
+/// credentials, renews their lease, takes new ones when `max_ttl` nears (a new version, like a
+/// rotation), and on shutdown revokes its token so PostgreSQL drops the credentials (the role has
+/// no `VALID UNTIL`: only the revocation can end them within the test).
+async fn dynamic_database_credentials(env: Arc<Env>) -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use phantom_conformance::KubernetesRole;
+    use phantom_runtime_proxy::proxy::{ProxyConfig, refresh_loop, start};
+    use phantom_runtime_proxy::socket::SocketState;
+    use serde_json::json;
+
+    let pg = env.start_postgres().await?;
+    let bao = env.openbao();
+    let app = App::new(&env).await?;
+    let ns = app.ns.clone();
+    let mount = format!("db-{}", random_hex(4));
+    bao.write(&format!("sys/mounts/{mount}"), json!({"type": "database"}))
+        .await?;
+    let (admin, admin_password) = pg.admin();
+    bao.write(
+        &format!("{mount}/config/pg"),
+        json!({"plugin_name": "postgresql-database-plugin", "connection_url": pg.openbao_connection_url(),
+               "username": admin, "password": admin_password, "allowed_roles": "app"}),
+    )
+    .await?;
+    bao.write(
+        &format!("{mount}/roles/app"),
+        json!({"db_name": "pg", "default_ttl": "4s", "max_ttl": "9s",
+               "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}';"]}),
+    )
+    .await?;
+    let policy = format!("{ns}-db");
+    bao.put_policy(
+        &policy,
+        &format!("path \"{mount}/creds/app\" {{ capabilities = [\"read\"] }}"),
+    )
+    .await?;
+    bao.put_kubernetes_role(
+        "kubernetes",
+        &KubernetesRole::for_service_account(&app.role(), &ns, "app", &[&ns, &policy]),
+    )
+    .await?;
+    let counter = CountingProxy::start(bao.addr()).await?;
+    let config = Arc::new(ProxyConfig {
+        openbao_addr: counter.url(),
+        tls: Default::default(),
+        token_path: app.token.clone(),
+        secrets_dir: PathBuf::from("/nonexistent"),
+        socket_path: PathBuf::from("/nonexistent/proxy.sock"),
+        plan: serde_json::from_value(json!([{
+            "name": "db",
+            "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": app.role()},
+                     "secrets": [{"name": "db", "mount": mount, "path": "creds/app", "engine": "dynamic",
+                                  "delivery": [{"kind": "socket"}]}]}
+        }]))?,
+        wrapped_containers: vec![],
+        grace: Duration::from_secs(60),
+        refresh_override: Some(Duration::from_millis(250)),
+        namespace: ns.clone(),
+        key_release: None,
+        metrics: Default::default(),
+    });
+    let credentials = |state: &SocketState| -> anyhow::Result<(u64, String, String)> {
+        let contents = state.contents();
+        let held = contents.secrets.get("db").context("no db secret")?;
+        let creds: serde_json::Value = serde_json::from_str(held.value.expose())?;
+        Ok((
+            held.version,
+            creds["username"].as_str().unwrap_or_default().to_owned(),
+            creds["password"].as_str().unwrap_or_default().to_owned(),
+        ))
+    };
+    let state = SocketState::new(None);
+    let (client, sessions, contents) = start(&config, &state).await?;
+    let (_, first_user, first_password) = credentials(&state)?;
+    ensure!(
+        pg.can_log_in(&first_user, &first_password)?,
+        "the delivered credentials log in to PostgreSQL"
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let refresher = tokio::spawn(refresh_loop(
+        config.clone(),
+        state.clone(),
+        client,
+        sessions,
+        contents,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let (second_user, second_password) = phantom_conformance::wait::until(
+        "new credentials before the 9 s max_ttl runs out",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let state = state.clone();
+            async move {
+                let (version, user, password) = credentials(&state)?;
+                anyhow::Ok((version >= 2).then_some((user, password)))
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        second_user != first_user,
+        "the second read issued a new user"
+    );
+    ensure!(
+        counter.count("PUT", "/v1/sys/leases/renew") >= 1,
+        "the lease was renewed before new credentials were read"
+    );
+    ensure!(
+        pg.can_log_in(&second_user, &second_password)?,
+        "the new credentials log in"
+    );
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(15), refresher)
+        .await
+        .context("the refresh loop did not stop after shutdown")??;
+    ensure!(
+        counter.count("POST", "/v1/auth/token/revoke-self") >= 1,
+        "the token was revoked at shutdown"
+    );
+    phantom_conformance::wait::until(
+        "PostgreSQL refusing the revoked credentials",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || async { anyhow::Ok((!pg.can_log_in(&second_user, &second_password)?).then_some(())) },
+    )
+    .await?;
     Ok(())
 }
 

@@ -38,6 +38,14 @@ pub struct Session {
 }
 
 impl Session {
+    /// A process-local fingerprint of the token (never printed: it identifies, not reveals).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.token.expose().hash(&mut h);
+        h.finish()
+    }
+
     /// Whether two thirds of the lease have passed: time to renew (or log in again) while the
     /// token still works, leaving room for a retry.
     pub fn wants_renewal(&self) -> bool {
@@ -50,6 +58,32 @@ impl Session {
 pub struct KvSecret {
     pub data: BTreeMap<String, SecretValue>,
     pub version: u64,
+}
+
+/// A dynamic secret (database credentials and the like): fresh values per read, valid while
+/// their lease lives.
+#[derive(Debug, Clone)]
+pub struct DynamicSecret {
+    pub data: BTreeMap<String, SecretValue>,
+    pub lease: Lease,
+}
+
+/// A lease on a dynamic secret. It dies with the token that created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: String,
+    pub duration: Duration,
+    pub renewable: bool,
+    pub granted_at: Instant,
+    /// Fingerprint of the token that read it (a new login means new credentials are needed).
+    pub token: u64,
+}
+
+impl Lease {
+    /// Two thirds of the lease have passed.
+    pub fn wants_renewal(&self) -> bool {
+        self.granted_at.elapsed() >= self.duration * 2 / 3
+    }
 }
 
 /// (caller identity, mount, path, version) of a read.
@@ -382,6 +416,158 @@ impl OpenBaoClient {
         Ok(KvSecret { data, version })
     }
 
+    /// Reads a dynamic secret (`GET <mount>/<path>`, e.g. `database/creds/app`): new values with
+    /// a lease.
+    pub async fn read_dynamic(
+        &self,
+        session: &Session,
+        mount: &str,
+        path: &str,
+    ) -> Result<DynamicSecret> {
+        let api_path = format!("{mount}/{path}");
+        let (status, mut answer) = self
+            .call(
+                reqwest::Method::GET,
+                &api_path,
+                session.namespace.as_deref(),
+                Some(&session.token),
+                None,
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            let errors = Self::errors_of(&answer);
+            wipe(&mut answer);
+            return Err(Error::Read {
+                addr: self.addr.clone(),
+                path: api_path,
+                status,
+                errors,
+                hint: match status {
+                    403 => {
+                        "the pod's OpenBao policy does not allow reading this path: grant read on it to the role's policies"
+                    }
+                    404 => "no such role or engine: check mount and path in the SecretBinding",
+                    _ => "see OpenBao's server log",
+                },
+            });
+        }
+        let lease = Lease {
+            id: answer
+                .get("lease_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            duration: Duration::from_secs(
+                answer
+                    .get("lease_duration")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+            ),
+            renewable: answer
+                .get("renewable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            granted_at: Instant::now(),
+            token: session.fingerprint(),
+        };
+        let data = match answer.get_mut("data").map(Value::take) {
+            Some(Value::Object(map)) if !lease.id.is_empty() => map
+                .into_iter()
+                .map(|(k, mut v)| {
+                    let text = match &v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    wipe(&mut v);
+                    (k, SecretValue::new(text))
+                })
+                .collect(),
+            Some(mut other) => {
+                wipe(&mut other);
+                wipe(&mut answer);
+                return Err(Error::Malformed {
+                    addr: self.addr.clone(),
+                    path: api_path,
+                    what: "no lease_id or no data object (is this a dynamic engine? KV v2 secrets use engine kv-v2)".into(),
+                });
+            }
+            None => {
+                wipe(&mut answer);
+                return Err(Error::Malformed {
+                    addr: self.addr.clone(),
+                    path: api_path,
+                    what: "no data object".into(),
+                });
+            }
+        };
+        wipe(&mut answer);
+        Ok(DynamicSecret { data, lease })
+    }
+
+    /// Extends `lease` (`sys/leases/renew`); the new lease may be shorter than asked when the
+    /// engine's `max_ttl` nears.
+    pub async fn renew_lease(&self, session: &Session, lease: &Lease) -> Result<Lease> {
+        let path = "sys/leases/renew";
+        let (status, answer) = self
+            .call(
+                reqwest::Method::PUT,
+                path,
+                session.namespace.as_deref(),
+                Some(&session.token),
+                Some(json!({"lease_id": lease.id, "increment": lease.duration.as_secs()})),
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(Error::Read {
+                addr: self.addr.clone(),
+                path: path.into(),
+                status,
+                errors: Self::errors_of(&answer),
+                hint: "the lease cannot be renewed; phantom-proxy reads new credentials",
+            });
+        }
+        Ok(Lease {
+            duration: Duration::from_secs(
+                answer
+                    .get("lease_duration")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+            ),
+            renewable: answer
+                .get("renewable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            granted_at: Instant::now(),
+            ..lease.clone()
+        })
+    }
+
+    /// Revokes the session's token (`auth/token/revoke-self`), and with it every lease it
+    /// created: dynamic credentials stop working when the pod goes away.
+    pub async fn revoke_self(&self, session: &Session) -> Result<()> {
+        let path = "auth/token/revoke-self";
+        let (status, answer) = self
+            .call(
+                reqwest::Method::POST,
+                path,
+                session.namespace.as_deref(),
+                Some(&session.token),
+                Some(json!({})),
+            )
+            .await?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(Error::Read {
+                addr: self.addr.clone(),
+                path: path.into(),
+                status,
+                errors: Self::errors_of(&answer),
+                hint: "the token may have expired already (its leases with it)",
+            })
+        }
+    }
+
     /// [`read_kv`](Self::read_kv), with concurrent reads of the same (token, mount, path,
     /// version) sharing one request to OpenBao.
     pub async fn read_kv_coalesced(
@@ -392,12 +578,7 @@ impl OpenBaoClient {
         version: Option<u64>,
     ) -> Result<Arc<KvSecret>> {
         // The token identifies the caller: two pods never share a read.
-        let identity = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            session.token.expose().hash(&mut h);
-            format!("{:016x}", h.finish())
-        };
+        let identity = format!("{:016x}", session.fingerprint());
         let key = (identity, mount.to_owned(), path.to_owned(), version);
         let (client, session, mount, path) = (
             self.clone(),

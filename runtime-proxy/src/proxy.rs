@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use phantom_crds::{BindingPlan, DeliveryKind, RotationNotice};
+use phantom_crds::{BindingPlan, DeliveryKind, Engine, RotationNotice, SecretItem};
 use phantom_policies::KeyReleaseSet;
 use serde_json::Value;
 
@@ -70,25 +70,6 @@ pub fn check_release(config: &ProxyConfig, binding: &BindingPlan) -> Result<()> 
         })
 }
 
-/// What this release of the sidecar cannot deliver yet, said up front instead of failing later
-/// with a confusing OpenBao answer.
-pub fn unsupported(plan: &[BindingPlan]) -> Option<String> {
-    for binding in plan {
-        if let Some(item) = binding
-            .spec
-            .secrets
-            .iter()
-            .find(|s| s.engine == phantom_crds::Engine::Dynamic)
-        {
-            return Some(format!(
-                "SecretBinding {}: secret {} uses a dynamic engine, which this phantom-proxy does not read yet (KV v2 only); use engine kv-v2",
-                binding.name, item.name
-            ));
-        }
-    }
-    None
-}
-
 /// Sessions by (OpenBao namespace, auth mount, role): one login per pod identity and place.
 pub type SessionKey = (Option<String>, String, String);
 pub type Sessions = BTreeMap<SessionKey, Session>;
@@ -135,6 +116,7 @@ pub async fn fetch(
     client: &OpenBaoClient,
     config: &ProxyConfig,
     sessions: &mut Sessions,
+    previous: Option<&Contents>,
 ) -> Result<Contents> {
     let mut contents = Contents::default();
     for binding in &config.plan {
@@ -147,40 +129,39 @@ pub async fn fetch(
         );
         let session = session_for(client, config, sessions, &key).await?;
         for item in &binding.spec.secrets {
-            let version = item.version.map(u64::from);
-            let secret = match client
-                .read_kv_coalesced(&session, &item.mount, &item.path, version)
-                .await
-            {
-                // An expired token: log in again once, then read.
-                Err(Error::Read { status: 403, .. }) => {
-                    let fresh = client
-                        .login_kubernetes_in(
-                            auth.namespace.as_deref(),
-                            &auth.auth_mount,
-                            &auth.role,
-                            &config.token_path,
-                        )
-                        .await?;
-                    sessions.insert(key.clone(), fresh.clone());
-                    client
-                        .read_kv_coalesced(&fresh, &item.mount, &item.path, version)
-                        .await?
+            let delivered = match item.engine {
+                Engine::KvV2 => {
+                    let version = item.version.map(u64::from);
+                    let secret = match client
+                        .read_kv_coalesced(&session, &item.mount, &item.path, version)
+                        .await
+                    {
+                        // A revoked token: log in again once, then read.
+                        Err(Error::Read { status: 403, .. }) => {
+                            let fresh = client
+                                .login_kubernetes_in(
+                                    auth.namespace.as_deref(),
+                                    &auth.auth_mount,
+                                    &auth.role,
+                                    &config.token_path,
+                                )
+                                .await?;
+                            sessions.insert(key.clone(), fresh.clone());
+                            client
+                                .read_kv_coalesced(&fresh, &item.mount, &item.path, version)
+                                .await?
+                        }
+                        other => other?,
+                    };
+                    Delivered {
+                        value: select(binding, item, &secret.data)?,
+                        version: secret.version,
+                        lease: None,
+                    }
                 }
-                other => other?,
-            };
-            let value = match &item.key {
-                Some(k) => secret.data.get(k).cloned().ok_or_else(|| Error::Delivery(format!(
-                    "SecretBinding {}: secret {} at {}/{} has no key {k:?}; fix spec.secrets[].key or the secret in OpenBao",
-                    binding.name, item.name, item.mount, item.path
-                )))?,
-                None => {
-                    let map: serde_json::Map<String, Value> = secret
-                        .data
-                        .iter()
-                        .map(|(k, v)| (k.clone(), Value::String(v.expose().to_owned())))
-                        .collect();
-                    SecretValue::new(Value::Object(map).to_string())
+                Engine::Dynamic => {
+                    let held = previous.and_then(|p| p.secrets.get(&item.name));
+                    dynamic(client, &session, binding, item, held).await?
                 }
             };
             if contents.secrets.contains_key(&item.name) {
@@ -205,19 +186,102 @@ pub async fn fetch(
                     }
                 }
             }
-            contents.secrets.insert(
-                item.name.clone(),
-                Delivered {
-                    value,
-                    version: secret.version,
-                },
-            );
+            contents.secrets.insert(item.name.clone(), delivered);
         }
     }
     for container in &config.wrapped_containers {
         contents.env.entry(container.clone()).or_default();
     }
     Ok(contents)
+}
+
+/// The value a binding item delivers: one key, or every key as a JSON object.
+fn select(
+    binding: &BindingPlan,
+    item: &SecretItem,
+    data: &BTreeMap<String, SecretValue>,
+) -> Result<SecretValue> {
+    match &item.key {
+        Some(k) => data.get(k).cloned().ok_or_else(|| {
+            Error::Delivery(format!(
+                "SecretBinding {}: secret {} at {}/{} has no key {k:?}; fix spec.secrets[].key or the secret in OpenBao",
+                binding.name, item.name, item.mount, item.path
+            ))
+        }),
+        None => {
+            let mut map: serde_json::Map<String, Value> = data
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.expose().to_owned())))
+                .collect();
+            let text = Value::Object(map.clone()).to_string();
+            for value in map.values_mut() {
+                crate::secret::wipe(value);
+            }
+            Ok(SecretValue::new(text))
+        }
+    }
+}
+
+/// A dynamic secret: the held credentials while their lease has more than a third to run (or
+/// can be renewed for long enough), new credentials otherwise — a new version, delivered and
+/// announced like a rotation. Leases die with the token that read them, so a new login means
+/// new credentials too.
+async fn dynamic(
+    client: &OpenBaoClient,
+    session: &Session,
+    binding: &BindingPlan,
+    item: &SecretItem,
+    held: Option<&Delivered>,
+) -> Result<Delivered> {
+    if let Some(held) = held
+        && let Some(lease) = &held.lease
+        && lease.token == session.fingerprint()
+        && lease.granted_at.elapsed() < lease.duration
+    {
+        if !lease.wants_renewal() {
+            return Ok(held.clone());
+        }
+        if lease.renewable {
+            match client.renew_lease(session, lease).await {
+                Ok(renewed) if renewed.duration * 3 >= lease.duration => {
+                    tracing::debug!(secret = %item.name, lease = ?renewed.duration, "lease renewed");
+                    return Ok(Delivered {
+                        lease: Some(renewed),
+                        ..held.clone()
+                    });
+                }
+                Ok(_) => {
+                    tracing::info!(secret = %item.name, "lease near its maximum TTL; reading new credentials")
+                }
+                Err(e) => {
+                    tracing::info!(secret = %item.name, error = %e, "lease renewal failed; reading new credentials")
+                }
+            }
+        }
+    }
+    let secret = client
+        .read_dynamic(session, &item.mount, &item.path)
+        .await?;
+    Ok(Delivered {
+        value: select(binding, item, &secret.data)?,
+        version: held.map_or(1, |h| h.version + 1),
+        lease: Some(secret.lease),
+    })
+}
+
+/// Revokes every session's token, and with them the leases of dynamic secrets (the pod is going
+/// away; its database credentials should not outlive it).
+pub async fn revoke_all(client: &OpenBaoClient, sessions: &Sessions) {
+    for ((namespace, mount, role), session) in sessions {
+        match client.revoke_self(session).await {
+            Ok(()) => {
+                tracing::info!(?namespace, %mount, %role, "OpenBao token and its leases revoked")
+            }
+            Err(e) => {
+                tracing::warn!(?namespace, %mount, %role, error = %e, "revoking the OpenBao token failed")
+            }
+        }
+    }
 }
 
 /// Writes every file delivery whose secret changed since `previous`.
@@ -322,9 +386,6 @@ pub async fn start(
     config: &ProxyConfig,
     state: &SocketState,
 ) -> Result<(OpenBaoClient, Sessions, Contents)> {
-    if let Some(message) = unsupported(&config.plan) {
-        return Err(Error::Delivery(message));
-    }
     let has_files = config.plan.iter().any(|b| {
         b.spec
             .secrets
@@ -340,7 +401,7 @@ pub async fn start(
     let client = OpenBaoClient::with_tls(&config.openbao_addr, &config.tls)?
         .with_metrics(config.metrics.clone());
     let mut sessions = BTreeMap::new();
-    let contents = fetch(&client, config, &mut sessions)
+    let contents = fetch(&client, config, &mut sessions, None)
         .await
         .inspect_err(|e| config.metrics.failed(refusing_policy(e)))?;
     config.metrics.fetched(contents.secrets.len());
@@ -349,19 +410,28 @@ pub async fn start(
     Ok((client, sessions, contents))
 }
 
-/// Refreshes forever: new versions reach files and watchers; failures beyond the grace period
-/// mark the socket degraded (values keep being served).
+/// Refreshes until `shutdown` completes: new versions reach files and watchers; failures beyond
+/// the grace period mark the socket degraded (values keep being served). On shutdown the tokens
+/// are revoked, and with them the leases of dynamic secrets.
 pub async fn refresh_loop(
     config: Arc<ProxyConfig>,
     state: Arc<SocketState>,
     client: OpenBaoClient,
     mut sessions: Sessions,
     mut current: Contents,
+    shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut last_success = Instant::now();
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        tokio::time::sleep(refresh_interval(&config)).await;
-        match fetch(&client, &config, &mut sessions).await {
+        tokio::select! {
+            () = tokio::time::sleep(refresh_interval(&config)) => {}
+            () = &mut shutdown => {
+                revoke_all(&client, &sessions).await;
+                return;
+            }
+        }
+        match fetch(&client, &config, &mut sessions, Some(&current)).await {
             Ok(next) => {
                 if let Err(e) = write_files(&config, &next, Some(&current)) {
                     tracing::error!(error = %e, "writing secret files failed");
@@ -408,31 +478,42 @@ pub async fn refresh_loop(
 mod tests {
     use super::*;
 
-    fn plan(extra: serde_json::Value) -> Vec<BindingPlan> {
-        let mut spec = serde_json::json!({
+    fn binding(key: Option<&str>) -> (BindingPlan, SecretItem) {
+        let spec: phantom_crds::SecretBindingSpec = serde_json::from_value(serde_json::json!({
             "selector": {"podSelector": {}}, "openbao": {"role": "r"},
-            "secrets": [{"name": "s", "path": "p", "delivery": [{"kind": "socket"}]}]
-        });
-        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-            for (k, v) in extra {
-                spec.insert(k.clone(), v.clone());
-            }
-        }
-        vec![BindingPlan {
-            name: "b".into(),
-            spec: serde_json::from_value(spec).expect("spec"),
-        }]
+            "secrets": [{"name": "db", "path": "creds/app", "mount": "database", "engine": "dynamic",
+                         "key": key, "delivery": [{"kind": "socket"}]}]
+        }))
+        .expect("spec");
+        let item = spec.secrets[0].clone();
+        (
+            BindingPlan {
+                name: "b".into(),
+                spec,
+            },
+            item,
+        )
     }
 
     #[test]
-    fn unsupported_features_are_named_up_front() {
-        assert_eq!(unsupported(&plan(serde_json::json!({}))), None);
-        let ns = unsupported(&plan(
-            serde_json::json!({"openbao": {"role": "r", "namespace": "team-a"}}),
-        ));
-        assert_eq!(ns, None, "OpenBao namespaces are supported");
-        let dynamic = unsupported(&plan(serde_json::json!({"secrets": [
-            {"name": "db", "path": "creds/app", "mount": "database", "engine": "dynamic", "delivery": [{"kind": "socket"}]}]})));
-        assert!(dynamic.is_some_and(|m| m.contains("dynamic engine") && m.contains("db")));
+    fn one_key_or_every_key_as_json() {
+        let data: BTreeMap<String, SecretValue> = [
+            (
+                "username".to_owned(),
+                SecretValue::new("v-app-1".to_owned()),
+            ),
+            ("password".to_owned(), SecretValue::new("pw".to_owned())),
+        ]
+        .into();
+        let (b, item) = binding(Some("password"));
+        assert_eq!(select(&b, &item, &data).expect("key").expose(), "pw");
+        let (b, item) = binding(None);
+        let whole: Value =
+            serde_json::from_str(select(&b, &item, &data).expect("all").expose()).expect("JSON");
+        assert_eq!(whole["username"], "v-app-1");
+        let (b, item) = binding(Some("token"));
+        let err = select(&b, &item, &data).expect_err("no such key");
+        assert!(err.to_string().contains("has no key \"token\""), "{err}");
+        assert!(!err.to_string().contains("pw"), "{err}");
     }
 }

@@ -31,7 +31,10 @@ use crate::{Error, Result, SecretValue};
 #[derive(Debug, Clone)]
 pub struct Delivered {
     pub value: SecretValue,
+    /// KV version, or a count of credentials issued for a dynamic secret.
     pub version: u64,
+    /// The lease of a dynamic secret.
+    pub lease: Option<crate::openbao::Lease>,
 }
 
 /// What the socket serves, replaced as a whole on every change.
@@ -110,7 +113,8 @@ impl SocketState {
         self.contents().degraded
     }
 
-    fn contents(&self) -> Arc<Contents> {
+    /// What is being served now.
+    pub fn contents(&self) -> Arc<Contents> {
         self.contents
             .read()
             .unwrap_or_else(|p| p.into_inner())

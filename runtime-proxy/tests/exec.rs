@@ -27,6 +27,7 @@ fn serve_env(socket: &Path, value: String) -> std::thread::JoinHandle<()> {
                     Delivered {
                         value: SecretValue::new(value),
                         version: 1,
+                        lease: None,
                     },
                 )]),
                 env: BTreeMap::from([(

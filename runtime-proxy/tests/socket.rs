@@ -20,6 +20,7 @@ fn contents(version: u64, degraded: bool) -> Contents {
             Delivered {
                 value: SecretValue::new(format!("value-v{version}")),
                 version,
+                lease: None,
             },
         )]),
         env: BTreeMap::new(),

@@ -187,10 +187,20 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let server = serve(state.clone(), &config.socket_path)?;
+    // The kubelet stops the pod with SIGTERM: revoke the tokens (and the leases of dynamic
+    // secrets) before exiting. In init-only mode (above) nothing is revoked: the application
+    // still needs what was written.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: revoking OpenBao tokens and leases"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: revoking OpenBao tokens and leases"),
+        }
+    };
     tokio::select! {
-        _ = refresh_loop(config.clone(), state, client, sessions, contents) => {}
+        () = refresh_loop(config.clone(), state, client, sessions, contents, shutdown) => {}
         _ = server => anyhow::bail!("the socket server stopped"),
-        _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())
 }
