@@ -243,15 +243,15 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
         namespace: ns.clone(),
         key_release: None,
         metrics: Default::default(),
+        file_root: None,
     });
     let state = SocketState::new(None);
-    let (client, sessions, contents) = start(&config, &state).await?;
+    let (provider, contents) = start(&config, &state).await?;
     let _server = serve(state.clone(), &config.socket_path)?;
     let refresher = tokio::spawn(refresh_loop(
         config.clone(),
         state.clone(),
-        client,
-        sessions,
+        provider,
         contents,
         std::future::pending(),
     ));
@@ -370,14 +370,14 @@ async fn tokens_renewed(env: Arc<Env>) -> anyhow::Result<()> {
         namespace: ns.clone(),
         key_release: None,
         metrics: Default::default(),
+        file_root: None,
     });
     let state = SocketState::new(None);
-    let (client, sessions, contents) = start(&config, &state).await?;
+    let (provider, contents) = start(&config, &state).await?;
     let refresher = tokio::spawn(refresh_loop(
         config.clone(),
         state.clone(),
-        client,
-        sessions,
+        provider,
         contents,
         std::future::pending(),
     ));
@@ -439,8 +439,9 @@ async fn openbao_namespaces(env: Arc<Env>) -> anyhow::Result<()> {
         namespace: ns.clone(),
         key_release: None,
         metrics: Default::default(),
+        file_root: None,
     };
-    let (_, _, contents) = start(&config(Some(&team)), &SocketState::new(None)).await?;
+    let (_, contents) = start(&config(Some(&team)), &SocketState::new(None)).await?;
     ensure!(
         contents.secrets["password"].value.expose() == value,
         "read inside namespace {team}"
@@ -517,6 +518,7 @@ async fn dynamic_database_credentials(env: Arc<Env>) -> anyhow::Result<()> {
         namespace: ns.clone(),
         key_release: None,
         metrics: Default::default(),
+        file_root: None,
     });
     let credentials = |state: &SocketState| -> anyhow::Result<(u64, String, String)> {
         let contents = state.contents();
@@ -529,7 +531,7 @@ async fn dynamic_database_credentials(env: Arc<Env>) -> anyhow::Result<()> {
         ))
     };
     let state = SocketState::new(None);
-    let (client, sessions, contents) = start(&config, &state).await?;
+    let (provider, contents) = start(&config, &state).await?;
     let (_, first_user, first_password) = credentials(&state)?;
     ensure!(
         pg.can_log_in(&first_user, &first_password)?,
@@ -539,8 +541,7 @@ async fn dynamic_database_credentials(env: Arc<Env>) -> anyhow::Result<()> {
     let refresher = tokio::spawn(refresh_loop(
         config.clone(),
         state.clone(),
-        client,
-        sessions,
+        provider,
         contents,
         async move {
             let _ = stopped.await;

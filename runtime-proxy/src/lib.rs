@@ -9,6 +9,7 @@ pub mod files;
 pub mod harden;
 pub mod metrics;
 pub mod openbao;
+pub mod provider;
 pub mod proxy;
 pub mod secret;
 pub mod socket;

@@ -1,24 +1,25 @@
-//! `phantom-proxy`'s work: from the plan admission handed over, log in to OpenBao as the pod
-//! (one login per auth mount and role), read every secret (coalesced), write the files, serve the
-//! socket, and refresh on the bindings' interval with jitter. OpenBao down on first start is an
+//! `phantom-proxy`'s work: from the plan admission handed over, check the key-release
+//! conditions, read every secret through the provider (OpenBao as the pod), write the files,
+//! serve the socket, and refresh on the bindings' interval with jitter. OpenBao down on first start is an
 //! error (the pod stays in Init instead of starting without its secrets); OpenBao down later
 //! keeps the last good values for a grace period and reports degraded.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use phantom_crds::{BindingPlan, DeliveryKind, Engine, RotationNotice, SecretItem};
+use phantom_crds::{BindingPlan, DeliveryKind, RotationNotice};
 use phantom_policies::KeyReleaseSet;
-use serde_json::Value;
 
 use crate::files::{parse_mode, write_atomic};
 use crate::metrics::ProxyMetrics;
-use crate::openbao::{OpenBaoClient, Session};
-use crate::socket::{Contents, Delivered, SocketState};
+use crate::openbao::OpenBaoClient;
+use crate::provider::file::FileProvider;
+use crate::provider::openbao::OpenBaoProvider;
+use crate::provider::{Provider, SecretProvider};
+use crate::socket::{Contents, SocketState};
 use crate::tls::TlsSettings;
-use crate::{Error, Result, SecretValue};
+use crate::{Error, Result};
 
 /// Settings of one sidecar.
 #[derive(Debug, Clone)]
@@ -43,6 +44,9 @@ pub struct ProxyConfig {
     /// Key-release conditions checked before each binding's values are read and released.
     pub key_release: Option<KeyReleaseSet>,
     pub metrics: Arc<ProxyMetrics>,
+    /// Development only: read secrets from JSON files under this directory instead of OpenBao
+    /// (see [`crate::provider::file`]; not secure).
+    pub file_root: Option<PathBuf>,
 }
 
 /// The policy of a key-release refusal (for the refusal metric).
@@ -70,100 +74,19 @@ pub fn check_release(config: &ProxyConfig, binding: &BindingPlan) -> Result<()> 
         })
 }
 
-/// Sessions by (OpenBao namespace, auth mount, role): one login per pod identity and place.
-pub type SessionKey = (Option<String>, String, String);
-pub type Sessions = BTreeMap<SessionKey, Session>;
-
-/// The session for (namespace, auth mount, role): the current one, renewed once two thirds of its lease
-/// have passed, or a fresh login (with the token file re-read: the kubelet rotates it) when there
-/// is none, it cannot be renewed, or OpenBao's `token_max_ttl` leaves too little of it.
-async fn session_for(
-    client: &OpenBaoClient,
+/// Reads everything the plan names through `provider`, each binding's key-release conditions
+/// checked first.
+pub async fn fetch<P: SecretProvider>(
+    provider: &mut P,
     config: &ProxyConfig,
-    sessions: &mut Sessions,
-    key: &SessionKey,
-) -> Result<Session> {
-    let (namespace, mount, role) = key;
-    if let Some(current) = sessions.get(key) {
-        if !current.wants_renewal() {
-            return Ok(current.clone());
-        }
-        if current.renewable {
-            match client.renew_self(current).await {
-                Ok(renewed) if renewed.lease_duration * 3 >= current.lease_duration => {
-                    tracing::debug!(%mount, %role, lease = ?renewed.lease_duration, "OpenBao token renewed");
-                    sessions.insert(key.clone(), renewed.clone());
-                    return Ok(renewed);
-                }
-                Ok(_) => {
-                    tracing::debug!(%mount, %role, "token near its maximum TTL; logging in again")
-                }
-                Err(e) => {
-                    tracing::info!(%mount, %role, error = %e, "token renewal failed; logging in again")
-                }
-            }
-        }
-    }
-    let fresh = client
-        .login_kubernetes_in(namespace.as_deref(), mount, role, &config.token_path)
-        .await?;
-    sessions.insert(key.clone(), fresh.clone());
-    Ok(fresh)
-}
-
-/// Reads everything the plan names, with one session per (mount, role).
-pub async fn fetch(
-    client: &OpenBaoClient,
-    config: &ProxyConfig,
-    sessions: &mut Sessions,
     previous: Option<&Contents>,
 ) -> Result<Contents> {
     let mut contents = Contents::default();
     for binding in &config.plan {
         check_release(config, binding)?;
-        let auth = &binding.spec.openbao;
-        let key = (
-            auth.namespace.clone(),
-            auth.auth_mount.clone(),
-            auth.role.clone(),
-        );
-        let session = session_for(client, config, sessions, &key).await?;
         for item in &binding.spec.secrets {
-            let delivered = match item.engine {
-                Engine::KvV2 => {
-                    let version = item.version.map(u64::from);
-                    let secret = match client
-                        .read_kv_coalesced(&session, &item.mount, &item.path, version)
-                        .await
-                    {
-                        // A revoked token: log in again once, then read.
-                        Err(Error::Read { status: 403, .. }) => {
-                            let fresh = client
-                                .login_kubernetes_in(
-                                    auth.namespace.as_deref(),
-                                    &auth.auth_mount,
-                                    &auth.role,
-                                    &config.token_path,
-                                )
-                                .await?;
-                            sessions.insert(key.clone(), fresh.clone());
-                            client
-                                .read_kv_coalesced(&fresh, &item.mount, &item.path, version)
-                                .await?
-                        }
-                        other => other?,
-                    };
-                    Delivered {
-                        value: select(binding, item, &secret.data)?,
-                        version: secret.version,
-                        lease: None,
-                    }
-                }
-                Engine::Dynamic => {
-                    let held = previous.and_then(|p| p.secrets.get(&item.name));
-                    dynamic(client, &session, binding, item, held).await?
-                }
-            };
+            let held = previous.and_then(|p| p.secrets.get(&item.name));
+            let delivered = provider.read(binding, item, held).await?;
             if contents.secrets.contains_key(&item.name) {
                 return Err(Error::Delivery(format!(
                     "two SecretBindings of this pod deliver a secret named {}; rename one (spec.secrets[].name)",
@@ -193,95 +116,6 @@ pub async fn fetch(
         contents.env.entry(container.clone()).or_default();
     }
     Ok(contents)
-}
-
-/// The value a binding item delivers: one key, or every key as a JSON object.
-fn select(
-    binding: &BindingPlan,
-    item: &SecretItem,
-    data: &BTreeMap<String, SecretValue>,
-) -> Result<SecretValue> {
-    match &item.key {
-        Some(k) => data.get(k).cloned().ok_or_else(|| {
-            Error::Delivery(format!(
-                "SecretBinding {}: secret {} at {}/{} has no key {k:?}; fix spec.secrets[].key or the secret in OpenBao",
-                binding.name, item.name, item.mount, item.path
-            ))
-        }),
-        None => {
-            let mut map: serde_json::Map<String, Value> = data
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.expose().to_owned())))
-                .collect();
-            let text = Value::Object(map.clone()).to_string();
-            for value in map.values_mut() {
-                crate::secret::wipe(value);
-            }
-            Ok(SecretValue::new(text))
-        }
-    }
-}
-
-/// A dynamic secret: the held credentials while their lease has more than a third to run (or
-/// can be renewed for long enough), new credentials otherwise — a new version, delivered and
-/// announced like a rotation. Leases die with the token that read them, so a new login means
-/// new credentials too.
-async fn dynamic(
-    client: &OpenBaoClient,
-    session: &Session,
-    binding: &BindingPlan,
-    item: &SecretItem,
-    held: Option<&Delivered>,
-) -> Result<Delivered> {
-    if let Some(held) = held
-        && let Some(lease) = &held.lease
-        && lease.token == session.fingerprint()
-        && lease.granted_at.elapsed() < lease.duration
-    {
-        if !lease.wants_renewal() {
-            return Ok(held.clone());
-        }
-        if lease.renewable {
-            match client.renew_lease(session, lease).await {
-                Ok(renewed) if renewed.duration * 3 >= lease.duration => {
-                    tracing::debug!(secret = %item.name, lease = ?renewed.duration, "lease renewed");
-                    return Ok(Delivered {
-                        lease: Some(renewed),
-                        ..held.clone()
-                    });
-                }
-                Ok(_) => {
-                    tracing::info!(secret = %item.name, "lease near its maximum TTL; reading new credentials")
-                }
-                Err(e) => {
-                    tracing::info!(secret = %item.name, error = %e, "lease renewal failed; reading new credentials")
-                }
-            }
-        }
-    }
-    let secret = client
-        .read_dynamic(session, &item.mount, &item.path)
-        .await?;
-    Ok(Delivered {
-        value: select(binding, item, &secret.data)?,
-        version: held.map_or(1, |h| h.version + 1),
-        lease: Some(secret.lease),
-    })
-}
-
-/// Revokes every session's token, and with them the leases of dynamic secrets (the pod is going
-/// away; its database credentials should not outlive it).
-pub async fn revoke_all(client: &OpenBaoClient, sessions: &Sessions) {
-    for ((namespace, mount, role), session) in sessions {
-        match client.revoke_self(session).await {
-            Ok(()) => {
-                tracing::info!(?namespace, %mount, %role, "OpenBao token and its leases revoked")
-            }
-            Err(e) => {
-                tracing::warn!(?namespace, %mount, %role, error = %e, "revoking the OpenBao token failed")
-            }
-        }
-    }
 }
 
 /// Writes every file delivery whose secret changed since `previous`.
@@ -382,10 +216,7 @@ fn notify_applications(config: &ProxyConfig, state: &SocketState, changed: &[&St
 
 /// First fetch: files written (only onto a memory-backed volume) and the socket published, or
 /// the error that keeps the pod in Init.
-pub async fn start(
-    config: &ProxyConfig,
-    state: &SocketState,
-) -> Result<(OpenBaoClient, Sessions, Contents)> {
+pub async fn start(config: &ProxyConfig, state: &SocketState) -> Result<(Provider, Contents)> {
     let has_files = config.plan.iter().any(|b| {
         b.spec
             .secrets
@@ -398,16 +229,24 @@ pub async fn start(
         })?;
         crate::harden::require_memory_backed(&config.secrets_dir)?;
     }
-    let client = OpenBaoClient::with_tls(&config.openbao_addr, &config.tls)?
-        .with_metrics(config.metrics.clone());
-    let mut sessions = BTreeMap::new();
-    let contents = fetch(&client, config, &mut sessions, None)
+    let mut provider = match &config.file_root {
+        Some(root) => {
+            tracing::warn!(root = %root.display(), "the file provider is for development only: values come from plain files and no identity is checked");
+            Provider::File(FileProvider::new(root))
+        }
+        None => Provider::OpenBao(OpenBaoProvider::new(
+            OpenBaoClient::with_tls(&config.openbao_addr, &config.tls)?
+                .with_metrics(config.metrics.clone()),
+            config.token_path.clone(),
+        )),
+    };
+    let contents = fetch(&mut provider, config, None)
         .await
         .inspect_err(|e| config.metrics.failed(refusing_policy(e)))?;
     config.metrics.fetched(contents.secrets.len());
     write_files(config, &contents, None)?;
     state.publish(contents.clone());
-    Ok((client, sessions, contents))
+    Ok((provider, contents))
 }
 
 /// Refreshes until `shutdown` completes: new versions reach files and watchers; failures beyond
@@ -416,8 +255,7 @@ pub async fn start(
 pub async fn refresh_loop(
     config: Arc<ProxyConfig>,
     state: Arc<SocketState>,
-    client: OpenBaoClient,
-    mut sessions: Sessions,
+    mut provider: impl SecretProvider,
     mut current: Contents,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -427,11 +265,11 @@ pub async fn refresh_loop(
         tokio::select! {
             () = tokio::time::sleep(refresh_interval(&config)) => {}
             () = &mut shutdown => {
-                revoke_all(&client, &sessions).await;
+                provider.revoke().await;
                 return;
             }
         }
-        match fetch(&client, &config, &mut sessions, Some(&current)).await {
+        match fetch(&mut provider, &config, Some(&current)).await {
             Ok(next) => {
                 if let Err(e) = write_files(&config, &next, Some(&current)) {
                     tracing::error!(error = %e, "writing secret files failed");
@@ -460,7 +298,7 @@ pub async fn refresh_loop(
             }
             Err(e) => {
                 // A failed login may mean the token rotated under a session: start fresh next time.
-                sessions.clear();
+                provider.reset();
                 config.metrics.failed(refusing_policy(&e));
                 let degraded = last_success.elapsed() > config.grace;
                 config.metrics.degraded.set(i64::from(degraded));
@@ -471,49 +309,5 @@ pub async fn refresh_loop(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn binding(key: Option<&str>) -> (BindingPlan, SecretItem) {
-        let spec: phantom_crds::SecretBindingSpec = serde_json::from_value(serde_json::json!({
-            "selector": {"podSelector": {}}, "openbao": {"role": "r"},
-            "secrets": [{"name": "db", "path": "creds/app", "mount": "database", "engine": "dynamic",
-                         "key": key, "delivery": [{"kind": "socket"}]}]
-        }))
-        .expect("spec");
-        let item = spec.secrets[0].clone();
-        (
-            BindingPlan {
-                name: "b".into(),
-                spec,
-            },
-            item,
-        )
-    }
-
-    #[test]
-    fn one_key_or_every_key_as_json() {
-        let data: BTreeMap<String, SecretValue> = [
-            (
-                "username".to_owned(),
-                SecretValue::new("v-app-1".to_owned()),
-            ),
-            ("password".to_owned(), SecretValue::new("pw".to_owned())),
-        ]
-        .into();
-        let (b, item) = binding(Some("password"));
-        assert_eq!(select(&b, &item, &data).expect("key").expose(), "pw");
-        let (b, item) = binding(None);
-        let whole: Value =
-            serde_json::from_str(select(&b, &item, &data).expect("all").expose()).expect("JSON");
-        assert_eq!(whole["username"], "v-app-1");
-        let (b, item) = binding(Some("token"));
-        let err = select(&b, &item, &data).expect_err("no such key");
-        assert!(err.to_string().contains("has no key \"token\""), "{err}");
-        assert!(!err.to_string().contains("pw"), "{err}");
     }
 }

@@ -20,9 +20,13 @@ use phantom_runtime_proxy::tls::{TlsSettings, parse_pin};
 #[derive(Parser, Debug)]
 #[command(name = "phantom-proxy", version)]
 struct Args {
-    /// OpenBao address.
-    #[arg(long, env = "PHANTOM_OPENBAO_ADDR")]
-    openbao_addr: String,
+    /// OpenBao address (`https://openbao.example:8200`).
+    #[arg(
+        long,
+        env = "PHANTOM_OPENBAO_ADDR",
+        required_unless_present = "dev_file_provider"
+    )]
+    openbao_addr: Option<String>,
     /// PEM CA bundle that signs OpenBao's certificate (default: the system bundle, unless a pin is set).
     #[arg(long, env = "PHANTOM_OPENBAO_CA_FILE")]
     openbao_ca_file: Option<PathBuf>,
@@ -82,6 +86,9 @@ struct Args {
     /// JSON key-release conditions to check before releasing any value (written by admission).
     #[arg(long, env = "PHANTOM_KEY_RELEASE")]
     key_release: Option<String>,
+    /// DEVELOPMENT ONLY, NOT SECURE: read secrets from `<dir>/<mount>/<path>.json` instead of OpenBao.
+    #[arg(long, env = "PHANTOM_DEV_FILE_PROVIDER")]
+    dev_file_provider: Option<PathBuf>,
     /// Plain-HTTP address for /metrics, /healthz and /readyz (empty: off). Nothing secret is served there.
     #[arg(long, env = "PHANTOM_STATUS_ADDR", default_value = "")]
     status_addr: String,
@@ -152,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         client_key: args.openbao_client_key,
     };
     let config = Arc::new(ProxyConfig {
-        openbao_addr: args.openbao_addr,
+        openbao_addr: args.openbao_addr.unwrap_or_default(),
         tls,
         token_path: args.token_path,
         secrets_dir: args.secrets_dir,
@@ -169,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
         namespace: args.pod_namespace,
         key_release,
         metrics: metrics.clone(),
+        file_root: args.dev_file_provider,
     });
     let state = SocketState::new(own_uid());
     let _status = match args.status_addr.trim() {
@@ -181,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     // Fails with the address and the cause when OpenBao is unreachable: the pod stays in Init.
-    let (client, sessions, contents) = start(&config, &state).await?;
+    let (provider, contents) = start(&config, &state).await?;
     tracing::info!(secrets = contents.secrets.len(), "secrets delivered");
     if args.once {
         return Ok(());
@@ -199,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        () = refresh_loop(config.clone(), state, client, sessions, contents, shutdown) => {}
+        () = refresh_loop(config.clone(), state, provider, contents, shutdown) => {}
         _ = server => anyhow::bail!("the socket server stopped"),
     }
     Ok(())

@@ -1,0 +1,184 @@
+//! The OpenBao provider: one Kubernetes login per (namespace, auth mount, role), renewed before
+//! it expires; KV v2 reads coalesced; dynamic secrets held under their lease and renewed; every
+//! token revoked when the pod stops.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use phantom_crds::{BindingPlan, Engine, SecretItem};
+
+use super::{SecretProvider, select};
+use crate::openbao::{OpenBaoClient, Session};
+use crate::socket::Delivered;
+use crate::{Error, Result};
+
+/// Sessions by (OpenBao namespace, auth mount, role): one login per pod identity and place.
+pub type SessionKey = (Option<String>, String, String);
+pub type Sessions = BTreeMap<SessionKey, Session>;
+
+/// The session for (namespace, auth mount, role): the current one, renewed once two thirds of its lease
+/// have passed, or a fresh login (with the token file re-read: the kubelet rotates it) when there
+/// is none, it cannot be renewed, or OpenBao's `token_max_ttl` leaves too little of it.
+async fn session_for(
+    client: &OpenBaoClient,
+    token_path: &Path,
+    sessions: &mut Sessions,
+    key: &SessionKey,
+) -> Result<Session> {
+    let (namespace, mount, role) = key;
+    if let Some(current) = sessions.get(key) {
+        if !current.wants_renewal() {
+            return Ok(current.clone());
+        }
+        if current.renewable {
+            match client.renew_self(current).await {
+                Ok(renewed) if renewed.lease_duration * 3 >= current.lease_duration => {
+                    tracing::debug!(%mount, %role, lease = ?renewed.lease_duration, "OpenBao token renewed");
+                    sessions.insert(key.clone(), renewed.clone());
+                    return Ok(renewed);
+                }
+                Ok(_) => {
+                    tracing::debug!(%mount, %role, "token near its maximum TTL; logging in again")
+                }
+                Err(e) => {
+                    tracing::info!(%mount, %role, error = %e, "token renewal failed; logging in again")
+                }
+            }
+        }
+    }
+    let fresh = client
+        .login_kubernetes_in(namespace.as_deref(), mount, role, token_path)
+        .await?;
+    sessions.insert(key.clone(), fresh.clone());
+    Ok(fresh)
+}
+
+/// Reads from OpenBao as the pod.
+#[derive(Debug)]
+pub struct OpenBaoProvider {
+    client: OpenBaoClient,
+    /// The projected ServiceAccount token (re-read at every login).
+    token_path: PathBuf,
+    sessions: Sessions,
+}
+
+impl OpenBaoProvider {
+    pub fn new(client: OpenBaoClient, token_path: PathBuf) -> Self {
+        Self {
+            client,
+            token_path,
+            sessions: BTreeMap::new(),
+        }
+    }
+}
+
+impl SecretProvider for OpenBaoProvider {
+    async fn read(
+        &mut self,
+        binding: &BindingPlan,
+        item: &SecretItem,
+        held: Option<&Delivered>,
+    ) -> Result<Delivered> {
+        let auth = &binding.spec.openbao;
+        let key = (
+            auth.namespace.clone(),
+            auth.auth_mount.clone(),
+            auth.role.clone(),
+        );
+        let client = &self.client;
+        let session = session_for(client, &self.token_path, &mut self.sessions, &key).await?;
+        match item.engine {
+            Engine::KvV2 => {
+                let version = item.version.map(u64::from);
+                let secret = match client
+                    .read_kv_coalesced(&session, &item.mount, &item.path, version)
+                    .await
+                {
+                    // A revoked token: log in again once, then read.
+                    Err(Error::Read { status: 403, .. }) => {
+                        self.sessions.remove(&key);
+                        let fresh =
+                            session_for(client, &self.token_path, &mut self.sessions, &key).await?;
+                        client
+                            .read_kv_coalesced(&fresh, &item.mount, &item.path, version)
+                            .await?
+                    }
+                    other => other?,
+                };
+                Ok(Delivered {
+                    value: select(binding, item, &secret.data)?,
+                    version: secret.version,
+                    lease: None,
+                })
+            }
+            Engine::Dynamic => dynamic(client, &session, binding, item, held).await,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.sessions.clear();
+    }
+
+    /// Revokes every session's token, and with them the leases of dynamic secrets (the pod is
+    /// going away; its database credentials should not outlive it).
+    async fn revoke(&mut self) {
+        for ((namespace, mount, role), session) in &self.sessions {
+            match self.client.revoke_self(session).await {
+                Ok(()) => {
+                    tracing::info!(?namespace, %mount, %role, "OpenBao token and its leases revoked")
+                }
+                Err(e) => {
+                    tracing::warn!(?namespace, %mount, %role, error = %e, "revoking the OpenBao token failed")
+                }
+            }
+        }
+        self.sessions.clear();
+    }
+}
+
+/// A dynamic secret: the held credentials while their lease has more than a third to run (or
+/// can be renewed for long enough), new credentials otherwise — a new version, delivered and
+/// announced like a rotation. Leases die with the token that read them, so a new login means
+/// new credentials too.
+async fn dynamic(
+    client: &OpenBaoClient,
+    session: &Session,
+    binding: &BindingPlan,
+    item: &SecretItem,
+    held: Option<&Delivered>,
+) -> Result<Delivered> {
+    if let Some(held) = held
+        && let Some(lease) = &held.lease
+        && lease.token == session.fingerprint()
+        && lease.granted_at.elapsed() < lease.duration
+    {
+        if !lease.wants_renewal() {
+            return Ok(held.clone());
+        }
+        if lease.renewable {
+            match client.renew_lease(session, lease).await {
+                Ok(renewed) if renewed.duration * 3 >= lease.duration => {
+                    tracing::debug!(secret = %item.name, lease = ?renewed.duration, "lease renewed");
+                    return Ok(Delivered {
+                        lease: Some(renewed),
+                        ..held.clone()
+                    });
+                }
+                Ok(_) => {
+                    tracing::info!(secret = %item.name, "lease near its maximum TTL; reading new credentials")
+                }
+                Err(e) => {
+                    tracing::info!(secret = %item.name, error = %e, "lease renewal failed; reading new credentials")
+                }
+            }
+        }
+    }
+    let secret = client
+        .read_dynamic(session, &item.mount, &item.path)
+        .await?;
+    Ok(Delivered {
+        value: select(binding, item, &secret.data)?,
+        version: held.map_or(1, |h| h.version + 1),
+        lease: Some(secret.lease),
+    })
+}
