@@ -26,6 +26,17 @@ pub struct InjectConfig {
     pub default_tmpfs_size: String,
     /// Resources of the sidecar when the policy sets none.
     pub proxy_resources: ResourceRequirements,
+    /// PEM CA bundle the sidecar trusts OpenBao's certificate with (public data, handed over in
+    /// the environment so no per-namespace ConfigMap is needed). `None`: the image's bundle.
+    pub openbao_ca_pem: Option<String>,
+    /// Pinned sha256 digests of OpenBao's public key (`sha256//BASE64` or hex).
+    pub openbao_spki_pins: Vec<String>,
+    /// A `kubernetes.io/tls` Secret in the pod's namespace with the sidecar's client certificate
+    /// for OpenBao listeners that require mTLS.
+    pub openbao_client_cert_secret: Option<String>,
+    /// Port of the sidecar's `/metrics`, `/healthz`, `/readyz` (0: off). Not used for
+    /// `hostNetwork` pods, where every pod on the node would want the same port.
+    pub proxy_status_port: u16,
 }
 
 impl Default for InjectConfig {
@@ -39,6 +50,10 @@ impl Default for InjectConfig {
             token_expiration_seconds: 3600,
             default_tmpfs_size: "1Mi".into(),
             proxy_resources: resources("10m", "16Mi", "32Mi"),
+            openbao_ca_pem: None,
+            openbao_spki_pins: Vec::new(),
+            openbao_client_cert_secret: None,
+            proxy_status_port: 9102,
         }
     }
 }

@@ -58,6 +58,20 @@ struct Args {
         default_value = "https://openbao:8200"
     )]
     openbao_addr: String,
+    /// PEM CA bundle the sidecars trust OpenBao with (read at startup, handed to each sidecar).
+    #[arg(long, env = "PHANTOM_OPENBAO_CA_FILE")]
+    openbao_ca_file: Option<std::path::PathBuf>,
+    /// Pinned sha256 of OpenBao's public key for the sidecars (`sha256//BASE64` or hex;
+    /// comma-separated during a key rotation).
+    #[arg(long, env = "PHANTOM_OPENBAO_SPKI_SHA256", value_delimiter = ',')]
+    openbao_spki_sha256: Vec<String>,
+    /// kubernetes.io/tls Secret (in each injected pod's namespace) with the sidecar's client
+    /// certificate, for OpenBao listeners that require mTLS.
+    #[arg(long, env = "PHANTOM_OPENBAO_CLIENT_CERT_SECRET")]
+    openbao_client_cert_secret: Option<String>,
+    /// Port of the sidecar's /metrics, /healthz and /readyz (0: off; never on hostNetwork pods).
+    #[arg(long, env = "PHANTOM_PROXY_STATUS_PORT", default_value_t = 9102)]
+    proxy_status_port: u16,
     /// Audience of the projected ServiceAccount token the sidecar presents to OpenBao.
     #[arg(long, env = "PHANTOM_OPENBAO_AUDIENCE", default_value = "openbao")]
     openbao_audience: String,
@@ -136,6 +150,27 @@ async fn main() -> anyhow::Result<()> {
         openbao_address: args.openbao_addr,
         openbao_audience: args.openbao_audience,
         default_tmpfs_size: args.tmpfs_size,
+        openbao_ca_pem: match &args.openbao_ca_file {
+            Some(path) => {
+                let pem = std::fs::read_to_string(path).with_context(|| {
+                    format!("reading PHANTOM_OPENBAO_CA_FILE {}", path.display())
+                })?;
+                anyhow::ensure!(
+                    pem.contains("-----BEGIN CERTIFICATE-----"),
+                    "PHANTOM_OPENBAO_CA_FILE {} holds no PEM certificate",
+                    path.display()
+                );
+                Some(pem)
+            }
+            None => None,
+        },
+        openbao_spki_pins: args
+            .openbao_spki_sha256
+            .into_iter()
+            .filter(|p| !p.trim().is_empty())
+            .collect(),
+        openbao_client_cert_secret: args.openbao_client_cert_secret,
+        proxy_status_port: args.proxy_status_port,
         ..InjectConfig::default()
     };
     settings.selection = Selection {

@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
-    PodSpec, ProjectedVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource,
+    SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use phantom_crds::wellknown::injected::*;
 use phantom_crds::wellknown::{
     BINDINGS_ANNOTATION, CANARY_ANNOTATION, COMMAND_ANNOTATION, DECISION_ANNOTATION,
@@ -108,9 +110,25 @@ pub fn mutate(
     volumes.push(empty_dir(BIN_VOLUME, None, "64Mi"));
     volumes.push(empty_dir(SECRETS_VOLUME, Some("Memory"), &tmpfs));
     volumes.push(token_volume(config));
+    if let Some(secret) = &config.openbao_client_cert_secret {
+        volumes.push(Volume {
+            name: CLIENT_CERT_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                // Readable by the sidecar whatever uid it runs as; only the sidecar mounts it.
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let host_network = spec.host_network == Some(true);
 
     let init = init_container(config);
     let mut proxy = proxy_container(decision, plan, key_release, &targets, config, run_as_user)?;
+    if config.proxy_status_port != 0 && !host_network {
+        add_status_port(&mut proxy, config.proxy_status_port, injection.mode);
+    }
     if let Some(resources) = injection.sidecar_resources.clone() {
         proxy.resources = Some(resources);
     }
@@ -192,7 +210,7 @@ fn diff(before: &Pod, after: &Pod) -> Patch {
 }
 
 fn check_name_clashes(spec: &PodSpec) -> Result<()> {
-    let ours = [BIN_VOLUME, SECRETS_VOLUME, TOKEN_VOLUME];
+    let ours = [BIN_VOLUME, SECRETS_VOLUME, TOKEN_VOLUME, CLIENT_CERT_VOLUME];
     if let Some(v) = spec
         .volumes
         .iter()
@@ -261,6 +279,36 @@ fn mount(volume: &str, path: &str) -> VolumeMount {
         read_only: Some(true),
         ..Default::default()
     }
+}
+
+/// The status port, with a liveness probe on `/healthz`. No readiness probe: a sidecar serving
+/// last good values while OpenBao is away should not take the pod out of its Services; degraded
+/// shows in `phantom_proxy_degraded` and on the socket's `/v1/healthz`.
+fn add_status_port(proxy: &mut Container, port: u16, mode: InjectionMode) {
+    if mode == InjectionMode::InitOnly {
+        return;
+    }
+    let port = i32::from(port);
+    proxy
+        .env
+        .get_or_insert_with(Vec::new)
+        .push(literal("PHANTOM_STATUS_ADDR", &format!("0.0.0.0:{port}")));
+    proxy.ports = Some(vec![ContainerPort {
+        name: Some(STATUS_PORT_NAME.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }]);
+    proxy.liveness_probe = Some(Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::Int(port),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..Default::default()
+    });
 }
 
 fn literal(name: &str, value: &str) -> EnvVar {
@@ -379,6 +427,33 @@ fn proxy_container(
         literal("PHANTOM_SOCKET", SOCKET_PATH),
         literal(PLAN_ENV, &plan_json),
     ];
+    if let Some(pem) = &config.openbao_ca_pem {
+        env.push(literal("PHANTOM_OPENBAO_CA_PEM", pem));
+    }
+    if !config.openbao_spki_pins.is_empty() {
+        env.push(literal(
+            "PHANTOM_OPENBAO_SPKI_SHA256",
+            &config.openbao_spki_pins.join(","),
+        ));
+    }
+    let mut mounts = vec![
+        VolumeMount {
+            read_only: None,
+            ..mount(SECRETS_VOLUME, SECRETS_DIR)
+        },
+        mount(TOKEN_VOLUME, TOKEN_DIR),
+    ];
+    if config.openbao_client_cert_secret.is_some() {
+        env.push(literal(
+            "PHANTOM_OPENBAO_CLIENT_CERT",
+            &format!("{CLIENT_CERT_DIR}/tls.crt"),
+        ));
+        env.push(literal(
+            "PHANTOM_OPENBAO_CLIENT_KEY",
+            &format!("{CLIENT_CERT_DIR}/tls.key"),
+        ));
+        mounts.push(mount(CLIENT_CERT_VOLUME, CLIENT_CERT_DIR));
+    }
     if let Some(key_release) = key_release.filter(|k| !k.policies.is_empty()) {
         let json = serde_json::to_string(key_release)
             .map_err(|e| Error::Config(format!("encoding the sidecar's key-release plan: {e}")))?;
@@ -390,13 +465,7 @@ fn proxy_container(
         image_pull_policy: Some(config.image_pull_policy.clone()),
         command: Some(vec!["/phantom-proxy".into()]),
         env: Some(env),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                read_only: None,
-                ..mount(SECRETS_VOLUME, SECRETS_DIR)
-            },
-            mount(TOKEN_VOLUME, TOKEN_DIR),
-        ]),
+        volume_mounts: Some(mounts),
         resources: Some(config.proxy_resources.clone()),
         security_context: Some(hardened(run_as_user)),
         ..Default::default()

@@ -860,6 +860,14 @@ async fn tls_pinning_and_mtls(env: Arc<Env>) -> anyhow::Result<()> {
         ..TlsSettings::default()
     };
     ensure!(read(tls.addr.clone(), by_ca.clone()).await? == value, "CA");
+    let inline_ca = TlsSettings {
+        ca_pem: Some(env.ca().cert_pem.clone()),
+        ..TlsSettings::default()
+    };
+    ensure!(
+        read(tls.addr.clone(), inline_ca).await? == value,
+        "CA handed over inline, as admission does"
+    );
     let by_pin = TlsSettings {
         spki_pins: vec![pin],
         ..TlsSettings::default()

@@ -53,4 +53,10 @@ pub mod injected {
     pub const SOCKET_PATH: &str = "/phantom/secrets/.phantom/proxy.sock";
     /// Where [`TOKEN_VOLUME`] is mounted (the sidecar only).
     pub const TOKEN_DIR: &str = "/var/run/secrets/phantom.dev/serviceaccount";
+    /// The OpenBao client certificate (a `kubernetes.io/tls` Secret), for mTLS listeners.
+    pub const CLIENT_CERT_VOLUME: &str = "phantom-openbao-client";
+    /// Where [`CLIENT_CERT_VOLUME`] is mounted (the sidecar only).
+    pub const CLIENT_CERT_DIR: &str = "/var/run/secrets/phantom.dev/openbao-client";
+    /// Name of the sidecar's status port (`/metrics`, `/healthz`, `/readyz`).
+    pub const STATUS_PORT_NAME: &str = "phantom-status";
 }

@@ -26,13 +26,33 @@ pub enum Invocation {
         container: String,
         argv: Vec<OsString>,
     },
+    /// `phantom-exec --help`: print [`HELP`].
+    Help,
 }
 
 /// Parses `phantom-exec`'s arguments (after the program name).
+/// `phantom-exec --help`.
+pub const HELP: &str = "\
+Phantom's exec wrapper: asks the sidecar for this container's secrets over its Unix socket, sets
+them as environment variables and execs the command (same PID: signals and exit codes pass
+through).
+
+Usage: phantom-exec --container <name> -- <command> [args...]
+       phantom-exec install <dest>      (copy this binary to <dest>; the init container does this)
+
+Environment:
+  PHANTOM_SOCKET             the sidecar's socket [default: /phantom/secrets/.phantom/proxy.sock]
+  PHANTOM_EXEC_WAIT_SECONDS  how long to wait for the sidecar [default: 120]
+
+Exit codes (before the command runs): 64 bad arguments, 70 the sidecar could not deliver,
+127 the command cannot be executed.
+";
+
 pub fn parse(args: Vec<OsString>) -> Result<Invocation> {
     let usage = "usage: phantom-exec --container <name> -- <command> [args...] | phantom-exec install <dest>";
     let mut args = args.into_iter();
     match args.next().as_ref().and_then(|a| a.to_str()) {
+        Some("--help" | "-h") => Ok(Invocation::Help),
         Some("install") => match (args.next(), args.next()) {
             (Some(dest), None) => Ok(Invocation::Install { dest: dest.into() }),
             _ => Err(Error::Delivery(usage.into())),

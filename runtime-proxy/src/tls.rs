@@ -30,6 +30,8 @@ const SYSTEM_BUNDLES: &[&str] = &[
 pub struct TlsSettings {
     /// PEM CA bundle that signs OpenBao's certificate.
     pub ca_file: Option<PathBuf>,
+    /// The same, inline (admission hands it over in the environment).
+    pub ca_pem: Option<String>,
     /// sha256 digests of accepted SubjectPublicKeyInfo (any one matches): rotation to a new key
     /// is pinning both for a while.
     pub spki_pins: Vec<[u8; 32]>,
@@ -222,6 +224,25 @@ fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
 }
 
 fn roots(settings: &TlsSettings) -> Result<Option<RootCertStore>> {
+    if let Some(pem) = &settings.ca_pem {
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_error(format!("reading PHANTOM_OPENBAO_CA_PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(tls_error(
+                "PHANTOM_OPENBAO_CA_PEM holds no PEM certificate".into(),
+            ));
+        }
+        let mut store = RootCertStore::empty();
+        for cert in certs {
+            store.add(cert).map_err(|e| {
+                tls_error(format!(
+                    "a certificate in PHANTOM_OPENBAO_CA_PEM is not usable: {e}"
+                ))
+            })?;
+        }
+        return Ok(Some(store));
+    }
     let bundle = match &settings.ca_file {
         Some(path) => path.clone(),
         // A pin alone is a complete trust decision; without one, fall back to the system bundle.

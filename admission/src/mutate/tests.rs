@@ -389,3 +389,85 @@ fn the_sidecar_receives_the_bindings_specs_never_values() {
         "no policies, no variable"
     );
 }
+
+#[test]
+fn openbao_trust_client_certificate_and_status_port_reach_the_sidecar() {
+    let config = InjectConfig {
+        openbao_ca_pem: Some(
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        ),
+        openbao_spki_pins: vec!["sha256//a".into(), "sha256//b".into()],
+        openbao_client_cert_secret: Some("phantom-openbao-client".into()),
+        ..InjectConfig::default()
+    };
+    let inject = |pod: &Pod| {
+        let out = apply(
+            pod,
+            &mutate(pod, &decision(InjectionMode::Sidecar), &[], None, &config).expect("injects"),
+        );
+        let spec = out.spec.expect("spec");
+        let proxy = spec
+            .containers
+            .iter()
+            .find(|c| c.name == PROXY_CONTAINER)
+            .cloned()
+            .expect("proxy");
+        (spec, proxy)
+    };
+    let (spec, proxy) = inject(&web());
+    let env: BTreeMap<String, String> = proxy
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    assert!(env["PHANTOM_OPENBAO_CA_PEM"].contains("BEGIN CERTIFICATE"));
+    assert_eq!(env["PHANTOM_OPENBAO_SPKI_SHA256"], "sha256//a,sha256//b");
+    assert_eq!(
+        env["PHANTOM_OPENBAO_CLIENT_CERT"],
+        format!("{CLIENT_CERT_DIR}/tls.crt")
+    );
+    assert_eq!(env["PHANTOM_STATUS_ADDR"], "0.0.0.0:9102");
+    let secret_volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == CLIENT_CERT_VOLUME)
+        .and_then(|v| v.secret.clone())
+        .expect("client certificate volume");
+    assert_eq!(
+        secret_volume.secret_name.as_deref(),
+        Some("phantom-openbao-client")
+    );
+    let app_mounts: Vec<&str> = spec.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert!(
+        !app_mounts.contains(&CLIENT_CERT_VOLUME),
+        "only the sidecar mounts the client certificate"
+    );
+    assert_eq!(
+        proxy
+            .liveness_probe
+            .and_then(|p| p.http_get)
+            .and_then(|h| h.path)
+            .as_deref(),
+        Some("/healthz")
+    );
+
+    let mut on_host = web();
+    on_host.spec.as_mut().expect("spec").host_network = Some(true);
+    let (_, proxy) = inject(&on_host);
+    assert!(proxy.ports.is_none() && proxy.liveness_probe.is_none());
+    assert!(
+        !proxy
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "PHANTOM_STATUS_ADDR"),
+        "no status port on hostNetwork pods"
+    );
+}

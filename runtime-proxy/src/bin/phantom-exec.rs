@@ -18,6 +18,10 @@ fn main() -> ExitCode {
         }
     };
     match invocation {
+        Invocation::Help => {
+            print!("{}", phantom_runtime_proxy::exec::HELP);
+            ExitCode::SUCCESS
+        }
         Invocation::Install { dest } => match install(&dest) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -30,6 +30,13 @@ struct Args {
     /// PEM CA bundle that signs OpenBao's certificate (default: the system bundle, unless a pin is set).
     #[arg(long, env = "PHANTOM_OPENBAO_CA_FILE")]
     openbao_ca_file: Option<PathBuf>,
+    /// The CA bundle inline, as PEM (admission hands it over this way).
+    #[arg(
+        long,
+        env = "PHANTOM_OPENBAO_CA_PEM",
+        conflicts_with = "openbao_ca_file"
+    )]
+    openbao_ca_pem: Option<String>,
     /// Pinned sha256 of OpenBao's public key (SubjectPublicKeyInfo), `sha256//BASE64` or hex;
     /// comma-separated to accept several during a key rotation. With a CA bundle both must hold.
     #[arg(long, env = "PHANTOM_OPENBAO_SPKI_SHA256", value_delimiter = ',')]
@@ -149,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         .set(i64::from(hardening.memory_locked.is_ok()));
     let tls = TlsSettings {
         ca_file: args.openbao_ca_file,
+        ca_pem: args.openbao_ca_pem,
         spki_pins: args
             .openbao_spki_sha256
             .iter()
