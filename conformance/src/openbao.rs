@@ -152,20 +152,7 @@ impl OpenBao {
 
     /// Mounts KV v2 at `mount` (idempotent; the dev server has `secret/` already).
     pub async fn enable_kv2(&self, mount: &str) -> Result<()> {
-        let mounts = self
-            .call(
-                reqwest::Method::GET,
-                "sys/mounts",
-                Some(&self.root_token),
-                None,
-            )
-            .await?
-            .unwrap_or_default();
-        if mounts
-            .get("data")
-            .and_then(|d| d.get(format!("{mount}/")))
-            .is_some()
-        {
+        if self.is_mounted("sys/mounts", mount).await? {
             return Ok(());
         }
         self.admin(
@@ -260,22 +247,21 @@ impl OpenBao {
             .unwrap_or_default())
     }
 
-    /// Enables an auth method of `kind` at `mount` (idempotent).
-    pub async fn enable_auth(&self, mount: &str, kind: &str) -> Result<()> {
+    /// Whether `mount` is in the listing at `listing` (`sys/auth` or `sys/mounts`).
+    async fn is_mounted(&self, listing: &str, mount: &str) -> Result<bool> {
         let mounts = self
-            .call(
-                reqwest::Method::GET,
-                "sys/auth",
-                Some(&self.root_token),
-                None,
-            )
+            .call(reqwest::Method::GET, listing, Some(&self.root_token), None)
             .await?
             .unwrap_or_default();
-        if mounts
+        Ok(mounts
             .get("data")
             .and_then(|d| d.get(format!("{mount}/")))
-            .is_some()
-        {
+            .is_some())
+    }
+
+    /// Enables an auth method of `kind` at `mount` (idempotent).
+    pub async fn enable_auth(&self, mount: &str, kind: &str) -> Result<()> {
+        if self.is_mounted("sys/auth", mount).await? {
             return Ok(());
         }
         self.admin(

@@ -54,6 +54,32 @@ fn main() {
     )
 }
 
+/// A sidecar configuration reading `plan` (SecretBindings as admission hands them over) from
+/// `openbao_addr` as the pod whose token is in `token`: socket delivery only, grace 60 s, the
+/// bindings' refresh interval.
+fn sidecar(
+    openbao_addr: String,
+    token: &std::path::Path,
+    ns: &str,
+    plan: serde_json::Value,
+) -> anyhow::Result<phantom_runtime_proxy::proxy::ProxyConfig> {
+    Ok(phantom_runtime_proxy::proxy::ProxyConfig {
+        openbao_addr,
+        tls: Default::default(),
+        token_path: token.to_owned(),
+        secrets_dir: PathBuf::from("/nonexistent"),
+        socket_path: PathBuf::from("/nonexistent/proxy.sock"),
+        plan: serde_json::from_value(plan)?,
+        wrapped_containers: vec![],
+        grace: std::time::Duration::from_secs(60),
+        refresh_override: None,
+        namespace: ns.to_owned(),
+        key_release: None,
+        metrics: Default::default(),
+        file_root: None,
+    })
+}
+
 /// The pod's projected token as the kubelet would write it.
 fn token_file(env: &Env, identity: &PodIdentity) -> anyhow::Result<PathBuf> {
     let path = env.dir().join(format!("token-{}", random_hex(4)));
@@ -210,7 +236,6 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
-    use phantom_crds::BindingPlan;
     use phantom_runtime_proxy::proxy::{ProxyConfig, refresh_loop, start};
     use phantom_runtime_proxy::socket::{SocketState, serve};
 
@@ -220,30 +245,23 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
     } = &app;
     let outage = CountingProxy::start(env.openbao().addr()).await?;
     let addr = outage.addr;
-    let plan: Vec<BindingPlan> = serde_json::from_value(serde_json::json!([{
+    let plan = serde_json::json!([{
         "name": "db",
         "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")},
                  "secrets": [{"name": "password", "path": path, "key": "password",
                               "delivery": [{"kind": "env", "name": "DB_PASSWORD"},
                                            {"kind": "file", "path": "db/password"}]}]}
-    }]))?;
+    }]);
     // The pod's memory-backed volume: the proxy refuses to write secret files anywhere else.
     let shm = pod_volume()?;
     let dir = shm.path().to_owned();
     let config = Arc::new(ProxyConfig {
-        openbao_addr: outage.url(),
-        tls: Default::default(),
-        token_path: app.token.clone(),
         secrets_dir: dir.join("secrets"),
         socket_path: dir.join("secrets/.phantom/proxy.sock"),
-        plan,
         wrapped_containers: vec!["app".into()],
         grace: Duration::from_secs(1),
         refresh_override: Some(Duration::from_millis(300)),
-        namespace: ns.clone(),
-        key_release: None,
-        metrics: Default::default(),
-        file_root: None,
+        ..sidecar(outage.url(), &app.token, ns, plan)?
     });
     let state = SocketState::new(None);
     let (provider, contents) = start(&config, &state).await?;
@@ -352,25 +370,15 @@ async fn tokens_renewed(env: Arc<Env>) -> anyhow::Result<()> {
         )
         .await?;
     let counter = CountingProxy::start(env.openbao().addr()).await?;
+    let plan = serde_json::json!([{
+        "name": "db",
+        "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": app.role()},
+                 "secrets": [{"name": "password", "path": path, "key": "password",
+                              "delivery": [{"kind": "socket"}]}]}
+    }]);
     let config = Arc::new(ProxyConfig {
-        openbao_addr: counter.url(),
-        tls: Default::default(),
-        token_path: app.token.clone(),
-        secrets_dir: PathBuf::from("/nonexistent"),
-        socket_path: PathBuf::from("/nonexistent/proxy.sock"),
-        plan: serde_json::from_value(serde_json::json!([{
-            "name": "db",
-            "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": app.role()},
-                     "secrets": [{"name": "password", "path": path, "key": "password",
-                                  "delivery": [{"kind": "socket"}]}]}
-        }]))?,
-        wrapped_containers: vec![],
-        grace: Duration::from_secs(60),
         refresh_override: Some(Duration::from_millis(250)),
-        namespace: ns.clone(),
-        key_release: None,
-        metrics: Default::default(),
-        file_root: None,
+        ..sidecar(counter.url(), &app.token, ns, plan)?
     });
     let state = SocketState::new(None);
     let (provider, contents) = start(&config, &state).await?;
@@ -407,9 +415,7 @@ async fn tokens_renewed(env: Arc<Env>) -> anyhow::Result<()> {
 /// A team's secrets, auth method and role inside an OpenBao namespace: a binding naming the
 /// namespace logs in and reads there; the same binding without it finds no such role at the root.
 async fn openbao_namespaces(env: Arc<Env>) -> anyhow::Result<()> {
-    use std::time::Duration;
-
-    use phantom_runtime_proxy::proxy::{ProxyConfig, start};
+    use phantom_runtime_proxy::proxy::start;
     use phantom_runtime_proxy::socket::SocketState;
 
     let ns = env.create_namespace("bao-ns", &[]).await?;
@@ -419,27 +425,15 @@ async fn openbao_namespaces(env: Arc<Env>) -> anyhow::Result<()> {
     env.configure_kubernetes_auth_on(&inside).await?;
     let (path, value) = Env::provision_app_secret_on(&inside, &ns).await?;
     let token = token_file(&env, &env.pod_identity(&ns, "app").await?)?;
-    let config = |namespace: Option<&str>| ProxyConfig {
-        openbao_addr: env.openbao().addr().to_owned(),
-        tls: Default::default(),
-        token_path: token.clone(),
-        secrets_dir: PathBuf::from("/nonexistent"),
-        socket_path: PathBuf::from("/nonexistent/proxy.sock"),
-        plan: serde_json::from_value(serde_json::json!([{
+    let config = |namespace: Option<&str>| {
+        let plan = serde_json::json!([{
             "name": "db",
             "spec": {"selector": {"serviceAccountName": "app"},
                      "openbao": {"role": format!("{ns}-app"), "namespace": namespace},
                      "secrets": [{"name": "password", "path": path, "key": "password",
                                   "delivery": [{"kind": "socket"}]}]}
-        }]))
-        .expect("plan"),
-        wrapped_containers: vec![],
-        grace: Duration::from_secs(60),
-        refresh_override: None,
-        namespace: ns.clone(),
-        key_release: None,
-        metrics: Default::default(),
-        file_root: None,
+        }]);
+        sidecar(env.openbao().addr().to_owned(), &token, &ns, plan).expect("plan")
     };
     let (_, contents) = start(&config(Some(&team)), &SocketState::new(None)).await?;
     ensure!(
@@ -500,25 +494,15 @@ async fn dynamic_database_credentials(env: Arc<Env>) -> anyhow::Result<()> {
     )
     .await?;
     let counter = CountingProxy::start(bao.addr()).await?;
+    let plan = json!([{
+        "name": "db",
+        "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": app.role()},
+                 "secrets": [{"name": "db", "mount": mount, "path": "creds/app", "engine": "dynamic",
+                              "delivery": [{"kind": "socket"}]}]}
+    }]);
     let config = Arc::new(ProxyConfig {
-        openbao_addr: counter.url(),
-        tls: Default::default(),
-        token_path: app.token.clone(),
-        secrets_dir: PathBuf::from("/nonexistent"),
-        socket_path: PathBuf::from("/nonexistent/proxy.sock"),
-        plan: serde_json::from_value(json!([{
-            "name": "db",
-            "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": app.role()},
-                     "secrets": [{"name": "db", "mount": mount, "path": "creds/app", "engine": "dynamic",
-                                  "delivery": [{"kind": "socket"}]}]}
-        }]))?,
-        wrapped_containers: vec![],
-        grace: Duration::from_secs(60),
         refresh_override: Some(Duration::from_millis(250)),
-        namespace: ns.clone(),
-        key_release: None,
-        metrics: Default::default(),
-        file_root: None,
+        ..sidecar(counter.url(), &app.token, &ns, plan)?
     });
     let credentials = |state: &SocketState| -> anyhow::Result<(u64, String, String)> {
         let contents = state.contents();

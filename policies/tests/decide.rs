@@ -47,6 +47,23 @@ spec:
     .expect("binding YAML")
 }
 
+/// An AttestationRequirement `snp` accepting SEV-SNP with one measurement, plus `extra` spec lines.
+fn snp_requirement(extra: &str) -> AttestationRequirement {
+    serde_yaml::from_str(&format!(
+        "apiVersion: phantom.dev/v1alpha1\nkind: AttestationRequirement\nmetadata: {{name: snp}}\nspec:\n  teeTypes: [sev-snp]\n  sevSnp: {{measurements: [\"{}\"]}}\n{extra}",
+        "a".repeat(96)
+    ))
+    .expect("requirement YAML")
+}
+
+/// `policy` with its key release gated on the `snp` requirement.
+fn gated_by_snp(policy: &str) -> String {
+    policy.replace(
+        "  keyRelease:\n",
+        "  keyRelease:\n    attestationRequirementRef: {name: snp}\n",
+    )
+}
+
 fn set(policies: Vec<PhantomPolicy>) -> PolicySet {
     let sources = Sources {
         policies,
@@ -331,23 +348,10 @@ fn key_release_names_the_failing_condition() {
 
 #[test]
 fn attestation_gated_release_needs_matching_evidence() {
-    let requirement: AttestationRequirement = serde_yaml::from_str(
-        r#"
-apiVersion: phantom.dev/v1alpha1
-kind: AttestationRequirement
-metadata: {name: snp}
-spec:
-  teeTypes: [sev-snp]
-  sevSnp: {measurements: ["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]}
-  conditions:
-    - {name: no-debug, expression: "!attestation.debug", message: "debug guests get no keys"}
-"#,
-    )
-    .expect("requirement YAML");
-    let gated = PAYMENTS.replace(
-        "  keyRelease:\n",
-        "  keyRelease:\n    attestationRequirementRef: {name: snp}\n",
+    let requirement = snp_requirement(
+        "  conditions:\n    - {name: no-debug, expression: \"!attestation.debug\", message: \"debug guests get no keys\"}\n",
     );
+    let gated = gated_by_snp(PAYMENTS);
     let sources = Sources {
         policies: vec![policy(&gated)],
         bindings: vec![binding()],
@@ -395,27 +399,14 @@ spec:
 
 #[test]
 fn the_sidecars_key_release_set_answers_like_the_policy_set() {
-    let requirement: AttestationRequirement = serde_yaml::from_str(
-        r#"
-apiVersion: phantom.dev/v1alpha1
-kind: AttestationRequirement
-metadata: {name: snp}
-spec:
-  teeTypes: [sev-snp]
-  sevSnp: {measurements: ["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]}
-"#,
-    )
-    .expect("requirement YAML");
+    let requirement = snp_requirement("");
     let named = PAYMENTS
         .replace("name: payments", "name: named-pods")
         .replace(
             "        message: \"bindings release only to their own namespace\"\n",
             "        message: \"bindings release only to their own namespace\"\n      - {name: web-only, expression: \"pod.metadata.name.startsWith('web')\"}\n",
         );
-    let gated = PAYMENTS.replace("name: payments", "name: gated").replace(
-        "  keyRelease:\n",
-        "  keyRelease:\n    attestationRequirementRef: {name: snp}\n",
-    );
+    let gated = gated_by_snp(&PAYMENTS.replace("name: payments", "name: gated"));
     let sources = Sources {
         policies: vec![policy(PAYMENTS), policy(&named), policy(&gated)],
         bindings: vec![binding()],

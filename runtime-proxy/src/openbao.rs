@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::coalesce::Coalescer;
 use crate::metrics::ProxyMetrics;
-use crate::secret::{SecretValue, wipe};
+use crate::secret::{SecretValue, values_of, wipe};
 use crate::tls::TlsSettings;
 use crate::{Error, Result};
 
@@ -24,6 +24,22 @@ const TLS_FAILURES: &[&str] = &[
     "received fatal alert",
     "peer sent no certificates",
 ];
+
+/// `lease_duration` and `renewable` of an answer (or of its `auth` part).
+fn lease_terms(answer: &Value) -> (Duration, bool) {
+    (
+        Duration::from_secs(
+            answer
+                .get("lease_duration")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        ),
+        answer
+            .get("renewable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    )
+}
 
 /// A logged-in session: the client token and how long it lives.
 #[derive(Debug, Clone)]
@@ -297,17 +313,11 @@ impl OpenBaoClient {
                 path: path.to_owned(),
                 what: "no auth.client_token".into(),
             });
+        let (lease_duration, renewable) = lease_terms(&auth);
         let session = token.map(|token| Session {
             token,
-            lease_duration: Duration::from_secs(
-                auth.get("lease_duration")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
-            ),
-            renewable: auth
-                .get("renewable")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            lease_duration,
+            renewable,
             granted_at: Instant::now(),
             namespace: None,
         });
@@ -392,17 +402,7 @@ impl OpenBaoClient {
             .and_then(Value::as_u64)
             .unwrap_or(0);
         let data = match answer.pointer_mut("/data/data").map(Value::take) {
-            Some(Value::Object(map)) => map
-                .into_iter()
-                .map(|(k, mut v)| {
-                    let text = match &v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    wipe(&mut v);
-                    (k, SecretValue::new(text))
-                })
-                .collect(),
+            Some(Value::Object(map)) => values_of(map),
             _ => {
                 wipe(&mut answer);
                 return Err(Error::Malformed {
@@ -451,37 +451,20 @@ impl OpenBaoClient {
                 },
             });
         }
+        let (duration, renewable) = lease_terms(&answer);
         let lease = Lease {
             id: answer
                 .get("lease_id")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned(),
-            duration: Duration::from_secs(
-                answer
-                    .get("lease_duration")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
-            ),
-            renewable: answer
-                .get("renewable")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            duration,
+            renewable,
             granted_at: Instant::now(),
             token: session.fingerprint(),
         };
         let data = match answer.get_mut("data").map(Value::take) {
-            Some(Value::Object(map)) if !lease.id.is_empty() => map
-                .into_iter()
-                .map(|(k, mut v)| {
-                    let text = match &v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    wipe(&mut v);
-                    (k, SecretValue::new(text))
-                })
-                .collect(),
+            Some(Value::Object(map)) if !lease.id.is_empty() => values_of(map),
             Some(mut other) => {
                 wipe(&mut other);
                 wipe(&mut answer);
@@ -526,17 +509,10 @@ impl OpenBaoClient {
                 hint: "the lease cannot be renewed; phantom-proxy reads new credentials",
             });
         }
+        let (duration, renewable) = lease_terms(&answer);
         Ok(Lease {
-            duration: Duration::from_secs(
-                answer
-                    .get("lease_duration")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
-            ),
-            renewable: answer
-                .get("renewable")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            duration,
+            renewable,
             granted_at: Instant::now(),
             ..lease.clone()
         })

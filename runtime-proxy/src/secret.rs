@@ -53,6 +53,23 @@ pub(crate) fn wipe(value: &mut serde_json::Value) {
     }
 }
 
+/// The keys of a JSON object as [`SecretValue`]s (strings as they are, other values as JSON
+/// text), wiping the parsed copies.
+pub(crate) fn values_of(
+    map: serde_json::Map<String, serde_json::Value>,
+) -> std::collections::BTreeMap<String, SecretValue> {
+    map.into_iter()
+        .map(|(k, mut v)| {
+            let text = match &v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            wipe(&mut v);
+            (k, SecretValue::new(text))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

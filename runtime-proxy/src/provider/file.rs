@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{SecretProvider, select};
-use crate::secret::wipe;
+use crate::secret::{values_of, wipe};
 use crate::socket::Delivered;
-use crate::{Error, Result, SecretValue};
+use crate::{Error, Result};
 
 /// Reads secrets from JSON files under a directory.
 #[derive(Debug)]
@@ -74,7 +74,7 @@ impl SecretProvider for FileProvider {
             ))
         })?);
         let digest: [u8; 32] = Sha256::digest(&*bytes).into();
-        let mut parsed: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        let parsed: Value = serde_json::from_slice(&bytes).map_err(|e| {
             Error::Delivery(format!(
                 "SecretBinding {}: secret {}: {} is not JSON ({}); it must be an object of keys to values",
                 binding.name,
@@ -83,20 +83,10 @@ impl SecretProvider for FileProvider {
                 json_error_kind(&e)
             ))
         })?;
-        let data: BTreeMap<String, SecretValue> = match &mut parsed {
-            Value::Object(map) => map
-                .iter_mut()
-                .map(|(k, v)| {
-                    let text = match &*v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    wipe(v);
-                    (k.clone(), SecretValue::new(text))
-                })
-                .collect(),
-            _ => {
-                wipe(&mut parsed);
+        let data = match parsed {
+            Value::Object(map) => values_of(map),
+            mut other => {
+                wipe(&mut other);
                 return Err(Error::Delivery(format!(
                     "SecretBinding {}: secret {}: {} must hold a JSON object of keys to values",
                     binding.name,

@@ -1,0 +1,301 @@
+//! The sidecar against OpenBao's own agent, in the same run and on the same machine: both log
+//! in with Kubernetes auth (the same ServiceAccount token, the same role) and render the same 10
+//! KV v2 secrets to files on tmpfs. Measured: time from process start to the 10th file (p50,
+//! p99), resident memory once idle (after a few refresh rounds), and the binaries' sizes.
+//! Prints figures; asserts nothing.
+//!
+//! `cargo bench -p phantom-conformance --bench sidecar`
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use phantom_conformance::{Env, KubernetesRole, random_hex};
+use serde_json::json;
+
+const SECRETS: usize = 10;
+const START_RUNS: usize = 40;
+const AGENT_START_RUNS: usize = 10;
+const IDLE: Duration = Duration::from_secs(8);
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Waits until every file in `files` exists and is non-empty; the elapsed time since `started`.
+fn wait_for_files(files: &[PathBuf], started: Instant, child: &mut Child) -> Duration {
+    loop {
+        if files
+            .iter()
+            .all(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 0))
+        {
+            return started.elapsed();
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the process exited with {status} before delivering");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no delivery within 60 s"
+        );
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn size(path: &Path) -> String {
+    let raw = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let stripped = std::env::temp_dir().join(format!("phantom-bench-{}", random_hex(4)));
+    let stripped_size = std::fs::copy(path, &stripped)
+        .ok()
+        .and_then(|_| Command::new("strip").arg(&stripped).status().ok())
+        .filter(|s| s.success())
+        .and_then(|_| std::fs::metadata(&stripped).ok())
+        .map(|m| m.len());
+    let _ = std::fs::remove_file(&stripped);
+    match stripped_size {
+        Some(s) => format!(
+            "{:.1} MiB ({:.1} MiB stripped)",
+            raw as f64 / 1048576.0,
+            s as f64 / 1048576.0
+        ),
+        None => format!("{:.1} MiB", raw as f64 / 1048576.0),
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "phantom-runtime-proxy",
+            "--bins",
+        ])
+        .status()
+        .expect("cargo build");
+    assert!(built.success(), "building the runtime binaries failed");
+    let proxy_bin = target_dir().join("release/phantom-proxy");
+    let exec_bin = target_dir().join("release/phantom-exec");
+    // What the container images ship: static musl, no dynamic relocations to apply at start.
+    let musl = "x86_64-unknown-linux-musl";
+    let static_built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            musl,
+            "-p",
+            "phantom-runtime-proxy",
+            "--bins",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    let static_proxy =
+        static_built.then(|| target_dir().join(format!("{musl}/release/phantom-proxy")));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let env = rt.block_on(Env::start()).expect("environment");
+    let ns = rt
+        .block_on(env.create_namespace("bench", &[]))
+        .expect("namespace");
+    let bao = env.openbao();
+    let paths: Vec<String> = (0..SECRETS).map(|i| format!("{ns}/s{i}")).collect();
+    for path in &paths {
+        rt.block_on(bao.kv_put(
+            "secret",
+            path,
+            json!({"password": format!("bench-{}", random_hex(16))}),
+        ))
+        .expect("secret");
+    }
+    rt.block_on(bao.put_kv_read_policy(&ns, "secret", &[&format!("{ns}/*")]))
+        .expect("policy");
+    let role = format!("{ns}-app");
+    rt.block_on(bao.put_kubernetes_role(
+        "kubernetes",
+        &KubernetesRole::for_service_account(&role, &ns, "app", &[&ns]),
+    ))
+    .expect("role");
+    let identity = rt.block_on(env.pod_identity(&ns, "app")).expect("identity");
+    let work = tempfile::Builder::new()
+        .prefix("phantom-sidecar-bench-")
+        .tempdir_in("/dev/shm")
+        .expect("a tmpfs directory under /dev/shm");
+    let token = work.path().join("token");
+    std::fs::write(&token, &identity.token).expect("token");
+
+    let plan = json!([{
+        "name": "bench",
+        "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": role},
+                 "secrets": paths.iter().enumerate().map(|(i, p)| json!({
+                     "name": format!("s{i}"), "path": p, "key": "password",
+                     "delivery": [{"kind": "file", "path": format!("s{i}")}]})).collect::<Vec<_>>()}
+    }]);
+    let proxy_with = |bin: &Path, dir: &Path| {
+        Command::new(bin)
+            .env("PHANTOM_OPENBAO_ADDR", bao.addr())
+            .env("PHANTOM_TOKEN_PATH", &token)
+            .env("PHANTOM_SECRETS_DIR", dir)
+            .env("PHANTOM_SOCKET", dir.join(".phantom/proxy.sock"))
+            .env("PHANTOM_PLAN", plan.to_string())
+            .env("PHANTOM_REFRESH_SECONDS", "2")
+            .env("PHANTOM_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("phantom-proxy")
+    };
+    let proxy = |dir: &Path| proxy_with(&proxy_bin, dir);
+    let agent = |dir: &Path| {
+        std::fs::create_dir_all(dir).expect("agent dir");
+        let templates: String = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                format!(
+                    "template {{\n  contents = \"{{{{ with secret \\\"secret/data/{p}\\\" }}}}{{{{ .Data.data.password }}}}{{{{ end }}}}\"\n  destination = \"{}\"\n  perms = \"0400\"\n}}\n",
+                    dir.join(format!("s{i}")).display()
+                )
+            })
+            .collect();
+        let config = format!(
+            "vault {{\n  address = \"{}\"\n}}\nauto_auth {{\n  method \"kubernetes\" {{\n    mount_path = \"auth/kubernetes\"\n    config = {{\n      role = \"{role}\"\n      token_path = \"{}\"\n    }}\n  }}\n}}\ntemplate_config {{\n  static_secret_render_interval = \"2s\"\n}}\n{templates}",
+            bao.addr(),
+            token.display()
+        );
+        let path = dir.join("agent.hcl");
+        std::fs::write(&path, config).expect("agent config");
+        Command::new(&env.tools().bao)
+            .args(["agent", &format!("-config={}", path.display())])
+            .env("HOME", dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("agent.log")).expect("agent log"))
+            .spawn()
+            .expect("bao agent")
+    };
+    let files =
+        |dir: &Path| -> Vec<PathBuf> { (0..SECRETS).map(|i| dir.join(format!("s{i}"))).collect() };
+
+    // Start to the 10th file.
+    let mut proxy_starts = Vec::new();
+    for run in 0..START_RUNS {
+        let dir = work.path().join(format!("proxy-{run}"));
+        let started = Instant::now();
+        let mut child = proxy(&dir);
+        proxy_starts.push(wait_for_files(&files(&dir), started, &mut child));
+        stop(child);
+    }
+    let mut agent_starts = Vec::new();
+    for run in 0..AGENT_START_RUNS {
+        let dir = work.path().join(format!("agent-{run}"));
+        let started = Instant::now();
+        let mut child = agent(&dir);
+        agent_starts.push(wait_for_files(&files(&dir), started, &mut child));
+        stop(child);
+    }
+    proxy_starts.sort();
+    agent_starts.sort();
+
+    // Idle memory: delivered, then a few refresh rounds.
+    let dir = work.path().join("proxy-idle");
+    let started = Instant::now();
+    let mut idle_proxy = proxy(&dir);
+    wait_for_files(&files(&dir), started, &mut idle_proxy);
+    let static_idle = static_proxy.as_ref().map(|bin| {
+        let dir = work.path().join("static-idle");
+        let started = Instant::now();
+        let mut child = proxy_with(bin, &dir);
+        wait_for_files(&files(&dir), started, &mut child);
+        child
+    });
+    let dir = work.path().join("agent-idle");
+    let started = Instant::now();
+    let mut idle_agent = agent(&dir);
+    wait_for_files(&files(&dir), started, &mut idle_agent);
+    std::thread::sleep(IDLE);
+    let (proxy_rss, proxy_hwm) = (
+        status_kib(idle_proxy.id(), "VmRSS:"),
+        status_kib(idle_proxy.id(), "VmHWM:"),
+    );
+    let (agent_rss, agent_hwm) = (
+        status_kib(idle_agent.id(), "VmRSS:"),
+        status_kib(idle_agent.id(), "VmHWM:"),
+    );
+    let static_rss = static_idle
+        .as_ref()
+        .map(|c| (status_kib(c.id(), "VmRSS:"), status_kib(c.id(), "VmHWM:")));
+    stop(idle_proxy);
+    stop(idle_agent);
+    if let Some(child) = static_idle {
+        stop(child);
+    }
+
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
+    println!(
+        "{SECRETS} KV v2 secrets rendered to files on tmpfs, Kubernetes auth, OpenBao dev server on loopback"
+    );
+    println!(
+        "start → 10th file: phantom-proxy p50 {} p99 {} ({START_RUNS} runs); bao agent p50 {} p99 {} ({AGENT_START_RUNS} runs)",
+        ms(percentile(&proxy_starts, 0.5)),
+        ms(percentile(&proxy_starts, 0.99)),
+        ms(percentile(&agent_starts, 0.5)),
+        ms(percentile(&agent_starts, 0.99)),
+    );
+    println!(
+        "idle RSS after {}s (refresh every 2 s): phantom-proxy (glibc, PIE) {} (peak {}); bao agent {} (peak {})",
+        IDLE.as_secs(),
+        mib(proxy_rss),
+        mib(proxy_hwm),
+        mib(agent_rss),
+        mib(agent_hwm)
+    );
+    match (static_rss, &static_proxy) {
+        (Some((rss, hwm)), Some(bin)) => println!(
+            "idle RSS of the static musl phantom-proxy (as in the images): {} (peak {}); binary {}",
+            mib(rss),
+            mib(hwm),
+            size(bin)
+        ),
+        _ => println!(
+            "static musl build skipped: `rustup target add {musl}` and `apt-get install musl-tools`"
+        ),
+    }
+    println!(
+        "binaries (release): phantom-proxy {}; phantom-exec {}; bao {}",
+        size(&proxy_bin),
+        size(&exec_bin),
+        size(&std::fs::canonicalize(&env.tools().bao).unwrap_or(env.tools().bao.clone()))
+    );
+    drop(env);
+}
