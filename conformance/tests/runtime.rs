@@ -77,6 +77,7 @@ fn sidecar(
         key_release: None,
         metrics: Default::default(),
         file_root: None,
+        revoke_on_shutdown: true,
     })
 }
 

@@ -44,6 +44,8 @@ pub struct ProxyConfig {
     /// Key-release conditions checked before each binding's values are read and released.
     pub key_release: Option<KeyReleaseSet>,
     pub metrics: Arc<ProxyMetrics>,
+    /// Revoke the tokens (and the leases of dynamic secrets) when the refresh loop is shut down.
+    pub revoke_on_shutdown: bool,
     /// Development only: read secrets from JSON files under this directory instead of OpenBao
     /// (see [`crate::provider::file`]; not secure).
     pub file_root: Option<PathBuf>,
@@ -259,13 +261,16 @@ pub async fn refresh_loop(
     mut current: Contents,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let revoke = config.revoke_on_shutdown;
     let mut last_success = Instant::now();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             () = tokio::time::sleep(refresh_interval(&config)) => {}
             () = &mut shutdown => {
-                provider.revoke().await;
+                if revoke {
+                    provider.revoke().await;
+                }
                 return;
             }
         }
@@ -297,8 +302,15 @@ pub async fn refresh_loop(
                 current = next;
             }
             Err(e) => {
-                // A failed login may mean the token rotated under a session: start fresh next time.
-                provider.reset();
+                // OpenBao refusing the session (revoked, expired, role changed): log in afresh next
+                // time. An outage keeps the sessions: they are still valid, and so are the
+                // leases of dynamic secrets read with them.
+                if matches!(
+                    e,
+                    Error::LoginRefused { .. } | Error::Read { status: 401 | 403, .. }
+                ) {
+                    provider.reset();
+                }
                 config.metrics.failed(refusing_policy(&e));
                 let degraded = last_success.elapsed() > config.grace;
                 config.metrics.degraded.set(i64::from(degraded));

@@ -99,6 +99,10 @@ struct Args {
     /// Plain-HTTP address for /metrics, /healthz and /readyz (empty: off). Nothing secret is served there.
     #[arg(long, env = "PHANTOM_STATUS_ADDR", default_value = "")]
     status_addr: String,
+    /// Revoke the OpenBao tokens, and with them the leases of dynamic secrets, on SIGTERM. Turn off
+    /// when applications keep using dynamic credentials while they drain after the sidecar stops.
+    #[arg(long, env = "PHANTOM_REVOKE_ON_SHUTDOWN", default_value_t = true, action = clap::ArgAction::Set)]
+    revoke_on_shutdown: bool,
     /// Fetch once, write the files and exit (init-only mode).
     #[arg(long)]
     once: bool,
@@ -185,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         key_release,
         metrics: metrics.clone(),
         file_root: args.dev_file_provider,
+        revoke_on_shutdown: args.revoke_on_shutdown,
     });
     let state = SocketState::new(own_uid());
     let _status = match args.status_addr.trim() {
@@ -210,8 +215,8 @@ async fn main() -> anyhow::Result<()> {
         .context("installing the SIGTERM handler")?;
     let shutdown = async move {
         tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: revoking OpenBao tokens and leases"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: revoking OpenBao tokens and leases"),
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
         }
     };
     tokio::select! {
