@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test toolchain tools plugins images crds env
+.PHONY: help demo test toolchain tools plugins static images crds env
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -13,7 +13,7 @@ help: ## list the targets
 demo: toolchain tools ## Phantom end to end on a real local control plane + OpenBao (~10 s once built)
 	$(CARGO) run -q -p phantom-conformance --bin phantom-demo
 
-test: toolchain tools plugins ## the whole suite: fmt, clippy, unit + real-cluster tests, drift checks
+test: toolchain tools plugins static ## the whole suite: fmt, clippy, unit + real-cluster tests, drift checks
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	# Includes the drift tests (crds/tests/drift.rs: checked-in CRD YAML == the Rust types).
@@ -31,6 +31,11 @@ PLUGINS := phantom-plugin-require-labels phantom-plugin-no-privileged phantom-pl
 plugins: toolchain ## build the example WASM policy plugins (wasm32-unknown-unknown)
 	@rustup target list --installed | grep -q '^wasm32-unknown-unknown$$' || rustup target add wasm32-unknown-unknown
 	$(CARGO) build -q --release --target wasm32-unknown-unknown $(addprefix -p ,$(PLUGINS))
+
+STATIC_TARGET := x86_64-unknown-linux-musl
+static: toolchain tools ## static musl builds of phantom-proxy and phantom-exec: what the images ship
+	@rustup target list --installed | grep -q '^$(STATIC_TARGET)$$' || rustup target add $(STATIC_TARGET)
+	$(CARGO) build -q --release --target $(STATIC_TARGET) -p phantom-runtime-proxy --bins
 
 images: toolchain ## build the node's OCI images (pause, busybox) into ~/.cache/phantom/images
 	$(CARGO) run -q -p phantom-conformance --bin phantom-env -- images

@@ -49,7 +49,8 @@ apt_update_once() {
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # postgresql-15: a real database behind OpenBao's database engine (dynamic secrets with leases).
-apt_packages=(etcd-server etcd-client golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev postgresql-15 postgresql-client-15)
+# musl-tools: the C compiler for the static musl builds of phantom-proxy/phantom-exec (ring).
+apt_packages=(etcd-server etcd-client golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev postgresql-15 postgresql-client-15 musl-tools)
 [ "$WITH_NODE" = 1 ] && apt_packages+=(containerd runc containernetworking-plugins busybox-static)
 missing=()
 for p in "${apt_packages[@]}"; do

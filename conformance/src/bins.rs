@@ -27,3 +27,15 @@ pub fn built(name: &str) -> Result<PathBuf> {
         })
     }
 }
+
+/// The target triple of Phantom's image binaries: static, so they run in an empty image.
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// `phantom-proxy` or `phantom-exec` from the static release build (`make static`), if built.
+pub fn static_built(name: &str) -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join(STATIC_TARGET).join("release").join(name);
+    path.is_file().then_some(path)
+}

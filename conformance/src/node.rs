@@ -106,6 +106,45 @@ fn lock(timeout: Duration) -> Result<File> {
     }
 }
 
+/// Phantom's sidecar image, as admission's defaults name it.
+pub const PROXY_IMAGE: &str = "phantom.local/phantom-proxy:dev";
+/// Phantom's wrapper image (the init container copies `/phantom-exec` out of it).
+pub const EXEC_IMAGE: &str = "phantom.local/phantom-exec:dev";
+
+/// Phantom's own images, from the static binaries of `make static`, built into `work` (they
+/// change with the code, so they are not cached); `None` when the binaries are not built.
+pub fn phantom_images(work: &Path) -> Result<Option<Vec<(ImageSpec, PathBuf)>>> {
+    let (Some(proxy), Some(exec)) = (
+        crate::bins::static_built("phantom-proxy"),
+        crate::bins::static_built("phantom-exec"),
+    ) else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(work).map_err(Error::io("creating the image work directory"))?;
+    let mut out = Vec::new();
+    for (reference, binary, entry) in [
+        (PROXY_IMAGE, proxy, "/phantom-proxy"),
+        (EXEC_IMAGE, exec, "/phantom-exec"),
+    ] {
+        let (name, tag) = reference.split_once(':').unwrap_or((reference, "dev"));
+        let spec = ImageSpec {
+            name: name.into(),
+            tag: tag.into(),
+            files: vec![(binary, entry.into(), 0o755)],
+            symlinks: vec![],
+            entrypoint: vec![entry.into()],
+        };
+        let tar = work.join(format!("{}.oci.tar", name.replace('/', "_")));
+        build_oci_tar(
+            &spec,
+            &work.join(format!("work-{tag}-{}", entry.trim_start_matches('/'))),
+            &tar,
+        )?;
+        out.push((spec, tar));
+    }
+    Ok(Some(out))
+}
+
 /// Builds (once, cached) the image tarballs the node imports.
 pub fn image_tarballs(tools: &NodeTools) -> Result<Vec<(ImageSpec, PathBuf)>> {
     let cache = crate::tools::cache_dir().join("images");
@@ -254,7 +293,16 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        for (spec, tar) in image_tarballs(tools)? {
+        let phantom = phantom_images(&dir.join("images"))?;
+        if phantom.is_none() {
+            tracing::info!(
+                "Phantom's images are not built (run `make static`); the node runs without them"
+            );
+        }
+        for (spec, tar) in image_tarballs(tools)?
+            .into_iter()
+            .chain(phantom.into_iter().flatten())
+        {
             let mut import = node.ctr();
             import
                 .args(["images", "import", "--base-name", &spec.name])

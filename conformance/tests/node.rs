@@ -1,6 +1,8 @@
 //! The node: real pods from locally built images, scheduled, started by the kubelet on a private
-//! containerd. Until the admission server and sidecar exist, a plain Deployment proves it.
-//! Needs root (skips with the reason otherwise; CI runs as root).
+//! containerd — a plain Deployment, and Phantom's whole flow: the webhook injects the static
+//! `phantom-proxy`/`phantom-exec` images into a Deployment's pods, the kubelet projects the token,
+//! the sidecar logs in to OpenBao, the application gets its secret through `phantom-exec` and a
+//! rotation reaches it. Needs root (skips with the reason otherwise; CI runs as root).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +23,16 @@ fn main() {
             node: true,
             ..EnvOptions::default()
         },
-        vec![Case::new(
-            "a_deployment_runs_real_pods_from_local_images",
-            a_deployment_runs_real_pods,
-        )],
+        vec![
+            Case::new(
+                "a_deployment_runs_real_pods_from_local_images",
+                a_deployment_runs_real_pods,
+            ),
+            Case::new(
+                "injected_pods_receive_and_rotate_their_secrets",
+                injected_pods_receive_secrets,
+            ),
+        ],
     )
 }
 
@@ -73,5 +81,170 @@ async fn a_deployment_runs_real_pods(env: Arc<Env>) -> anyhow::Result<()> {
         .await?;
         ensure!(log.contains(&marker), "pod {pod} did not print its marker");
     }
+    Ok(())
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Waits until the pod's application log contains `needle`.
+async fn log_shows(env: &Env, ns: &str, pod: &str, needle: &str, what: &str) -> anyhow::Result<()> {
+    wait::until(
+        format!("{what} in {pod}'s application log"),
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let log = env.container_log(ns, pod, "app").await.unwrap_or_default();
+            Ok::<_, phantom_conformance::Error>(log.contains(needle).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
+    use phantom_conformance::node::{EXEC_IMAGE, PROXY_IMAGE};
+    use phantom_crds::wellknown::INJECT_LABEL;
+    use phantom_crds::wellknown::injected::PROXY_CONTAINER;
+    use phantom_crds::{PhantomPolicy, SecretBinding};
+
+    anyhow::ensure!(
+        phantom_conformance::bins::static_built("phantom-proxy").is_some()
+            && phantom_conformance::bins::static_built("phantom-exec").is_some(),
+        "Phantom's static binaries are not built: run `make static` (`make test` does)"
+    );
+    env.install_crds().await?;
+    let openbao = env.openbao().addr().to_owned();
+    let hook = env
+        .start_webhook(|settings| {
+            settings.inject.proxy_image = PROXY_IMAGE.into();
+            settings.inject.exec_image = EXEC_IMAGE.into();
+            settings.inject.image_pull_policy = "Never".into();
+            settings.inject.openbao_address = openbao;
+        })
+        .await?;
+    hook.register_mutating(
+        &env,
+        "phantom-node-e2e",
+        json!({"matchLabels": {INJECT_LABEL: "enabled"}}),
+    )
+    .await?;
+    let ns = env
+        .create_namespace("e2e", &[(INJECT_LABEL, "enabled")])
+        .await?;
+    env.wait_for_default_service_account(&ns).await?;
+    env.ensure_service_account(&ns, "app").await?;
+    let (path, value) = env.provision_app_secret(&ns).await?;
+    let policy: PhantomPolicy = serde_json::from_value(json!({
+        "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy",
+        "metadata": {"name": format!("{ns}-inject")},
+        "spec": {"match": {"namespaceSelector": {"matchLabels": {INJECT_LABEL: "enabled"}}}}
+    }))?;
+    Api::<PhantomPolicy>::all(env.client())
+        .create(&PostParams::default(), &policy)
+        .await?;
+    let binding: SecretBinding = serde_json::from_value(json!({
+        "apiVersion": "phantom.dev/v1alpha1", "kind": "SecretBinding",
+        "metadata": {"name": "db", "namespace": ns},
+        "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")},
+                 "refresh": {"interval": "2s", "jitterPercent": 0},
+                 "secrets": [{"name": "password", "path": path, "key": "password",
+                              "delivery": [{"kind": "env", "name": "DB_PASSWORD"},
+                                           {"kind": "file", "path": "db/password"}]}]}
+    }))?;
+    Api::<SecretBinding>::namespaced(env.client(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    hook.wait_for_policy(&format!("{ns}-inject")).await?;
+    hook.wait_for_binding(&ns, "db").await?;
+
+    // No pod network on this node: the pod shares the host's, where OpenBao listens on loopback.
+    let script = "echo env-sha=$(printf %s \"$DB_PASSWORD\" | sha256sum | cut -d' ' -f1); \
+                  while :; do echo file-sha=$(sha256sum < /phantom/secrets/db/password | cut -d' ' -f1); sleep 1; done";
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", "namespace": ns},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
+                 "template": {"metadata": {"labels": {"app": "app"}},
+                              "spec": {"hostNetwork": true, "serviceAccountName": "app", "terminationGracePeriodSeconds": 1,
+                                       "containers": [{"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                                                       "command": ["/bin/sh", "-c", script]}]}}}
+    }))?;
+    Api::<Deployment>::namespaced(env.client(), &ns)
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
+    let pod =
+        wait::until(
+            "the injected pod Running",
+            Duration::from_secs(120),
+            Duration::from_millis(500),
+            || async {
+                let list = pods.list(&ListParams::default().labels("app=app")).await?;
+                Ok::<_, kube::Error>(list.items.into_iter().find(|p| {
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                }))
+            },
+        )
+        .await?;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let containers: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
+        .collect();
+    ensure!(
+        containers.iter().any(|c| c == PROXY_CONTAINER),
+        "the pod runs the sidecar: {containers:?}"
+    );
+    log_shows(
+        &env,
+        &ns,
+        &name,
+        &format!("env-sha={}", sha256_hex(&value)),
+        "the secret as an environment variable",
+    )
+    .await?;
+    log_shows(
+        &env,
+        &ns,
+        &name,
+        &format!("file-sha={}", sha256_hex(&value)),
+        "the secret file",
+    )
+    .await?;
+
+    // Rotation in OpenBao reaches the running application's file.
+    let rotated = format!("rotated-{}", random_hex(12));
+    env.openbao()
+        .kv_put("secret", &path, json!({"password": rotated}))
+        .await?;
+    log_shows(
+        &env,
+        &ns,
+        &name,
+        &format!("file-sha={}", sha256_hex(&rotated)),
+        "the rotated secret file",
+    )
+    .await?;
+
+    // Nothing of it in Kubernetes: not in etcd (pod specs, events and all), not in the sidecar's log.
+    let dump = env.etcd_dump()?;
+    for secret in [&value, &rotated] {
+        ensure!(
+            !dump.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a secret value is in etcd"
+        );
+    }
+    let proxy_log = env.container_log(&ns, &name, PROXY_CONTAINER).await?;
+    ensure!(
+        proxy_log.contains("secrets delivered"),
+        "the sidecar's log: {proxy_log}"
+    );
+    ensure!(
+        !proxy_log.contains(value.as_str()) && !proxy_log.contains(rotated.as_str()),
+        "a secret value is in the sidecar's log"
+    );
     Ok(())
 }

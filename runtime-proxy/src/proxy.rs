@@ -307,7 +307,11 @@ pub async fn refresh_loop(
                 // leases of dynamic secrets read with them.
                 if matches!(
                     e,
-                    Error::LoginRefused { .. } | Error::Read { status: 401 | 403, .. }
+                    Error::LoginRefused { .. }
+                        | Error::Read {
+                            status: 401 | 403,
+                            ..
+                        }
                 ) {
                     provider.reset();
                 }
