@@ -21,7 +21,9 @@ use phantom_crds::wellknown::{
     BINDINGS_ANNOTATION, CANARY_ANNOTATION, COMMAND_ANNOTATION, DECISION_ANNOTATION,
     INJECTED_ANNOTATION, POLICY_DIGEST_ANNOTATION,
 };
-use phantom_crds::{BindingPlan, InjectionMode, KEY_RELEASE_ENV, KeyReleasePlan, PLAN_ENV};
+use phantom_crds::{
+    BindingPlan, DeliveryKind, InjectionMode, KEY_RELEASE_ENV, KeyReleasePlan, PLAN_ENV,
+};
 use phantom_policies::Decision;
 use serde_json::json;
 
@@ -75,12 +77,26 @@ pub fn mutate(
     check_name_clashes(spec)?;
     let targets = target_containers(spec, injection.containers.as_deref(), policy)?;
 
+    // init-only: the sidecar writes the files and exits before the application starts, so there
+    // is no socket to ask and nothing to wrap; only file deliveries can work.
+    let init_only = injection.mode == InjectionMode::InitOnly;
+    if init_only {
+        refuse_live_deliveries(plan, policy)?;
+    }
     let mut run_as_user = None;
     for c in spec
         .containers
         .iter_mut()
         .filter(|c| targets.contains(&c.name))
     {
+        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        mounts.push(mount(SECRETS_VOLUME, SECRETS_DIR));
+        let env = c.env.get_or_insert_with(Vec::new);
+        env.push(literal("PHANTOM_SECRETS_DIR", SECRETS_DIR));
+        run_as_user = run_as_user.or(c.security_context.as_ref().and_then(|s| s.run_as_user));
+        if init_only {
+            continue;
+        }
         let command = match &c.command {
             Some(command) if !command.is_empty() => command.clone(),
             _ => command_from_annotation(&annotations, &c.name)?,
@@ -93,13 +109,12 @@ pub fn mutate(
         ];
         wrapped.extend(command);
         c.command = Some(wrapped);
-        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
-        mounts.push(mount(BIN_VOLUME, BIN_DIR));
-        mounts.push(mount(SECRETS_VOLUME, SECRETS_DIR));
-        let env = c.env.get_or_insert_with(Vec::new);
-        env.push(literal("PHANTOM_SOCKET", SOCKET_PATH));
-        env.push(literal("PHANTOM_SECRETS_DIR", SECRETS_DIR));
-        run_as_user = run_as_user.or(c.security_context.as_ref().and_then(|s| s.run_as_user));
+        c.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(mount(BIN_VOLUME, BIN_DIR));
+        c.env
+            .get_or_insert_with(Vec::new)
+            .push(literal("PHANTOM_SOCKET", SOCKET_PATH));
     }
 
     let tmpfs = injection
@@ -107,7 +122,9 @@ pub fn mutate(
         .clone()
         .unwrap_or_else(|| config.default_tmpfs_size.clone());
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    volumes.push(empty_dir(BIN_VOLUME, None, "64Mi"));
+    if !init_only {
+        volumes.push(empty_dir(BIN_VOLUME, None, "64Mi"));
+    }
     volumes.push(empty_dir(SECRETS_VOLUME, Some("Memory"), &tmpfs));
     volumes.push(token_volume(config));
     if let Some(secret) = &config.openbao_client_cert_secret {
@@ -133,16 +150,19 @@ pub fn mutate(
         proxy.resources = Some(resources);
     }
     let inits = spec.init_containers.get_or_insert_with(Vec::new);
-    inits.insert(0, init);
     match injection.mode {
-        InjectionMode::Sidecar => spec.containers.push(proxy),
+        InjectionMode::Sidecar => {
+            inits.insert(0, init);
+            spec.containers.push(proxy);
+        }
         InjectionMode::NativeSidecar => {
             proxy.restart_policy = Some("Always".into());
+            inits.insert(0, init);
             inits.insert(1, proxy);
         }
         InjectionMode::InitOnly => {
             proxy.args = Some(vec!["--once".into()]);
-            inits.insert(1, proxy);
+            inits.insert(0, proxy);
         }
         InjectionMode::Daemonset => unreachable!("refused above"),
     }
@@ -207,6 +227,21 @@ fn diff(before: &Pod, after: &Pod) -> Patch {
     let before = serde_json::to_value(before).unwrap_or_default();
     let after = serde_json::to_value(after).unwrap_or_default();
     json_patch::diff(&before, &after)
+}
+
+/// In init-only mode every delivery must be a file: env and socket need the running sidecar.
+fn refuse_live_deliveries(plan: &[BindingPlan], policy: &str) -> Result<()> {
+    for binding in plan {
+        for item in &binding.spec.secrets {
+            if let Some(live) = item.delivery.iter().find(|d| d.kind != DeliveryKind::File) {
+                return Err(Error::Inject(format!(
+                    "PhantomPolicy {policy} injects in init-only mode, where the sidecar exits before the application starts; SecretBinding {} delivers secret {} as {:?}, which needs the running sidecar. Deliver it as a file, or use injection mode sidecar",
+                    binding.name, item.name, live.kind
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_name_clashes(spec: &PodSpec) -> Result<()> {
@@ -467,6 +502,9 @@ fn proxy_container(
         env: Some(env),
         volume_mounts: Some(mounts),
         resources: Some(config.proxy_resources.clone()),
+        // Its error (OpenBao unreachable, a refused login or key release) becomes the container
+        // status message, readable with `kubectl describe pod` while the pod waits.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(hardened(run_as_user)),
         ..Default::default()
     })

@@ -252,6 +252,20 @@ impl Env {
             .map_or(Ok(()), crate::node::Node::check_processes)
     }
 
+    /// Kills a running container of the node (`containerd://<id>` from a pod's container status)
+    /// with SIGKILL, as an OOM kill or a crash would: the kubelet restarts it.
+    pub fn kill_container(&self, container_id: &str) -> Result<()> {
+        let guard = self.node.lock().expect("node");
+        let node = guard.as_ref().ok_or_else(|| Error::Io {
+            context: "killing a container".into(),
+            source: std::io::Error::other("this environment has no node (EnvOptions::node)"),
+        })?;
+        let mut kill = node.ctr();
+        kill.args(["tasks", "kill", "-s", "SIGKILL"])
+            .arg(container_id.trim_start_matches("containerd://"));
+        crate::process::run_checked(&mut kill, "ctr tasks kill").map(drop)
+    }
+
     async fn start_node(&self, serving: &crate::ServingCert, timeout: Duration) -> Result<()> {
         use k8s_openapi::api::core::v1::Node as NodeObject;
         let tools = self

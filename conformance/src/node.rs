@@ -357,7 +357,7 @@ tlsCertFile: {}\ntlsPrivateKeyFile: {}\nevictionHard: {{memory.available: \"100M
         Ok(node)
     }
 
-    fn ctr(&self) -> Command {
+    pub(crate) fn ctr(&self) -> Command {
         let mut c = Command::new(&self.ctr);
         c.arg("--address").arg(&self.socket).args(["-n", "k8s.io"]);
         c

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -31,6 +31,10 @@ fn main() {
             Case::new(
                 "injected_pods_receive_and_rotate_their_secrets",
                 injected_pods_receive_secrets,
+            ),
+            Case::new(
+                "openbao_down_keeps_the_pod_in_init_until_it_is_back",
+                openbao_down_keeps_pods_in_init,
             ),
         ],
     )
@@ -229,9 +233,59 @@ async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
     )
     .await?;
 
+    // The sidecar killed: the kubelet restarts it, the application keeps running with its secret.
+    let sidecar_id = pods
+        .get(&name)
+        .await?
+        .status
+        .and_then(|s| s.container_statuses)
+        .into_iter()
+        .flatten()
+        .find(|c| c.name == PROXY_CONTAINER)
+        .and_then(|c| c.container_id)
+        .context("the sidecar's container id")?;
+    env.kill_container(&sidecar_id)?;
+    let restarted = wait::until(
+        "the kubelet restarting the killed sidecar",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let statuses = pods
+                .get(&name)
+                .await?
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default();
+            let proxy = statuses.iter().find(|c| c.name == PROXY_CONTAINER);
+            let app = statuses.iter().find(|c| c.name == "app");
+            Ok::<_, kube::Error>(
+                proxy
+                    .filter(|p| p.restart_count >= 1 && p.ready)
+                    .map(|_| app.map_or(-1, |a| a.restart_count)),
+            )
+        },
+    )
+    .await?;
+    ensure!(
+        restarted == 0,
+        "the application restarted {restarted} times"
+    );
+    let rotated_again = format!("again-{}", random_hex(12));
+    env.openbao()
+        .kv_put("secret", &path, json!({"password": rotated_again}))
+        .await?;
+    log_shows(
+        &env,
+        &ns,
+        &name,
+        &format!("file-sha={}", sha256_hex(&rotated_again)),
+        "a rotation delivered by the restarted sidecar",
+    )
+    .await?;
+
     // Nothing of it in Kubernetes: not in etcd (pod specs, events and all), not in the sidecar's log.
     let dump = env.etcd_dump()?;
-    for secret in [&value, &rotated] {
+    for secret in [&value, &rotated, &rotated_again] {
         ensure!(
             !dump.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "a secret value is in etcd"
@@ -246,5 +300,126 @@ async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
         !proxy_log.contains(value.as_str()) && !proxy_log.contains(rotated.as_str()),
         "a secret value is in the sidecar's log"
     );
+    Ok(())
+}
+
+/// `init-only` injection with OpenBao unreachable: the sidecar (an init container) fails with the
+/// address and the cause in its container status, so the pod waits in Init and the application
+/// never starts without its secret; OpenBao back → the pod starts and reads its file. A webhook of
+/// its own (another namespace label, OpenBao behind a proxy the test stops and starts).
+async fn openbao_down_keeps_pods_in_init(env: Arc<Env>) -> anyhow::Result<()> {
+    use phantom_conformance::counting_proxy::CountingProxy;
+    use phantom_conformance::node::{EXEC_IMAGE, PROXY_IMAGE};
+    use phantom_crds::wellknown::injected::PROXY_CONTAINER;
+    use phantom_crds::{PhantomPolicy, SecretBinding};
+
+    const LABEL: &str = "phantom.dev/e2e-outage";
+    anyhow::ensure!(
+        phantom_conformance::bins::static_built("phantom-proxy").is_some(),
+        "Phantom's static binaries are not built: run `make static` (`make test` does)"
+    );
+    env.install_crds().await?;
+    // An address where nothing listens yet: OpenBao is "down".
+    let down = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let hook = env
+        .start_webhook(|settings| {
+            settings.inject.proxy_image = PROXY_IMAGE.into();
+            settings.inject.exec_image = EXEC_IMAGE.into();
+            settings.inject.image_pull_policy = "Never".into();
+            settings.inject.openbao_address = format!("http://{down}");
+            settings.selection.enable_label = (LABEL.into(), "enabled".into());
+        })
+        .await?;
+    hook.register_mutating(
+        &env,
+        "phantom-node-outage",
+        json!({"matchLabels": {LABEL: "enabled"}}),
+    )
+    .await?;
+    let ns = env
+        .create_namespace("outage", &[(LABEL, "enabled")])
+        .await?;
+    env.wait_for_default_service_account(&ns).await?;
+    env.ensure_service_account(&ns, "app").await?;
+    let (path, value) = env.provision_app_secret(&ns).await?;
+    let policy: PhantomPolicy = serde_json::from_value(json!({
+        "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy",
+        "metadata": {"name": format!("{ns}-init-only")},
+        "spec": {"match": {"namespaceSelector": {"matchLabels": {LABEL: "enabled"}}},
+                 "injection": {"mode": "init-only"}}
+    }))?;
+    Api::<PhantomPolicy>::all(env.client())
+        .create(&PostParams::default(), &policy)
+        .await?;
+    let binding: SecretBinding = serde_json::from_value(json!({
+        "apiVersion": "phantom.dev/v1alpha1", "kind": "SecretBinding",
+        "metadata": {"name": "db", "namespace": ns},
+        "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")},
+                 "secrets": [{"name": "password", "path": path, "key": "password",
+                              "delivery": [{"kind": "file", "path": "db/password"}]}]}
+    }))?;
+    Api::<SecretBinding>::namespaced(env.client(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    hook.wait_for_policy(&format!("{ns}-init-only")).await?;
+    hook.wait_for_binding(&ns, "db").await?;
+
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app", "namespace": ns},
+        "spec": {"hostNetwork": true, "serviceAccountName": "app", "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                                 "command": ["/bin/sh", "-c", "echo file-sha=$(sha256sum < /phantom/secrets/db/password | cut -d' ' -f1); sleep 3600"]}]}
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
+    pods.create(&PostParams::default(), &pod).await?;
+    let message = wait::until(
+        "the sidecar's failure in the pod's init container status",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async {
+            let status = pods.get("app").await?.status.unwrap_or_default();
+            let message = status
+                .init_container_statuses
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.name == PROXY_CONTAINER)
+                .flat_map(|c| [c.state, c.last_state])
+                .flatten()
+                .filter_map(|s| s.terminated.and_then(|t| t.message))
+                .find(|m| m.contains("unreachable"));
+            Ok::<_, kube::Error>(message)
+        },
+    )
+    .await?;
+    ensure!(
+        message.contains(&format!("http://{down}")),
+        "the message names the address: {message}"
+    );
+    let phase = pods.get("app").await?.status.and_then(|s| s.phase);
+    ensure!(
+        phase.as_deref() == Some("Pending"),
+        "the pod is {phase:?}, not waiting in Init"
+    );
+
+    // OpenBao back on the same address: the kubelet's next retry delivers and the app starts.
+    let _back = CountingProxy::start_on(env.openbao().addr(), down).await?;
+    wait::until(
+        "the pod Running once OpenBao is back",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || async {
+            let phase = pods.get("app").await?.status.and_then(|s| s.phase);
+            Ok::<_, kube::Error>((phase.as_deref() == Some("Running")).then_some(()))
+        },
+    )
+    .await?;
+    log_shows(
+        &env,
+        &ns,
+        "app",
+        &format!("file-sha={}", sha256_hex(&value)),
+        "the secret file",
+    )
+    .await?;
     Ok(())
 }

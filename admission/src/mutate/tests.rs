@@ -196,9 +196,39 @@ fn native_sidecar_and_init_only_place_the_proxy_among_init_containers() {
         )
         .expect("init-only"),
     );
-    let inits = once.spec.expect("spec").init_containers.expect("inits");
-    assert_eq!(inits[1].args.as_deref(), Some(&["--once".to_owned()][..]));
-    assert_eq!(inits[1].restart_policy, None, "init-only runs once");
+    let spec = once.spec.expect("spec");
+    let inits = spec.init_containers.expect("inits");
+    assert_eq!(names(&Some(inits.clone())), [PROXY_CONTAINER]);
+    assert_eq!(inits[0].args.as_deref(), Some(&["--once".to_owned()][..]));
+    assert_eq!(inits[0].restart_policy, None, "init-only runs once");
+    assert_eq!(
+        spec.containers[0].command.as_deref(),
+        Some(&["/web".to_owned()][..]),
+        "nothing to wrap: the application reads files"
+    );
+
+    let env_binding: phantom_crds::SecretBindingSpec = serde_json::from_value(json!({
+        "selector": {"podSelector": {}}, "openbao": {"role": "shop"},
+        "secrets": [{"name": "pw", "path": "shop/db", "key": "password",
+                     "delivery": [{"kind": "file", "path": "pw"}, {"kind": "env", "name": "PW"}]}]
+    }))
+    .expect("spec");
+    let err = mutate(
+        &original,
+        &decision(InjectionMode::InitOnly),
+        &[BindingPlan {
+            name: "db".into(),
+            spec: env_binding,
+        }],
+        None,
+        &InjectConfig::default(),
+    )
+    .expect_err("env needs the running sidecar");
+    assert!(
+        err.to_string()
+            .contains("SecretBinding db delivers secret pw as Env"),
+        "{err}"
+    );
 }
 
 #[test]
