@@ -15,6 +15,7 @@ mod images;
 mod kube_helpers;
 pub mod node;
 mod openbao;
+mod phantom_setup;
 mod pki;
 mod postgres;
 mod process;

@@ -109,60 +109,35 @@ async fn log_shows(env: &Env, ns: &str, pod: &str, needle: &str, what: &str) -> 
 }
 
 async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
-    use phantom_conformance::node::{EXEC_IMAGE, PROXY_IMAGE};
     use phantom_crds::wellknown::INJECT_LABEL;
     use phantom_crds::wellknown::injected::PROXY_CONTAINER;
-    use phantom_crds::{PhantomPolicy, SecretBinding};
 
     anyhow::ensure!(
         phantom_conformance::bins::static_built("phantom-proxy").is_some()
             && phantom_conformance::bins::static_built("phantom-exec").is_some(),
         "Phantom's static binaries are not built: run `make static` (`make test` does)"
     );
-    env.install_crds().await?;
-    let openbao = env.openbao().addr().to_owned();
     let hook = env
-        .start_webhook(|settings| {
-            settings.inject.proxy_image = PROXY_IMAGE.into();
-            settings.inject.exec_image = EXEC_IMAGE.into();
-            settings.inject.image_pull_policy = "Never".into();
-            settings.inject.openbao_address = openbao;
-        })
+        .node_webhook(
+            "phantom-node-e2e",
+            INJECT_LABEL,
+            env.openbao().addr().to_owned(),
+        )
         .await?;
-    hook.register_mutating(
-        &env,
-        "phantom-node-e2e",
-        json!({"matchLabels": {INJECT_LABEL: "enabled"}}),
-    )
-    .await?;
     let ns = env
         .create_namespace("e2e", &[(INJECT_LABEL, "enabled")])
         .await?;
     env.wait_for_default_service_account(&ns).await?;
-    env.ensure_service_account(&ns, "app").await?;
     let (path, value) = env.provision_app_secret(&ns).await?;
-    let policy: PhantomPolicy = serde_json::from_value(json!({
-        "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy",
-        "metadata": {"name": format!("{ns}-inject")},
-        "spec": {"match": {"namespaceSelector": {"matchLabels": {INJECT_LABEL: "enabled"}}}}
-    }))?;
-    Api::<PhantomPolicy>::all(env.client())
-        .create(&PostParams::default(), &policy)
-        .await?;
-    let binding: SecretBinding = serde_json::from_value(json!({
-        "apiVersion": "phantom.dev/v1alpha1", "kind": "SecretBinding",
-        "metadata": {"name": "db", "namespace": ns},
-        "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")},
-                 "refresh": {"interval": "2s", "jitterPercent": 0},
-                 "secrets": [{"name": "password", "path": path, "key": "password",
-                              "delivery": [{"kind": "env", "name": "DB_PASSWORD"},
-                                           {"kind": "file", "path": "db/password"}]}]}
-    }))?;
-    Api::<SecretBinding>::namespaced(env.client(), &ns)
-        .create(&PostParams::default(), &binding)
-        .await?;
-    hook.wait_for_policy(&format!("{ns}-inject")).await?;
-    hook.wait_for_binding(&ns, "db").await?;
+    env.bind_app_secret(
+        &hook,
+        &ns,
+        INJECT_LABEL,
+        json!({"mode": "sidecar"}),
+        &path,
+        json!([{"kind": "env", "name": "DB_PASSWORD"}, {"kind": "file", "path": "db/password"}]),
+    )
+    .await?;
 
     // No pod network on this node: the pod shares the host's, where OpenBao listens on loopback.
     let script = "echo env-sha=$(printf %s \"$DB_PASSWORD\" | sha256sum | cut -d' ' -f1); \
@@ -309,60 +284,32 @@ async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
 /// its own (another namespace label, OpenBao behind a proxy the test stops and starts).
 async fn openbao_down_keeps_pods_in_init(env: Arc<Env>) -> anyhow::Result<()> {
     use phantom_conformance::counting_proxy::CountingProxy;
-    use phantom_conformance::node::{EXEC_IMAGE, PROXY_IMAGE};
     use phantom_crds::wellknown::injected::PROXY_CONTAINER;
-    use phantom_crds::{PhantomPolicy, SecretBinding};
 
     const LABEL: &str = "phantom.dev/e2e-outage";
     anyhow::ensure!(
         phantom_conformance::bins::static_built("phantom-proxy").is_some(),
         "Phantom's static binaries are not built: run `make static` (`make test` does)"
     );
-    env.install_crds().await?;
     // An address where nothing listens yet: OpenBao is "down".
     let down = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let hook = env
-        .start_webhook(|settings| {
-            settings.inject.proxy_image = PROXY_IMAGE.into();
-            settings.inject.exec_image = EXEC_IMAGE.into();
-            settings.inject.image_pull_policy = "Never".into();
-            settings.inject.openbao_address = format!("http://{down}");
-            settings.selection.enable_label = (LABEL.into(), "enabled".into());
-        })
+        .node_webhook("phantom-node-outage", LABEL, format!("http://{down}"))
         .await?;
-    hook.register_mutating(
-        &env,
-        "phantom-node-outage",
-        json!({"matchLabels": {LABEL: "enabled"}}),
-    )
-    .await?;
     let ns = env
         .create_namespace("outage", &[(LABEL, "enabled")])
         .await?;
     env.wait_for_default_service_account(&ns).await?;
-    env.ensure_service_account(&ns, "app").await?;
     let (path, value) = env.provision_app_secret(&ns).await?;
-    let policy: PhantomPolicy = serde_json::from_value(json!({
-        "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy",
-        "metadata": {"name": format!("{ns}-init-only")},
-        "spec": {"match": {"namespaceSelector": {"matchLabels": {LABEL: "enabled"}}},
-                 "injection": {"mode": "init-only"}}
-    }))?;
-    Api::<PhantomPolicy>::all(env.client())
-        .create(&PostParams::default(), &policy)
-        .await?;
-    let binding: SecretBinding = serde_json::from_value(json!({
-        "apiVersion": "phantom.dev/v1alpha1", "kind": "SecretBinding",
-        "metadata": {"name": "db", "namespace": ns},
-        "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")},
-                 "secrets": [{"name": "password", "path": path, "key": "password",
-                              "delivery": [{"kind": "file", "path": "db/password"}]}]}
-    }))?;
-    Api::<SecretBinding>::namespaced(env.client(), &ns)
-        .create(&PostParams::default(), &binding)
-        .await?;
-    hook.wait_for_policy(&format!("{ns}-init-only")).await?;
-    hook.wait_for_binding(&ns, "db").await?;
+    env.bind_app_secret(
+        &hook,
+        &ns,
+        LABEL,
+        json!({"mode": "init-only"}),
+        &path,
+        json!([{"kind": "file", "path": "db/password"}]),
+    )
+    .await?;
 
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app", "namespace": ns},

@@ -1,0 +1,81 @@
+//! Phantom set up on the node the way a platform team would: the admission webhook configured
+//! with the locally imported images, a PhantomPolicy for the labelled namespaces and a
+//! SecretBinding for the application's ServiceAccount. Shared by the node suite and the
+//! pod-start bench.
+
+use kube::Api;
+use kube::api::PostParams;
+use phantom_crds::{PhantomPolicy, SecretBinding};
+use serde_json::{Value, json};
+
+use crate::node::{EXEC_IMAGE, PROXY_IMAGE};
+use crate::webhook::Webhook;
+use crate::{Env, Error, Result};
+
+impl Env {
+    /// A webhook injecting `phantom.local` images (`imagePullPolicy: Never`) with OpenBao at
+    /// `openbao`, acting on namespaces labelled `label=enabled` (registered as `name`).
+    pub async fn node_webhook(&self, name: &str, label: &str, openbao: String) -> Result<Webhook> {
+        self.install_crds().await?;
+        let hook = self
+            .start_webhook(|settings| {
+                settings.inject.proxy_image = PROXY_IMAGE.into();
+                settings.inject.exec_image = EXEC_IMAGE.into();
+                settings.inject.image_pull_policy = "Never".into();
+                settings.inject.openbao_address = openbao;
+                settings.selection.enable_label = (label.into(), "enabled".into());
+            })
+            .await?;
+        hook.register_mutating(self, name, json!({"matchLabels": {label: "enabled"}}))
+            .await?;
+        Ok(hook)
+    }
+
+    /// In `ns` (labelled `label=enabled`): a PhantomPolicy `<ns>-phantom` with `injection`, and a
+    /// SecretBinding `db` giving ServiceAccount `app` (created here) the secret `password` at
+    /// `path` with `deliveries`, refreshed every 2 s; returns once `hook` enforces both.
+    pub async fn bind_app_secret(
+        &self,
+        hook: &Webhook,
+        ns: &str,
+        label: &str,
+        injection: Value,
+        path: &str,
+        deliveries: Value,
+    ) -> Result<()> {
+        self.ensure_service_account(ns, "app").await?;
+        let policy_name = format!("{ns}-phantom");
+        let policy: PhantomPolicy = serde_json::from_value(json!({
+            "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy",
+            "metadata": {"name": policy_name},
+            "spec": {"match": {"namespaceSelector": {"matchLabels": {label: "enabled"}}},
+                     "injection": injection}
+        }))
+        .map_err(|e| Error::Io {
+            context: "building the PhantomPolicy".into(),
+            source: std::io::Error::other(e),
+        })?;
+        Api::<PhantomPolicy>::all(self.client())
+            .create(&PostParams::default(), &policy)
+            .await
+            .map_err(Error::kube("creating the PhantomPolicy"))?;
+        let binding: SecretBinding = serde_json::from_value(json!({
+            "apiVersion": "phantom.dev/v1alpha1", "kind": "SecretBinding",
+            "metadata": {"name": "db", "namespace": ns},
+            "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")},
+                     "refresh": {"interval": "2s", "jitterPercent": 0},
+                     "secrets": [{"name": "password", "path": path, "key": "password",
+                                  "delivery": deliveries}]}
+        }))
+        .map_err(|e| Error::Io {
+            context: "building the SecretBinding".into(),
+            source: std::io::Error::other(e),
+        })?;
+        Api::<SecretBinding>::namespaced(self.client(), ns)
+            .create(&PostParams::default(), &binding)
+            .await
+            .map_err(Error::kube("creating the SecretBinding"))?;
+        hook.wait_for_policy(&policy_name).await?;
+        hook.wait_for_binding(ns, "db").await
+    }
+}
