@@ -37,7 +37,7 @@ static: toolchain tools ## static musl builds of phantom-proxy and phantom-exec:
 	@rustup target list --installed | grep -q '^$(STATIC_TARGET)$$' || rustup target add $(STATIC_TARGET)
 	$(CARGO) build -q --release --target $(STATIC_TARGET) -p phantom-runtime-proxy --bins
 
-images: toolchain ## build the node's OCI images (pause, busybox) into ~/.cache/phantom/images
+images: toolchain static ## build the node's base OCI images (pause, busybox) into ~/.cache/phantom/images; Phantom's own are packed from `make static` at node start
 	$(CARGO) run -q -p phantom-conformance --bin phantom-env -- images
 
 crds: ## regenerate crds/yaml from the Rust types

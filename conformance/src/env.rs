@@ -24,6 +24,9 @@ pub struct EnvOptions {
     /// Add a node (kube-scheduler + kubelet + containerd) that runs real pods. Needs root; see
     /// [`crate::node::unsupported_reason`].
     pub node: bool,
+    /// The kubelet's port on 127.0.0.1 (a free one when `None`): set it when a firewall or a
+    /// second tool needs to know it in advance.
+    pub kubelet_port: Option<u16>,
 }
 
 impl Default for EnvOptions {
@@ -33,6 +36,7 @@ impl Default for EnvOptions {
             kubernetes_auth: true,
             ready_timeout: Duration::from_secs(90),
             node: false,
+            kubelet_port: None,
         }
     }
 }
@@ -232,7 +236,8 @@ impl Env {
             env.configure_openbao_kubernetes_auth().await?;
         }
         if options.node {
-            env.start_node(&serving, options.ready_timeout).await?;
+            env.start_node(&serving, options.ready_timeout, options.kubelet_port)
+                .await?;
         }
         env.started_in = started.elapsed();
         Ok(env)
@@ -266,7 +271,12 @@ impl Env {
         crate::process::run_checked(&mut kill, "ctr tasks kill").map(drop)
     }
 
-    async fn start_node(&self, serving: &crate::ServingCert, timeout: Duration) -> Result<()> {
+    async fn start_node(
+        &self,
+        serving: &crate::ServingCert,
+        timeout: Duration,
+        kubelet_port: Option<u16>,
+    ) -> Result<()> {
         use k8s_openapi::api::core::v1::Node as NodeObject;
         let tools = self
             .tools
@@ -279,7 +289,7 @@ impl Env {
             serving.clone(),
         );
         let node = tokio::task::spawn_blocking(move || {
-            crate::node::Node::start(&tools, &dir, &kubeconfig, &serving)
+            crate::node::Node::start(&tools, &dir, &kubeconfig, &serving, kubelet_port)
         })
         .await
         .expect("node start thread panicked")?;

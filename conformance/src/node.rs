@@ -211,6 +211,7 @@ impl Node {
         env_dir: &Path,
         kubeconfig: &Path,
         serving: &crate::ServingCert,
+        kubelet_port: Option<u16>,
     ) -> Result<Self> {
         let lock = lock(Duration::from_secs(900))?;
         let dir = env_dir.join("node");
@@ -312,10 +313,13 @@ impl Node {
 
         write(&dir.join("kubelet.crt"), &serving.cert_pem)?;
         write(&dir.join("kubelet.key"), &serving.key_pem)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(Error::io("finding a free port"))?
-            .port();
+        let port = match kubelet_port {
+            Some(port) => port,
+            None => std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(Error::io("finding a free port"))?
+                .port(),
+        };
         write(
             &dir.join("kubelet.yaml"),
             &format!(

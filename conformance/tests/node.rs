@@ -108,6 +108,30 @@ async fn log_shows(env: &Env, ns: &str, pod: &str, needle: &str, what: &str) -> 
     Ok(())
 }
 
+/// Writes a new version of the secret at `path` and waits until the pod's application logs its
+/// file's new hash; returns the new value.
+async fn rotate_and_see(
+    env: &Env,
+    ns: &str,
+    pod: &str,
+    path: &str,
+    what: &str,
+) -> anyhow::Result<String> {
+    let rotated = format!("rotated-{}", random_hex(12));
+    env.openbao()
+        .kv_put("secret", path, json!({"password": rotated}))
+        .await?;
+    log_shows(
+        env,
+        ns,
+        pod,
+        &format!("file-sha={}", sha256_hex(&rotated)),
+        what,
+    )
+    .await?;
+    Ok(rotated)
+}
+
 async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
     use phantom_crds::wellknown::INJECT_LABEL;
     use phantom_crds::wellknown::injected::PROXY_CONTAINER;
@@ -195,18 +219,7 @@ async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
     .await?;
 
     // Rotation in OpenBao reaches the running application's file.
-    let rotated = format!("rotated-{}", random_hex(12));
-    env.openbao()
-        .kv_put("secret", &path, json!({"password": rotated}))
-        .await?;
-    log_shows(
-        &env,
-        &ns,
-        &name,
-        &format!("file-sha={}", sha256_hex(&rotated)),
-        "the rotated secret file",
-    )
-    .await?;
+    let rotated = rotate_and_see(&env, &ns, &name, &path, "the rotated secret file").await?;
 
     // The sidecar killed: the kubelet restarts it, the application keeps running with its secret.
     let sidecar_id = pods
@@ -245,15 +258,11 @@ async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
         restarted == 0,
         "the application restarted {restarted} times"
     );
-    let rotated_again = format!("again-{}", random_hex(12));
-    env.openbao()
-        .kv_put("secret", &path, json!({"password": rotated_again}))
-        .await?;
-    log_shows(
+    let rotated_again = rotate_and_see(
         &env,
         &ns,
         &name,
-        &format!("file-sha={}", sha256_hex(&rotated_again)),
+        &path,
         "a rotation delivered by the restarted sidecar",
     )
     .await?;

@@ -237,6 +237,24 @@ impl OpenBaoClient {
         Ok((status, value))
     }
 
+    /// [`call`](Self::call) as `session`: its token, in its OpenBao namespace.
+    async fn call_as(
+        &self,
+        session: &Session,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        self.call(
+            method,
+            path,
+            session.namespace.as_deref(),
+            Some(&session.token),
+            body,
+        )
+        .await
+    }
+
     fn errors_of(value: &Value) -> String {
         value
             .get("errors")
@@ -330,13 +348,7 @@ impl OpenBaoClient {
     pub async fn renew_self(&self, session: &Session) -> Result<Session> {
         let path = "auth/token/renew-self";
         let (status, answer) = self
-            .call(
-                reqwest::Method::POST,
-                path,
-                session.namespace.as_deref(),
-                Some(&session.token),
-                Some(json!({})),
-            )
+            .call_as(session, reqwest::Method::POST, path, Some(json!({})))
             .await?;
         if !(200..300).contains(&status) {
             let errors = Self::errors_of(&answer);
@@ -368,13 +380,7 @@ impl OpenBaoClient {
             None => format!("{mount}/data/{path}"),
         };
         let (status, mut answer) = self
-            .call(
-                reqwest::Method::GET,
-                &api_path,
-                session.namespace.as_deref(),
-                Some(&session.token),
-                None,
-            )
+            .call_as(session, reqwest::Method::GET, &api_path, None)
             .await?;
         if !(200..300).contains(&status) {
             let hint = match status {
@@ -426,13 +432,7 @@ impl OpenBaoClient {
     ) -> Result<DynamicSecret> {
         let api_path = format!("{mount}/{path}");
         let (status, mut answer) = self
-            .call(
-                reqwest::Method::GET,
-                &api_path,
-                session.namespace.as_deref(),
-                Some(&session.token),
-                None,
-            )
+            .call_as(session, reqwest::Method::GET, &api_path, None)
             .await?;
         if !(200..300).contains(&status) {
             let errors = Self::errors_of(&answer);
@@ -492,11 +492,10 @@ impl OpenBaoClient {
     pub async fn renew_lease(&self, session: &Session, lease: &Lease) -> Result<Lease> {
         let path = "sys/leases/renew";
         let (status, answer) = self
-            .call(
+            .call_as(
+                session,
                 reqwest::Method::PUT,
                 path,
-                session.namespace.as_deref(),
-                Some(&session.token),
                 Some(json!({"lease_id": lease.id, "increment": lease.duration.as_secs()})),
             )
             .await?;
@@ -523,13 +522,7 @@ impl OpenBaoClient {
     pub async fn revoke_self(&self, session: &Session) -> Result<()> {
         let path = "auth/token/revoke-self";
         let (status, answer) = self
-            .call(
-                reqwest::Method::POST,
-                path,
-                session.namespace.as_deref(),
-                Some(&session.token),
-                Some(json!({})),
-            )
+            .call_as(session, reqwest::Method::POST, path, Some(json!({})))
             .await?;
         if (200..300).contains(&status) {
             Ok(())

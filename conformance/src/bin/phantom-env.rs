@@ -28,6 +28,9 @@ enum Command {
         /// Add a node (kubelet + containerd) that runs real pods (needs root).
         #[arg(long, env = "PHANTOM_ENV_NODE")]
         node: bool,
+        /// The kubelet's port on 127.0.0.1 (with --node; default: a free one).
+        #[arg(long, env = "PHANTOM_ENV_KUBELET_PORT", requires = "node")]
+        kubelet_port: Option<u16>,
         /// Do not install Phantom's CRDs.
         #[arg(long, env = "PHANTOM_ENV_NO_CRDS")]
         no_crds: bool,
@@ -62,9 +65,11 @@ async fn main() -> anyhow::Result<()> {
             no_crds,
             env_file,
             node,
+            kubelet_port,
         } => {
             let env = Env::start_with(EnvOptions {
                 node,
+                kubelet_port,
                 ..EnvOptions::default()
             })
             .await
