@@ -1,7 +1,8 @@
-//! Phantom's runtime side: what runs inside the pod. This first part holds the pieces every
-//! delivery path shares: [`SecretValue`] (zeroized on drop, never printed), the OpenBao client
-//! (Kubernetes auth with the pod's projected token, KV v2 reads) and request coalescing, so that
-//! many concurrent asks for one secret reach OpenBao once.
+//! Phantom's runtime side: what runs inside the pod. `phantom-proxy` (the sidecar: providers,
+//! key-release checks, TLS with pinning, renewal, files and the socket API, metrics) and
+//! `phantom-exec` (the wrapper that sets a container's variables and `exec`s its command) are
+//! built from these modules; [`SecretValue`] (zeroized on drop, never printed) carries every
+//! value. See `docs/architecture.md`, "The runtime".
 
 pub mod coalesce;
 pub mod exec;

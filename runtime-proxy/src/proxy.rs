@@ -1,8 +1,8 @@
 //! `phantom-proxy`'s work: from the plan admission handed over, check the key-release
 //! conditions, read every secret through the provider (OpenBao as the pod), write the files,
-//! serve the socket, and refresh on the bindings' interval with jitter. OpenBao down on first start is an
-//! error (the pod stays in Init instead of starting without its secrets); OpenBao down later
-//! keeps the last good values for a grace period and reports degraded.
+//! serve the socket, and refresh on the bindings' interval with jitter. OpenBao down on first
+//! start is an error (the pod stays in Init instead of starting without its secrets); OpenBao
+//! down later keeps the last good values for a grace period and reports degraded.
 
 use std::path::PathBuf;
 use std::sync::Arc;
