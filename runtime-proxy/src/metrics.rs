@@ -24,7 +24,7 @@ use crate::{Error, Result};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// `login`, `renew` or `read`.
+    /// `login`, `renew` (token or lease), `revoke` or `read`.
     pub operation: String,
     /// `ok` (2xx), `refused` (4xx), `error` (5xx or no answer).
     pub result: String,
@@ -122,12 +122,11 @@ impl Default for ProxyMetrics {
 impl ProxyMetrics {
     /// Counts one OpenBao request from its API path and HTTP status (0: no answer).
     pub fn observe_request(&self, path: &str, status: u16) {
-        let operation = if path == "auth/token/renew-self" {
-            "renew"
-        } else if path.starts_with("auth/") && path.ends_with("/login") {
-            "login"
-        } else {
-            "read"
+        let operation = match path {
+            "auth/token/renew-self" | "sys/leases/renew" => "renew",
+            "auth/token/revoke-self" => "revoke",
+            _ if path.starts_with("auth/") && path.ends_with("/login") => "login",
+            _ => "read",
         };
         let result = match status {
             200..=299 => "ok",
@@ -252,6 +251,8 @@ mod tests {
         let metrics = ProxyMetrics::default();
         metrics.observe_request("auth/kubernetes/login", 200);
         metrics.observe_request("auth/token/renew-self", 403);
+        metrics.observe_request("sys/leases/renew", 200);
+        metrics.observe_request("auth/token/revoke-self", 204);
         metrics.observe_request("secret/data/shop/db", 0);
         metrics.fetched(3);
         metrics.failed(Some("payments"));
@@ -259,6 +260,8 @@ mod tests {
         for line in [
             r#"phantom_proxy_openbao_requests_total{operation="login",result="ok"} 1"#,
             r#"phantom_proxy_openbao_requests_total{operation="renew",result="refused"} 1"#,
+            r#"phantom_proxy_openbao_requests_total{operation="renew",result="ok"} 1"#,
+            r#"phantom_proxy_openbao_requests_total{operation="revoke",result="ok"} 1"#,
             r#"phantom_proxy_openbao_requests_total{operation="read",result="error"} 1"#,
             r#"phantom_proxy_refreshes_total{result="ok"} 1"#,
             r#"phantom_proxy_key_release_refusals_total{policy="payments"} 1"#,
