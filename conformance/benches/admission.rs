@@ -5,7 +5,6 @@
 //!
 //! `make plugins && cargo bench -p phantom-conformance --bench admission`
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +15,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
+use phantom_conformance::bins::{build_release, status_kib, target_dir};
 use phantom_conformance::{Env, random_hex};
 use phantom_crds::{PhantomPolicy, SecretBinding};
 use phantom_policies::wasm::module_digest;
@@ -24,21 +24,8 @@ use serde_json::{Value, json};
 const REQUESTS: usize = 10_000;
 const CONCURRENCY: usize = 32;
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    status_kib(pid, "VmRSS:")
 }
 
 fn policy(i: usize, plugin: Option<(&str, &str, Value)>) -> PhantomPolicy {
@@ -86,19 +73,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "phantom-admission",
-            "--bin",
-            "phantom-admission",
-        ])
-        .status()
-        .expect("cargo build");
-    assert!(built.success(), "building phantom-admission failed");
+    assert!(
+        build_release(&["-p", "phantom-admission", "--bin", "phantom-admission"]),
+        "building phantom-admission failed"
+    );
     let binary = target_dir().join("release/phantom-admission");
 
     let rt = tokio::runtime::Builder::new_multi_thread()

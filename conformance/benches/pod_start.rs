@@ -57,23 +57,16 @@ fn main() {
             .await
             .expect("webhook");
         let ns = env
-            .create_namespace("bench-phantom", &[(label, "enabled")])
+            .phantom_app_namespace(
+                &hook,
+                "bench-phantom",
+                label,
+                json!({"mode": "sidecar"}),
+                json!([{"kind": "env", "name": "DB_PASSWORD"}]),
+            )
             .await
-            .expect("namespace");
-        env.wait_for_default_service_account(&ns)
-            .await
-            .expect("default SA");
-        let (path, _) = env.provision_app_secret(&ns).await.expect("secret");
-        env.bind_app_secret(
-            &hook,
-            &ns,
-            label,
-            json!({"mode": "sidecar"}),
-            &path,
-            json!([{"kind": "env", "name": "DB_PASSWORD"}]),
-        )
-        .await
-        .expect("policy and binding");
+            .expect("namespace, secret, policy and binding")
+            .ns;
         let phantom = time_to_first_line(&env, &ns, "started=yes", Some("app")).await;
         report(
             "with Phantom (sidecar injected, secret as env through phantom-exec)",

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use phantom_conformance::bins::{build_release, status_kib, target_dir};
 use phantom_conformance::{Env, KubernetesRole, random_hex};
 use serde_json::json;
 
@@ -17,23 +18,6 @@ const SECRETS: usize = 10;
 const START_RUNS: usize = 40;
 const AGENT_START_RUNS: usize = 10;
 const IDLE: Duration = Duration::from_secs(8);
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -89,34 +73,15 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "phantom-runtime-proxy",
-            "--bins",
-        ])
-        .status()
-        .expect("cargo build");
-    assert!(built.success(), "building the runtime binaries failed");
+    assert!(
+        build_release(&["-p", "phantom-runtime-proxy", "--bins"]),
+        "building the runtime binaries failed"
+    );
     let proxy_bin = target_dir().join("release/phantom-proxy");
     let exec_bin = target_dir().join("release/phantom-exec");
     // What the container images ship: static musl, no dynamic relocations to apply at start.
     let musl = "x86_64-unknown-linux-musl";
-    let static_built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            musl,
-            "-p",
-            "phantom-runtime-proxy",
-            "--bins",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
+    let static_built = build_release(&["--target", musl, "-p", "phantom-runtime-proxy", "--bins"]);
     let static_proxy =
         static_built.then(|| target_dir().join(format!("{musl}/release/phantom-proxy")));
 

@@ -31,11 +31,37 @@ pub fn built(name: &str) -> Result<PathBuf> {
 /// The target triple of Phantom's image binaries: static, so they run in an empty image.
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 
+/// The workspace's target directory (`CARGO_TARGET_DIR`, or `target/` beside the workspace).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
 /// `phantom-proxy` or `phantom-exec` from the static release build (`make static`), if built.
 pub fn static_built(name: &str) -> Option<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join(STATIC_TARGET).join("release").join(name);
+    let path = target_dir().join(STATIC_TARGET).join("release").join(name);
     path.is_file().then_some(path)
+}
+
+/// Runs `cargo build --release <args>` (benches measure release binaries as their own
+/// processes); whether it succeeded.
+pub fn build_release(args: &[&str]) -> bool {
+    std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release"])
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`), 0 when unreadable.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }

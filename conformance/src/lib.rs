@@ -29,6 +29,7 @@ pub use error::{Error, Result};
 pub use images::{ImageSpec, build_oci_tar};
 pub use kube_helpers::PodIdentity;
 pub use openbao::{KubernetesRole, OpenBao};
+pub use phantom_setup::AppNamespace;
 pub use pki::{CertificateAuthority, ServingCert};
 pub use postgres::Postgres;
 pub use tls_openbao::TlsOpenBao;

@@ -34,14 +34,7 @@ pub struct NodeTools {
 
 /// Why a node cannot run here, when it cannot (tests then skip with this message).
 pub fn unsupported_reason() -> Option<String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
-        });
-    if uid.as_deref() != Some("0") {
+    if !crate::process::running_as_root() {
         return Some("running pods needs root (kubelet and containerd mount filesystems and create cgroups); CI runs as root".into());
     }
     if !Path::new("/sys/fs/cgroup").exists() {

@@ -12,6 +12,16 @@ use crate::node::{EXEC_IMAGE, PROXY_IMAGE};
 use crate::webhook::Webhook;
 use crate::{Env, Error, Result};
 
+/// What [`Env::phantom_app_namespace`] set up.
+#[derive(Debug)]
+pub struct AppNamespace {
+    pub ns: String,
+    /// The secret's KV path under `secret/`.
+    pub path: String,
+    /// Its value (for assertions; never print it).
+    pub value: String,
+}
+
 impl Env {
     /// A webhook injecting `phantom.local` images (`imagePullPolicy: Never`) with OpenBao at
     /// `openbao`, acting on namespaces labelled `label=enabled` (registered as `name`).
@@ -31,10 +41,28 @@ impl Env {
         Ok(hook)
     }
 
-    /// In `ns` (labelled `label=enabled`): a PhantomPolicy `<ns>-phantom` with `injection`, and a
-    /// SecretBinding `db` giving ServiceAccount `app` (created here) the secret `password` at
-    /// `path` with `deliveries`, refreshed every 2 s; returns once `hook` enforces both.
-    pub async fn bind_app_secret(
+    /// A Phantom namespace `<prefix>-…` labelled `label=enabled`, with the application's secret
+    /// in OpenBao ([`Env::provision_app_secret`]), a PhantomPolicy `<ns>-phantom` with
+    /// `injection`, and a SecretBinding `db` giving ServiceAccount `app` (created here) that
+    /// secret as `password` with `deliveries`, refreshed every 2 s; returns once `hook` enforces
+    /// both.
+    pub async fn phantom_app_namespace(
+        &self,
+        hook: &Webhook,
+        prefix: &str,
+        label: &str,
+        injection: Value,
+        deliveries: Value,
+    ) -> Result<AppNamespace> {
+        let ns = self.create_namespace(prefix, &[(label, "enabled")]).await?;
+        self.wait_for_default_service_account(&ns).await?;
+        let (path, value) = self.provision_app_secret(&ns).await?;
+        self.bind_app_secret(hook, &ns, label, injection, &path, deliveries)
+            .await?;
+        Ok(AppNamespace { ns, path, value })
+    }
+
+    async fn bind_app_secret(
         &self,
         hook: &Webhook,
         ns: &str,

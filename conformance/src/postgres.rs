@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::env::free_port;
-use crate::process::ManagedProcess;
+use crate::process::{ManagedProcess, running_as_root};
 use crate::{Env, Error, Result, wait};
 
 /// The superuser OpenBao manages roles with.
@@ -20,17 +20,6 @@ pub struct Postgres {
     bin: PathBuf,
     data: tempfile::TempDir,
     _process: ManagedProcess,
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next().map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// uid and gid of the `postgres` user (from /etc/passwd).

@@ -78,6 +78,18 @@ impl Drop for ManagedProcess {
     }
 }
 
+/// Whether this process runs with effective uid 0 (from `/proc/self/status`).
+pub(crate) fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
 /// Writes a file of the environment, naming it in the error.
 pub(crate) fn write(path: &Path, contents: &str) -> Result<()> {
     std::fs::write(path, contents).map_err(Error::io(format!("writing {}", path.display())))

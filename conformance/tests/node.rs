@@ -14,7 +14,7 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use phantom_conformance::harness::{Case, run};
 use phantom_conformance::node::BUSYBOX_IMAGE;
-use phantom_conformance::{Env, EnvOptions, random_hex, wait};
+use phantom_conformance::{AppNamespace, Env, EnvOptions, random_hex, wait};
 use serde_json::json;
 
 fn main() {
@@ -148,20 +148,15 @@ async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
             env.openbao().addr().to_owned(),
         )
         .await?;
-    let ns = env
-        .create_namespace("e2e", &[(INJECT_LABEL, "enabled")])
+    let AppNamespace { ns, path, value } = env
+        .phantom_app_namespace(
+            &hook,
+            "e2e",
+            INJECT_LABEL,
+            json!({"mode": "sidecar"}),
+            json!([{"kind": "env", "name": "DB_PASSWORD"}, {"kind": "file", "path": "db/password"}]),
+        )
         .await?;
-    env.wait_for_default_service_account(&ns).await?;
-    let (path, value) = env.provision_app_secret(&ns).await?;
-    env.bind_app_secret(
-        &hook,
-        &ns,
-        INJECT_LABEL,
-        json!({"mode": "sidecar"}),
-        &path,
-        json!([{"kind": "env", "name": "DB_PASSWORD"}, {"kind": "file", "path": "db/password"}]),
-    )
-    .await?;
 
     // No pod network on this node: the pod shares the host's, where OpenBao listens on loopback.
     let script = "echo env-sha=$(printf %s \"$DB_PASSWORD\" | sha256sum | cut -d' ' -f1); \
@@ -305,20 +300,15 @@ async fn openbao_down_keeps_pods_in_init(env: Arc<Env>) -> anyhow::Result<()> {
     let hook = env
         .node_webhook("phantom-node-outage", LABEL, format!("http://{down}"))
         .await?;
-    let ns = env
-        .create_namespace("outage", &[(LABEL, "enabled")])
+    let AppNamespace { ns, value, .. } = env
+        .phantom_app_namespace(
+            &hook,
+            "outage",
+            LABEL,
+            json!({"mode": "init-only"}),
+            json!([{"kind": "file", "path": "db/password"}]),
+        )
         .await?;
-    env.wait_for_default_service_account(&ns).await?;
-    let (path, value) = env.provision_app_secret(&ns).await?;
-    env.bind_app_secret(
-        &hook,
-        &ns,
-        LABEL,
-        json!({"mode": "init-only"}),
-        &path,
-        json!([{"kind": "file", "path": "db/password"}]),
-    )
-    .await?;
 
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app", "namespace": ns},
