@@ -100,14 +100,13 @@ pub(crate) fn select(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn binding(key: Option<&str>) -> (BindingPlan, SecretItem) {
+    /// A binding `b` with the one secret `secret` (JSON of a `spec.secrets[]` entry).
+    pub(crate) fn plan_with(secret: Value) -> (BindingPlan, SecretItem) {
         let spec: phantom_crds::SecretBindingSpec = serde_json::from_value(serde_json::json!({
-            "selector": {"podSelector": {}}, "openbao": {"role": "r"},
-            "secrets": [{"name": "db", "path": "creds/app", "mount": "database", "engine": "dynamic",
-                         "key": key, "delivery": [{"kind": "socket"}]}]
+            "selector": {"podSelector": {}}, "openbao": {"role": "r"}, "secrets": [secret]
         }))
         .expect("spec");
         let item = spec.secrets[0].clone();
@@ -117,6 +116,13 @@ mod tests {
                 spec,
             },
             item,
+        )
+    }
+
+    fn binding(key: Option<&str>) -> (BindingPlan, SecretItem) {
+        plan_with(
+            serde_json::json!({"name": "db", "path": "creds/app", "mount": "database",
+            "engine": "dynamic", "key": key, "delivery": [{"kind": "socket"}]}),
         )
     }
 

@@ -210,67 +210,60 @@ fn tls_error(cause: String) -> Error {
     }
 }
 
-fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| tls_error(format!("reading the {what} {}: {e}", path.display())))?;
+/// The PEM certificates in `pem`; `source` names where it came from in errors.
+fn parse_certs(pem: &[u8], source: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(format!("reading {source}: {e}")))?;
     if certs.is_empty() {
-        return Err(tls_error(format!(
-            "the {what} {} holds no PEM certificate",
-            path.display()
-        )));
+        return Err(tls_error(format!("{source} holds no PEM certificate")));
     }
     Ok(certs)
 }
 
+fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path)
+        .map_err(|e| tls_error(format!("reading the {what} {}: {e}", path.display())))?;
+    parse_certs(&pem, &format!("the {what} {}", path.display()))
+}
+
 fn roots(settings: &TlsSettings) -> Result<Option<RootCertStore>> {
-    if let Some(pem) = &settings.ca_pem {
-        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| tls_error(format!("reading PHANTOM_OPENBAO_CA_PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(tls_error(
-                "PHANTOM_OPENBAO_CA_PEM holds no PEM certificate".into(),
-            ));
-        }
-        let mut store = RootCertStore::empty();
-        for cert in certs {
-            store.add(cert).map_err(|e| {
-                tls_error(format!(
-                    "a certificate in PHANTOM_OPENBAO_CA_PEM is not usable: {e}"
-                ))
-            })?;
-        }
-        return Ok(Some(store));
-    }
-    let bundle = match &settings.ca_file {
-        Some(path) => path.clone(),
+    let (certs, source) = match (&settings.ca_pem, &settings.ca_file) {
+        (Some(pem), _) => (
+            parse_certs(pem.as_bytes(), "PHANTOM_OPENBAO_CA_PEM")?,
+            "PHANTOM_OPENBAO_CA_PEM".to_owned(),
+        ),
+        (None, Some(path)) => (
+            read_certs(path, "CA bundle")?,
+            format!("the CA bundle {}", path.display()),
+        ),
         // A pin alone is a complete trust decision; without one, fall back to the system bundle.
-        None if !settings.spki_pins.is_empty() => return Ok(None),
-        None => match std::env::var_os("SSL_CERT_FILE")
-            .map(PathBuf::from)
-            .or_else(|| {
-                SYSTEM_BUNDLES
-                    .iter()
-                    .map(PathBuf::from)
-                    .find(|p| p.exists())
-            }) {
-            Some(path) => path,
-            None => {
-                return Err(tls_error(
-                    "no way to trust OpenBao's certificate: set PHANTOM_OPENBAO_CA_FILE or PHANTOM_OPENBAO_SPKI_SHA256 (the image has no system CA bundle)".into(),
-                ));
-            }
-        },
+        (None, None) if !settings.spki_pins.is_empty() => return Ok(None),
+        (None, None) => {
+            let bundle = std::env::var_os("SSL_CERT_FILE")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    SYSTEM_BUNDLES
+                        .iter()
+                        .map(PathBuf::from)
+                        .find(|p| p.exists())
+                })
+                .ok_or_else(|| {
+                    tls_error(
+                        "no way to trust OpenBao's certificate: set PHANTOM_OPENBAO_CA_FILE or PHANTOM_OPENBAO_SPKI_SHA256 (the image has no system CA bundle)".into(),
+                    )
+                })?;
+            (
+                read_certs(&bundle, "CA bundle")?,
+                format!("the CA bundle {}", bundle.display()),
+            )
+        }
     };
     let mut store = RootCertStore::empty();
-    for cert in read_certs(&bundle, "CA bundle")? {
-        store.add(cert).map_err(|e| {
-            tls_error(format!(
-                "a certificate in the CA bundle {} is not usable: {e}",
-                bundle.display()
-            ))
-        })?;
+    for cert in certs {
+        store
+            .add(cert)
+            .map_err(|e| tls_error(format!("a certificate in {source} is not usable: {e}")))?;
     }
     Ok(Some(store))
 }

@@ -128,19 +128,8 @@ mod tests {
     use super::*;
 
     fn binding(path: &str) -> (BindingPlan, SecretItem) {
-        let spec: phantom_crds::SecretBindingSpec = serde_json::from_value(serde_json::json!({
-            "selector": {"podSelector": {}}, "openbao": {"role": "r"},
-            "secrets": [{"name": "db", "path": path, "key": "password", "delivery": [{"kind": "socket"}]}]
-        }))
-        .expect("spec");
-        let item = spec.secrets[0].clone();
-        (
-            BindingPlan {
-                name: "b".into(),
-                spec,
-            },
-            item,
-        )
+        crate::provider::tests::plan_with(serde_json::json!({"name": "db", "path": path,
+            "key": "password", "delivery": [{"kind": "socket"}]}))
     }
 
     #[tokio::test]
