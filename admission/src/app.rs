@@ -14,9 +14,9 @@ use crate::config::{InjectConfig, Selection};
 use crate::metrics::Metrics;
 use crate::review::Admitter;
 use crate::server::{Running, ServerOptions};
-use crate::store::PolicyStore;
 use crate::tls::ReloadingCertificate;
 use crate::watch::Watches;
+use phantom_policies::store::PolicyStore;
 
 /// Everything the webhook is configured with.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -77,42 +77,12 @@ impl ClusterView {
             .transpose()
     }
 
-    /// Module bytes of every ConfigMap-sourced plugin of `policies`. Missing ConfigMaps or keys
-    /// are left out: compilation then reports them against the plugin that needs them.
+    /// Module bytes of every ConfigMap-sourced plugin of `policies` (none offline).
     pub async fn modules(&self, policies: &[PhantomPolicy]) -> Modules {
-        let mut modules = Modules::default();
-        let Some(client) = &self.client else {
-            return modules;
-        };
-        let refs = policies
-            .iter()
-            .flat_map(|p| &p.spec.rules.plugins)
-            .filter_map(|plugin| plugin.module.config_map.as_ref());
-        let mut fetched: BTreeMap<(String, String), Option<ConfigMap>> = BTreeMap::new();
-        for r in refs {
-            let id = (r.namespace.clone(), r.name.clone());
-            if !fetched.contains_key(&id) {
-                let cm = Api::<ConfigMap>::namespaced(client.clone(), &r.namespace)
-                    .get_opt(&r.name)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(configmap = %format!("{}/{}", r.namespace, r.name), error = %e, "reading a plugin module failed");
-                        None
-                    });
-                fetched.insert(id.clone(), cm);
-            }
-            if let Some(bytes) = fetched[&id]
-                .as_ref()
-                .and_then(|cm| cm.binary_data.as_ref())
-                .and_then(|d| d.get(&r.key))
-            {
-                modules.config_maps.insert(
-                    format!("{}/{}/{}", r.namespace, r.name, r.key),
-                    bytes.0.clone(),
-                );
-            }
+        match &self.client {
+            Some(client) => phantom_policies::cluster::fetch_modules(client, policies).await,
+            None => Modules::default(),
         }
-        modules
     }
 
     /// Records a Warning Event about namespace `namespace`, inside it, in the background (admission never waits

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use phantom_crds::wellknown::{INJECT_DISABLED, INJECT_ENABLED, INJECT_LABEL};
 
 /// Images and settings of the injected containers and volumes.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,30 +72,4 @@ pub fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequire
     }
 }
 
-/// Which namespaces the webhook acts in. The webhook configuration's namespaceSelector is the
-/// coarse filter; this is checked again here so that a broader configuration (or a namespace
-/// relabelled after the fact) cannot make Phantom act where it was not asked to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selection {
-    /// `key=value` a namespace must carry for Phantom to act.
-    pub enable_label: (String, String),
-    /// `key=value` that opts a namespace out even when it carries the enable label.
-    pub opt_out_label: (String, String),
-}
-
-impl Default for Selection {
-    fn default() -> Self {
-        Self {
-            enable_label: (INJECT_LABEL.into(), INJECT_ENABLED.into()),
-            opt_out_label: (INJECT_LABEL.into(), INJECT_DISABLED.into()),
-        }
-    }
-}
-
-/// Parses `key=value`.
-pub fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("expected key=value, got {s:?}")),
-    }
-}
+pub use phantom_crds::wellknown::{Selection, parse_label};

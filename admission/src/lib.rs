@@ -3,7 +3,7 @@
 //! * [`mutate::mutate`] turns a pod and a policy [`Decision`](phantom_policies::Decision) into a
 //!   JSON patch: pure, no HTTP, no Kubernetes client.
 //! * [`review::Admitter`] answers AdmissionReviews (`/mutate` for pods, `/validate` for Phantom's
-//!   resources) from the current [`store::PolicyStore`] snapshot, failing closed.
+//!   resources) from the current [`phantom_policies::store::PolicyStore`] snapshot, failing closed.
 //! * [`watch`] keeps the store in step with the CRDs through kube-runtime reflectors; a version
 //!   that does not compile never replaces the last good one.
 //! * [`server`] serves it all over HTTPS (rustls, certificate reloaded from disk) with health and
@@ -16,7 +16,6 @@ pub mod metrics;
 pub mod mutate;
 pub mod review;
 pub mod server;
-pub mod store;
 pub mod tls;
 pub mod validate;
 pub mod watch;

@@ -22,8 +22,8 @@ use crate::cluster::ClusterView;
 use crate::config::{InjectConfig, Selection};
 use crate::metrics::{EndpointLabels, Metrics, NamespaceLabels, OutcomeLabels};
 use crate::mutate::{annotate, decision_annotations, is_injected, mutate};
-use crate::store::PolicyStore;
 use crate::{Error, validate};
+use phantom_policies::store::PolicyStore;
 
 #[cfg(test)]
 mod tests;

@@ -98,10 +98,17 @@ async fn webhook(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
+    // The controller's circuit breaker probes readiness where the API server calls: through the
+    // Service, over TLS with the caBundle, so a broken certificate or route counts as down.
+    if req.method() == Method::GET && matches!(path.as_str(), "/healthz" | "/readyz") {
+        return Ok(health(&admitter, &req));
+    }
     if !matches!(path.as_str(), "/mutate" | "/validate") {
         return Ok(reply(Reply::error(
             404,
-            &format!("no endpoint {path}; use POST /mutate or POST /validate"),
+            &format!(
+                "no endpoint {path}; use POST /mutate or POST /validate (GET /readyz for probes)"
+            ),
         )));
     }
     if req.method() != Method::POST {

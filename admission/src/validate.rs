@@ -6,7 +6,7 @@ use phantom_crds::{AttestationRequirement, PhantomPolicy, SecretBinding};
 use phantom_policies::{ModuleResolver, PolicySet, Sources};
 use serde_json::Value;
 
-use crate::store::Snapshot;
+use phantom_policies::store::Snapshot;
 
 fn compile_errors(
     sources: &Sources,

@@ -10,7 +10,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use phantom_admission::app::{Launched, Settings, launch};
-use phantom_admission::store::Snapshot;
+use phantom_policies::store::Snapshot;
 use serde_json::{Value, json};
 
 use crate::{Env, Error, Result};

@@ -31,6 +31,44 @@ pub const OVERRIDE_ANNOTATION: &str = "phantom.dev/override";
 /// array of strings.
 pub const COMMAND_ANNOTATION: &str = "phantom.dev/command";
 
+/// Namespace label marking a namespace critical: `phantom.dev/critical=true`. The controller's
+/// circuit breaker never fails open for these (their pods wait for the webhook instead).
+pub const CRITICAL_LABEL: &str = "phantom.dev/critical";
+/// Value of [`CRITICAL_LABEL`] that marks a namespace critical.
+pub const CRITICAL_TRUE: &str = "true";
+
+/// Annotation on the webhook configurations with the circuit breaker's state (`closed`/`open`).
+pub const BREAKER_ANNOTATION: &str = "phantom.dev/circuit-breaker";
+
+/// Which namespaces Phantom acts in (admission, the controller's webhook configuration and gap
+/// scan, `phantomctl`). The webhook configuration's namespaceSelector is the coarse filter;
+/// admission checks again so that a broader configuration (or a namespace
+/// relabelled after the fact) cannot make Phantom act where it was not asked to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// `key=value` a namespace must carry for Phantom to act.
+    pub enable_label: (String, String),
+    /// `key=value` that opts a namespace out even when it carries the enable label.
+    pub opt_out_label: (String, String),
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            enable_label: (INJECT_LABEL.into(), INJECT_ENABLED.into()),
+            opt_out_label: (INJECT_LABEL.into(), INJECT_DISABLED.into()),
+        }
+    }
+}
+
+/// Parses `key=value`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected key=value, got {s:?}")),
+    }
+}
+
 /// Names of the objects admission adds to a pod.
 pub mod injected {
     /// Init container copying `phantom-exec` into [`BIN_VOLUME`].

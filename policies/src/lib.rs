@@ -14,12 +14,15 @@ pub mod wasm;
 
 pub use error::{Error, Result};
 mod canary;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod compile;
 mod decide;
 mod input;
 mod keyrelease;
 mod pool;
 mod selector;
+pub mod store;
 
 pub use canary::{bucket as canary_bucket, default_key as default_canary_key};
 pub use compile::{ModuleResolver, Modules, ObjectErrors, PolicySet, Sources};

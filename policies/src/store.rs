@@ -1,4 +1,5 @@
-//! The policy set the webhook enforces, swapped atomically. Each object keeps its last version
+//! The policy set a component enforces (the admission webhook, and the controller whose status
+//! reports it), swapped atomically. Each object keeps its last version
 //! that compiled: when an edit breaks a policy, the previous version stays in force (instead of
 //! the policy vanishing, which would silently stop injecting or validating), and the snapshot says
 //! which objects are held back and why.
@@ -6,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::wasm::PluginHost;
+use crate::{ModuleResolver, ObjectErrors, PolicySet, Sources};
 use kube::ResourceExt;
 use phantom_crds::{AttestationRequirement, PhantomPolicy, SecretBinding};
-use phantom_policies::wasm::PluginHost;
-use phantom_policies::{ModuleResolver, ObjectErrors, PolicySet, Sources};
 use tokio::sync::watch;
 
 /// One published version of the policy set.
@@ -52,11 +53,7 @@ fn binding_key(b: &SecretBinding) -> String {
 impl PolicyStore {
     /// An empty, not yet synced store evaluating plugins on `host`.
     pub fn new(host: PluginHost) -> Self {
-        let (set, _) = PolicySet::compile(
-            &Sources::default(),
-            &host,
-            &phantom_policies::Modules::default(),
-        );
+        let (set, _) = PolicySet::compile(&Sources::default(), &host, &crate::Modules::default());
         let empty = Snapshot {
             set,
             sources: Sources::default(),
@@ -198,7 +195,7 @@ impl PolicyStore {
 
 #[cfg(test)]
 mod tests {
-    use phantom_policies::Modules;
+    use crate::Modules;
 
     use super::*;
 

@@ -1,0 +1,258 @@
+//! Prometheus metrics, `phantom_controller_*`, and the `/metrics`, `/healthz`, `/readyz` port.
+//! Labels carry kinds, configuration names and outcomes only.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestorationLabels {
+    /// `MutatingWebhookConfiguration` or `ValidatingWebhookConfiguration`.
+    pub configuration: String,
+    /// `deleted` or `altered`.
+    pub cause: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// `ca` or `serving`.
+    pub certificate: String,
+}
+
+type DurationFamily = Family<KindLabels, Histogram, fn() -> Histogram>;
+
+/// The controller's metrics and their registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Status reconciliations' duration by kind.
+    pub reconcile_duration: DurationFamily,
+    /// Failed reconciliations by kind.
+    pub reconcile_errors: Family<KindLabels, Counter>,
+    /// 1 while this replica leads.
+    pub leader: Gauge,
+    /// 1 while the circuit breaker is open.
+    pub breaker_open: Gauge,
+    /// Breaker transitions by the state entered.
+    pub breaker_transitions: Family<StateLabels, Counter>,
+    /// Webhook configurations put back after they were deleted or altered.
+    pub webhook_restorations: Family<RestorationLabels, Counter>,
+    /// Pods found admitted without Phantom (current count).
+    pub gap_pods: Gauge,
+    /// Gap pods evicted so their owner re-creates them through the webhook.
+    pub gap_pods_evicted: Counter,
+    /// Seconds until each certificate expires.
+    pub certificate_expiry_seconds: Family<CertificateLabels, Gauge>,
+    /// Certificates generated, by certificate.
+    pub certificate_rotations: Family<CertificateLabels, Counter>,
+    /// Objects whose current version does not compile.
+    pub policy_errors: Gauge,
+    /// Generation of the compiled policy set.
+    pub policy_generation: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("phantom_controller");
+        let m = Self {
+            reconcile_duration: Family::new_with_constructor(duration_histogram),
+            reconcile_errors: Family::default(),
+            leader: Gauge::default(),
+            breaker_open: Gauge::default(),
+            breaker_transitions: Family::default(),
+            webhook_restorations: Family::default(),
+            gap_pods: Gauge::default(),
+            gap_pods_evicted: Counter::default(),
+            certificate_expiry_seconds: Family::default(),
+            certificate_rotations: Family::default(),
+            policy_errors: Gauge::default(),
+            policy_generation: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconcile_duration_seconds",
+            "Status reconciliation duration by kind",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciliations by kind",
+            m.reconcile_errors.clone(),
+        );
+        registry.register("leader", "1 while this replica leads", m.leader.clone());
+        registry.register(
+            "breaker_open",
+            "1 while the admission circuit breaker is open",
+            m.breaker_open.clone(),
+        );
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker transitions by the state entered",
+            m.breaker_transitions.clone(),
+        );
+        registry.register(
+            "webhook_restorations",
+            "Webhook configurations restored after being deleted or altered",
+            m.webhook_restorations.clone(),
+        );
+        registry.register(
+            "gap_pods",
+            "Pods admitted without Phantom in covered namespaces",
+            m.gap_pods.clone(),
+        );
+        registry.register(
+            "gap_pods_evicted",
+            "Gap pods evicted so that their owner re-creates them through the webhook",
+            m.gap_pods_evicted.clone(),
+        );
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until the webhook CA or serving certificate expires",
+            m.certificate_expiry_seconds.clone(),
+        );
+        registry.register(
+            "certificate_rotations",
+            "Webhook certificates generated",
+            m.certificate_rotations.clone(),
+        );
+        registry.register(
+            "policy_errors",
+            "Phantom objects whose current version does not compile",
+            m.policy_errors.clone(),
+        );
+        registry.register(
+            "policy_generation",
+            "Generation of the compiled policy set",
+            m.policy_generation.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` (ready once Phantom's CRDs are served) on `addr`;
+/// returns the bound address and the task.
+pub fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| {
+            Error::Config(format!(
+                "binding the metrics address {addr}: {e}; choose another --metrics-listen"
+            ))
+        })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Config(format!("metrics address: {e}")))?;
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (metrics, ready) = (metrics.clone(), ready.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let answer = match req.uri().path() {
+                        "/metrics" => reply(
+                            StatusCode::OK,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            metrics.encode(),
+                        ),
+                        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+                        "/readyz" if ready.load(Ordering::SeqCst) => {
+                            reply(StatusCode::OK, "text/plain", "ok\n".into())
+                        }
+                        "/readyz" => reply(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain",
+                            "not ready: Phantom's CRDs are not served yet (kubectl apply -f crds/yaml/)\n".into(),
+                        ),
+                        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+                    };
+                    async move { Ok::<_, Infallible>(answer) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_has_the_phantom_controller_prefix() {
+        let m = Metrics::default();
+        m.breaker_open.set(1);
+        m.webhook_restorations
+            .get_or_create(&RestorationLabels {
+                configuration: "MutatingWebhookConfiguration".into(),
+                cause: "deleted".into(),
+            })
+            .inc();
+        let text = m.encode();
+        assert!(text.contains("phantom_controller_breaker_open 1"), "{text}");
+        assert!(text.contains(r#"phantom_controller_webhook_restorations_total{configuration="MutatingWebhookConfiguration",cause="deleted"} 1"#), "{text}");
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            assert!(line.starts_with("phantom_controller_"), "{line}");
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The policy sources as the API server holds them (feature `cluster`): reflectors on the three
+//! CRDs and plugin modules read from ConfigMaps. The admission webhook and the controller compile
+//! what these deliver into their own [`PolicyStore`](crate::store::PolicyStore), so the status the
+//! controller writes describes exactly what every webhook replica enforces.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource};
+use phantom_crds::{AttestationRequirement, PhantomPolicy, SecretBinding};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::store::{PolicyStore, Snapshot};
+use crate::{Modules, Sources};
+
+/// A reflector whose task logs (never ends on) watch errors; a missing CRD gets an install hint.
+/// `changed` is notified on every change after the initial list, and once when that list is
+/// complete (`synced` then turns true).
+pub fn reflect<K>(
+    api: Api<K>,
+    changed: Arc<Notify>,
+    synced: Arc<AtomicBool>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let kind = K::kind(&()).to_string();
+    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+        .default_backoff();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::InitDone) => {
+                    synced.store(true, Ordering::SeqCst);
+                    changed.notify_one();
+                }
+                Ok(Event::Init | Event::InitApply(_)) => {}
+                Ok(Event::Apply(_) | Event::Delete(_)) => changed.notify_one(),
+                Err(e) => {
+                    let text = e.to_string();
+                    if text.contains("404") || text.contains("NotFound") {
+                        tracing::error!(%kind, error = %text, "the API server does not know this resource: install Phantom's CRDs (kubectl apply -f crds/yaml/ or the chart); retrying with backoff");
+                    } else {
+                        tracing::warn!(%kind, error = %text, "watch failed; retrying with backoff");
+                    }
+                }
+            }
+        }
+    });
+    (reader, task)
+}
+
+/// Reflectors on PhantomPolicies, SecretBindings and AttestationRequirements.
+#[derive(Debug)]
+pub struct SourceWatch {
+    policies: Store<PhantomPolicy>,
+    bindings: Store<SecretBinding>,
+    requirements: Store<AttestationRequirement>,
+    synced: [Arc<AtomicBool>; 3],
+    /// Notified on every change (and when the initial lists are in).
+    pub changed: Arc<Notify>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SourceWatch {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl SourceWatch {
+    /// Starts the three reflectors.
+    pub fn start(client: &Client) -> Self {
+        let changed = Arc::new(Notify::new());
+        let synced: [Arc<AtomicBool>; 3] = Default::default();
+        let (policies, t1) = reflect(Api::all(client.clone()), changed.clone(), synced[0].clone());
+        let (bindings, t2) = reflect(Api::all(client.clone()), changed.clone(), synced[1].clone());
+        let (requirements, t3) =
+            reflect(Api::all(client.clone()), changed.clone(), synced[2].clone());
+        Self {
+            policies,
+            bindings,
+            requirements,
+            synced,
+            changed,
+            tasks: vec![t1, t2, t3],
+        }
+    }
+
+    /// The current objects, or `None` until every reflector delivered its initial list (a
+    /// half-loaded set must never decide or be reported).
+    pub fn sources(&self) -> Option<Sources> {
+        if !self.synced.iter().all(|f| f.load(Ordering::SeqCst)) {
+            return None;
+        }
+        Some(Sources {
+            policies: self
+                .policies
+                .state()
+                .iter()
+                .map(|p| (**p).clone())
+                .collect(),
+            bindings: self
+                .bindings
+                .state()
+                .iter()
+                .map(|b| (**b).clone())
+                .collect(),
+            requirements: self
+                .requirements
+                .state()
+                .iter()
+                .map(|r| (**r).clone())
+                .collect(),
+        })
+    }
+}
+
+/// Module bytes of every ConfigMap-sourced plugin of `policies`. Missing ConfigMaps or keys are
+/// left out: compilation then reports them against the plugin that needs them.
+pub async fn fetch_modules(client: &Client, policies: &[PhantomPolicy]) -> Modules {
+    let mut modules = Modules::default();
+    let refs = policies
+        .iter()
+        .flat_map(|p| &p.spec.rules.plugins)
+        .filter_map(|plugin| plugin.module.config_map.as_ref());
+    let mut fetched: BTreeMap<(String, String), Option<ConfigMap>> = BTreeMap::new();
+    for r in refs {
+        let id = (r.namespace.clone(), r.name.clone());
+        if !fetched.contains_key(&id) {
+            let cm = Api::<ConfigMap>::namespaced(client.clone(), &r.namespace)
+                .get_opt(&r.name)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(configmap = %format!("{}/{}", r.namespace, r.name), error = %e, "reading a plugin module failed");
+                    None
+                });
+            fetched.insert(id.clone(), cm);
+        }
+        if let Some(bytes) = fetched[&id]
+            .as_ref()
+            .and_then(|cm| cm.binary_data.as_ref())
+            .and_then(|d| d.get(&r.key))
+        {
+            modules.config_maps.insert(
+                format!("{}/{}/{}", r.namespace, r.name, r.key),
+                bytes.0.clone(),
+            );
+        }
+    }
+    modules
+}
+
+/// Keeps `store` compiled from the cluster until the task is dropped: after every change (bursts
+/// grouped by `debounce`) and once the initial lists are complete, compiles the current objects
+/// with their plugin modules and publishes the result; `published` sees each snapshot.
+pub async fn keep_compiled(
+    client: Client,
+    store: Arc<PolicyStore>,
+    debounce: std::time::Duration,
+    mut published: impl FnMut(&Snapshot) + Send,
+) {
+    let watch = SourceWatch::start(&client);
+    loop {
+        watch.changed.notified().await;
+        tokio::time::sleep(debounce).await;
+        let Some(sources) = watch.sources() else {
+            continue;
+        };
+        let modules = fetch_modules(&client, &sources.policies).await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.update(&sources, &modules, true)).await {
+            Ok(snapshot) => {
+                for e in &snapshot.errors {
+                    tracing::warn!(kind = e.kind, name = %e.name, errors = %e.to_string().trim_end(), "object does not compile");
+                }
+                tracing::info!(
+                    digest = %snapshot.set.digest(), generation = snapshot.generation,
+                    policies = snapshot.set.policy_names().len(), held_back = ?snapshot.held_back,
+                    "policy set published"
+                );
+                published(&snapshot);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy compilation panicked; the previous set stays in force");
+            }
+        }
+    }
+}
