@@ -34,6 +34,9 @@ pub struct Settings {
     pub evaluation_timeout: Duration,
     /// Bursts of CRD changes within this window compile once.
     pub debounce: Duration,
+    /// `(namespace, name)` of the ConfigMap where the controller publishes the set in force; read
+    /// at start so that an object broken now is enforced at its last good version.
+    pub published_set: Option<(String, String)>,
 }
 
 impl Settings {
@@ -49,6 +52,7 @@ impl Settings {
             concurrency: 8,
             evaluation_timeout: Duration::from_secs(2),
             debounce: Duration::from_millis(100),
+            published_set: None,
         }
     }
 }
@@ -75,6 +79,20 @@ pub async fn launch(client: Client, settings: Settings) -> Result<Launched> {
     let certificate = ReloadingCertificate::load(&settings.cert_path, &settings.key_path)?;
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(PolicyStore::new(PluginHost::new()?));
+    if let Some((namespace, name)) = &settings.published_set {
+        match phantom_policies::cluster::read_published(&client, namespace, name).await {
+            Ok(Some(sources)) => {
+                tracing::info!(configmap = %format!("{namespace}/{name}"), policies = sources.policies.len(), "remembering the published policy set's versions");
+                store.remember(&sources);
+            }
+            Ok(None) => {
+                tracing::info!(configmap = %format!("{namespace}/{name}"), "no published policy set yet (no controller has run)")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the published policy set is unreadable; starting from the current objects only")
+            }
+        }
+    }
     let watches = crate::watch::start(client, store.clone(), metrics.clone(), settings.debounce);
     let admitter = Arc::new(Admitter {
         store,

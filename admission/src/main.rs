@@ -96,6 +96,15 @@ struct Args {
     /// Seconds in-flight requests get to finish at shutdown.
     #[arg(long, env = "PHANTOM_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     shutdown_grace_seconds: u64,
+    /// ConfigMap (`namespace/name`) where the controller publishes the policy set in force; read at
+    /// start so that an object whose current version is broken stays enforced at its last good
+    /// version across restarts. Empty: do not read one.
+    #[arg(
+        long,
+        env = "PHANTOM_PUBLISHED_POLICY_SET",
+        default_value = "phantom-system/phantom-policy-set"
+    )]
+    published_policy_set: String,
     /// Log format.
     #[arg(long, env = "PHANTOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -176,6 +185,16 @@ async fn main() -> anyhow::Result<()> {
     settings.selection = Selection {
         enable_label: args.enable_label,
         opt_out_label: args.opt_out_label,
+    };
+    settings.published_set = match args.published_policy_set.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+            Some((namespace.to_owned(), name.to_owned()))
+        }
+        _ if args.published_policy_set.is_empty() => None,
+        _ => anyhow::bail!(
+            "PHANTOM_PUBLISHED_POLICY_SET must be namespace/name, got {:?}",
+            args.published_policy_set
+        ),
     };
     settings.concurrency = args.concurrency;
     settings.evaluation_timeout = Duration::from_millis(args.evaluation_timeout_ms);

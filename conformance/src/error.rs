@@ -49,6 +49,14 @@ pub enum Error {
     #[error("starting the admission webhook failed: {0}")]
     Admission(#[from] phantom_admission::Error),
 
+    /// A suite asked for something its settings cannot give.
+    #[error("{0}")]
+    Setup(String),
+
+    /// The in-process controller failed to start.
+    #[error(transparent)]
+    Controller(#[from] phantom_controller::Error),
+
     #[error("generating TLS material failed: {0}")]
     Pki(#[from] rcgen::Error),
 

@@ -39,6 +39,19 @@ impl Env {
         let key_path = self.dir().join(format!("admission-{id}.key"));
         crate::process::write(&cert_path, &cert.cert_pem)?;
         crate::process::write(&key_path, &cert.key_pem)?;
+        self.start_webhook_serving(cert_path, key_path, self.ca().cert_pem.clone(), configure)
+            .await
+    }
+
+    /// Starts a webhook on loopback serving the pair in `cert_path`/`key_path`, which `ca_pem`
+    /// signed (reloaded when the files change).
+    pub async fn start_webhook_serving(
+        &self,
+        cert_path: std::path::PathBuf,
+        key_path: std::path::PathBuf,
+        ca_pem: String,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Result<Webhook> {
         let mut settings = Settings::new(cert_path.clone(), key_path.clone());
         settings.server.listen = ([127, 0, 0, 1], 0).into();
         settings.server.health_listen = ([127, 0, 0, 1], 0).into();
@@ -49,7 +62,7 @@ impl Env {
         let launched = launch(self.client(), settings).await?;
         Ok(Webhook {
             launched,
-            ca_pem: self.ca().cert_pem.clone(),
+            ca_pem,
             cert_path,
             key_path,
         })

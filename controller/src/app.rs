@@ -197,26 +197,23 @@ fn lead(
             while !crds_served.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            let ctx = Arc::new(Context::new(
-                client.clone(),
-                store.clone(),
-                metrics,
-                &settings.field_manager,
-            ));
-            let compile = phantom_policies::cluster::keep_compiled(
-                client,
-                store,
-                settings.debounce,
-                move |snapshot| {
-                    recorder_metrics
-                        .policy_generation
-                        .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
-                    recorder_metrics
-                        .policy_errors
-                        .set(i64::try_from(snapshot.errors.len()).unwrap_or(i64::MAX));
-                },
-            );
-            futures::join!(compile, reconcile::run(ctx));
+            let ctx = Arc::new(Context::new(client.clone(), store.clone(), metrics, &settings.field_manager, &settings.namespace));
+            let namespace = settings.namespace.clone();
+            let name = settings.published_set.clone();
+            match phantom_policies::cluster::read_published(&client, &namespace, &name).await {
+                Ok(Some(sources)) => store.remember(&sources),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "the published policy set is unreadable; it is rewritten from what compiles now"),
+            }
+            let (publish_tx, publish_rx) = watch::channel(None);
+            let published_store = store.clone();
+            let compile = phantom_policies::cluster::keep_compiled(client.clone(), store, settings.debounce, move |snapshot| {
+                recorder_metrics.policy_generation.set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+                recorder_metrics.policy_errors.set(i64::try_from(snapshot.errors.len()).unwrap_or(i64::MAX));
+                publish_tx.send_replace(Some(published_store.snapshot()));
+            });
+            let publish = publish_set(client, namespace, name, settings.field_manager.clone(), publish_rx);
+            futures::join!(compile, reconcile::run(ctx), publish);
         });
     }
     duties.spawn(
@@ -264,6 +261,48 @@ fn lead(
         }
     });
     duties
+}
+
+/// Writes each newly compiled set's objects into the published ConfigMap (only when its digest
+/// changed), retrying a failed write after 5 s.
+async fn publish_set(
+    client: Client,
+    namespace: String,
+    name: String,
+    field_manager: String,
+    mut snapshots: watch::Receiver<Option<Arc<phantom_policies::store::Snapshot>>>,
+) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams};
+    let api = Api::<ConfigMap>::namespaced(client, &namespace);
+    let mut written: Option<String> = None;
+    loop {
+        let latest = snapshots.borrow_and_update().clone();
+        if let Some(snapshot) = latest
+            && written.as_deref() != Some(snapshot.set.digest())
+        {
+            let body =
+                phantom_policies::cluster::published_config_map(&namespace, &name, &snapshot);
+            match api
+                .patch(
+                    &name,
+                    &PatchParams::apply(&field_manager).force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+            {
+                Ok(_) => written = Some(snapshot.set.digest().to_owned()),
+                Err(e) => {
+                    tracing::warn!(configmap = %format!("{namespace}/{name}"), error = %e, "publishing the policy set failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            }
+        }
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Probes admission and drives the breaker; a transition is logged, counted, recorded as an Event
@@ -333,7 +372,10 @@ async fn probe_loop(
                 breaker_tx.send_replace(state);
                 tokio::spawn(manager::publish(
                     recorder.clone(),
-                    manager::mutating_reference(&settings.webhooks.mutating_name),
+                    manager::mutating_reference(
+                        &settings.webhooks.mutating_name,
+                        &settings.namespace,
+                    ),
                     type_,
                     reason,
                     note,

@@ -52,10 +52,12 @@ fn window(now: i64, validity: Duration) -> Result<(time::OffsetDateTime, time::O
             message: e.to_string(),
         })
     };
-    // Backdated a little: clocks of the API server and the controller's node differ.
+    // Backdated a little (clocks of the API server and the controller's node differ), by at most
+    // a tenth of the validity so that short-lived certificates are not born due.
+    let validity_secs = i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2);
     Ok((
-        at(now - 300)?,
-        at(now + i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2))?,
+        at(now - (validity_secs / 10).min(300))?,
+        at(now + validity_secs)?,
     ))
 }
 

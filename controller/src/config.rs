@@ -214,6 +214,9 @@ pub struct Settings {
     pub breaker: BreakerSettings,
     pub leader: LeaderSettings,
     pub gaps: GapSettings,
+    /// ConfigMap (in `namespace`) publishing the objects in force, which admission replicas and
+    /// the next leader read at start (the last good version of a broken object survives restarts).
+    pub published_set: String,
     /// Groups bursts of policy changes into one compilation.
     pub debounce: Duration,
     /// `/metrics`, `/healthz`, `/readyz` (None: not served).
@@ -233,6 +236,7 @@ impl Settings {
             breaker: BreakerSettings::default(),
             leader: LeaderSettings::new(identity),
             gaps: GapSettings::default(),
+            published_set: "phantom-policy-set".into(),
             debounce: Duration::from_millis(200),
             metrics_listen: None,
         }

@@ -323,7 +323,7 @@ impl Manager {
                 &self.validating.name,
             ),
         };
-        let (kind, reference) = which.reference(name);
+        let (kind, reference) = which.reference(name, &self.settings.namespace);
         match outcome {
             Outcome::Restored { cause, paths } => {
                 let note = if cause == "deleted" {
@@ -382,7 +382,11 @@ enum Which {
 }
 
 impl Which {
-    fn reference(self, name: &str) -> (&'static str, ObjectReference) {
+    /// Events about these cluster-scoped objects are recorded in the controller's namespace, with
+    /// the reference naming that namespace too: API servers before 1.22 refuse an Event whose
+    /// `regarding.namespace` differs from its own, and operators find them with
+    /// `kubectl get events -n <controller namespace>`.
+    fn reference(self, name: &str, events_namespace: &str) -> (&'static str, ObjectReference) {
         let kind = match self {
             Self::Mutating => "MutatingWebhookConfiguration",
             Self::Validating => "ValidatingWebhookConfiguration",
@@ -393,6 +397,7 @@ impl Which {
                 api_version: Some("admissionregistration.k8s.io/v1".into()),
                 kind: Some(kind.into()),
                 name: Some(name.into()),
+                namespace: Some(events_namespace.into()),
                 ..ObjectReference::default()
             },
         )
@@ -556,6 +561,6 @@ impl Manager {
 }
 
 /// The Event reference of the MutatingWebhookConfiguration `name` (breaker transitions).
-pub fn mutating_reference(name: &str) -> ObjectReference {
-    Which::Mutating.reference(name).1
+pub fn mutating_reference(name: &str, events_namespace: &str) -> ObjectReference {
+    Which::Mutating.reference(name, events_namespace).1
 }

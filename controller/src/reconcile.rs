@@ -35,6 +35,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub field_manager: String,
+    /// Where Events about cluster-scoped objects go (see [`crate::manager`]).
+    pub events_namespace: String,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -52,6 +54,7 @@ impl Context {
         store: Arc<PolicyStore>,
         metrics: Arc<Metrics>,
         field_manager: &str,
+        events_namespace: &str,
     ) -> Self {
         Self {
             recorder: Recorder::new(client.clone(), Reporter::from(field_manager.to_owned())),
@@ -59,6 +62,7 @@ impl Context {
             store,
             metrics,
             field_manager: field_manager.to_owned(),
+            events_namespace: events_namespace.to_owned(),
             failures: Mutex::default(),
         }
     }
@@ -158,7 +162,12 @@ async fn record_transition<K>(
             secondary: None,
         }
     };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    let mut reference = obj.object_ref(&());
+    if reference.namespace.is_none() {
+        // Cluster-scoped (PhantomPolicy, AttestationRequirement): see `crate::manager`.
+        reference.namespace = Some(ctx.events_namespace.clone());
+    }
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
         tracing::warn!(object = %key(obj), error = %e, "recording an Event failed");
     }
 }

@@ -204,3 +204,73 @@ pub async fn keep_compiled(
         }
     }
 }
+
+/// Key of the published set in its ConfigMap.
+pub const PUBLISHED_KEY: &str = "sources.json";
+
+fn bare<K: Resource + serde::Serialize + Clone>(obj: &K) -> serde_json::Value {
+    let mut value = serde_json::to_value(obj).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.retain(|k, _| {
+                matches!(k.as_str(), "name" | "namespace" | "generation" | "labels")
+            });
+        }
+    }
+    value
+}
+
+/// The ConfigMap body publishing the objects a snapshot enforces (their specs only), so that a
+/// replica starting later remembers the last good version of an object that is broken now.
+pub fn published_config_map(namespace: &str, name: &str, snapshot: &Snapshot) -> serde_json::Value {
+    let sources = &snapshot.sources;
+    let body = serde_json::json!({
+        "digest": snapshot.set.digest(),
+        "policies": sources.policies.iter().map(bare).collect::<Vec<_>>(),
+        "bindings": sources.bindings.iter().map(bare).collect::<Vec<_>>(),
+        "requirements": sources.requirements.iter().map(bare).collect::<Vec<_>>(),
+    });
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace,
+                     "annotations": {phantom_crds::wellknown::POLICY_DIGEST_ANNOTATION: snapshot.set.digest()}},
+        "data": {PUBLISHED_KEY: body.to_string()},
+    })
+}
+
+/// Reads a published set: `Ok(None)` when the ConfigMap does not exist yet.
+pub async fn read_published(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Sources>, String> {
+    let Some(cm) = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading ConfigMap {namespace}/{name}: {e}"))?
+    else {
+        return Ok(None);
+    };
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(PUBLISHED_KEY))
+        .ok_or_else(|| format!("ConfigMap {namespace}/{name} has no key {PUBLISHED_KEY}"))?;
+    #[derive(serde::Deserialize)]
+    struct Published {
+        policies: Vec<PhantomPolicy>,
+        bindings: Vec<SecretBinding>,
+        requirements: Vec<AttestationRequirement>,
+    }
+    let p: Published = serde_json::from_str(text).map_err(|e| {
+        format!(
+            "ConfigMap {namespace}/{name} key {PUBLISHED_KEY} is not a published policy set: {e}"
+        )
+    })?;
+    Ok(Some(Sources {
+        policies: p.policies,
+        bindings: p.bindings,
+        requirements: p.requirements,
+    }))
+}

@@ -88,6 +88,35 @@ impl PolicyStore {
         self.published.subscribe()
     }
 
+    /// Remembers `sources` as last good versions (for objects not already known): a replica that
+    /// starts while an object's current version is broken then still enforces the version the
+    /// controller last published, instead of nothing. The next [`update`](Self::update) decides
+    /// what stays: objects that no longer exist are forgotten there.
+    pub fn remember(&self, sources: &Sources) {
+        let mut last_good = self
+            .last_good
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for p in &sources.policies {
+            last_good
+                .policies
+                .entry(p.name_any())
+                .or_insert_with(|| p.clone());
+        }
+        for b in &sources.bindings {
+            last_good
+                .bindings
+                .entry(binding_key(b))
+                .or_insert_with(|| b.clone());
+        }
+        for r in &sources.requirements {
+            last_good
+                .requirements
+                .entry(r.name_any())
+                .or_insert_with(|| r.clone());
+        }
+    }
+
     /// Compiles the objects' current versions and publishes the result; objects that fail are
     /// replaced by their last good version (or left out if they never compiled).
     pub fn update(
@@ -244,5 +273,34 @@ mod tests {
         assert!(after.held_back.is_empty());
         assert_eq!(after.generation, 3);
         assert_eq!(*store.subscribe().borrow(), 3);
+    }
+
+    #[test]
+    fn a_new_replica_enforces_the_remembered_version_of_a_broken_object() {
+        let modules = Modules::default();
+        let published = Sources {
+            policies: vec![policy("a", "true")],
+            ..Default::default()
+        };
+        let store = PolicyStore::new(PluginHost::new().expect("host"));
+        store.remember(&published);
+        let broken = Sources {
+            policies: vec![policy("a", "object.(")],
+            ..Default::default()
+        };
+        let snapshot = store.update(&broken, &modules, true);
+        assert_eq!(snapshot.set.policy_names(), ["a"]);
+        assert_eq!(snapshot.held_back, ["PhantomPolicy a"]);
+
+        // Remembered versions never override a current version that compiles.
+        let fresh = PolicyStore::new(PluginHost::new().expect("host"));
+        fresh.remember(&published);
+        let current = Sources {
+            policies: vec![policy("a", "false")],
+            ..Default::default()
+        };
+        let snapshot = fresh.update(&current, &modules, true);
+        assert!(snapshot.held_back.is_empty());
+        assert_eq!(snapshot.sources.policies[0].spec, current.policies[0].spec);
     }
 }

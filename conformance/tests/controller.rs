@@ -1,0 +1,671 @@
+//! The controller against the real API server: in-process controllers and admission servers on
+//! loopback, every assertion read back from what the API server stores. The cases run one at a
+//! time (they stop admission and kill controllers, and every controller writes the status of every
+//! policy), each with its own controller namespace, configuration names and enable label.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use phantom_conformance::harness::{Case, run};
+use phantom_conformance::wait::until;
+use phantom_conformance::{Env, EnvOptions, random_hex};
+use phantom_controller::app::Running;
+use phantom_controller::breaker::State;
+use phantom_controller::config::Settings;
+use phantom_crds::wellknown::{CRITICAL_LABEL, DECISION_ANNOTATION};
+use phantom_crds::{PhantomPolicy, condition_types};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+const CASE_LABEL: &str = "phantom-test/case";
+
+fn main() {
+    run(
+        EnvOptions::default(),
+        vec![
+            Case::new(
+                "breaker_opens_fails_open_reports_gap_pods_and_a_broken_edit_never_takes_effect",
+                breaker_and_broken_edit,
+            ),
+            Case::new(
+                "deleted_or_altered_configurations_are_restored_within_5_s",
+                restoration,
+            ),
+            Case::new(
+                "two_controllers_one_leader_and_failover_within_the_lease",
+                leader_failover,
+            ),
+            Case::new(
+                "certificates_rotate_and_admission_keeps_answering",
+                certificate_rotation,
+            ),
+        ],
+    )
+}
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+struct Setup {
+    settings: Settings,
+    case: String,
+    enable_key: String,
+}
+
+async fn setup(
+    env: &Env,
+    prefix: &str,
+    adjust: impl FnOnce(&mut Settings),
+) -> anyhow::Result<Setup> {
+    env.install_crds().await?;
+    let case = random_hex(3);
+    let enable_key = format!("phantom-test/inject-{case}");
+    let mut settings = env.controller_settings(prefix, &enable_key)?;
+    adjust(&mut settings);
+    Ok(Setup {
+        settings,
+        case,
+        enable_key,
+    })
+}
+
+impl Setup {
+    /// A namespace the case's configurations cover.
+    async fn covered_namespace(&self, env: &Env, extra: &[(&str, &str)]) -> anyhow::Result<String> {
+        let mut labels = vec![
+            (self.enable_key.as_str(), "enabled"),
+            (CASE_LABEL, self.case.as_str()),
+        ];
+        labels.extend_from_slice(extra);
+        let ns = env.create_namespace("ctl", &labels).await?;
+        env.wait_for_default_service_account(&ns).await?;
+        Ok(ns)
+    }
+
+    /// Removes the case's configurations (its controllers are stopped first).
+    async fn remove_configurations(&self, env: &Env) {
+        let w = &self.settings.webhooks;
+        let _ = Api::<MutatingWebhookConfiguration>::all(env.client())
+            .delete(&w.mutating_name, &DeleteParams::default())
+            .await;
+        let _ = Api::<ValidatingWebhookConfiguration>::all(env.client())
+            .delete(&w.validating_name, &DeleteParams::default())
+            .await;
+    }
+}
+
+fn pod(name: &str, labels: Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "phantom.local/busybox:1",
+                                  "command": ["sleep", "3600"]}]}
+    }))
+    .expect("a pod")
+}
+
+fn failure_policies(config: &MutatingWebhookConfiguration) -> Vec<String> {
+    config
+        .webhooks
+        .iter()
+        .flatten()
+        .map(|w| w.failure_policy.clone().unwrap_or_default())
+        .collect()
+}
+
+async fn wait_for_mutating(
+    env: &Env,
+    name: &str,
+    what: &str,
+    ready: impl Fn(&MutatingWebhookConfiguration) -> bool,
+) -> anyhow::Result<MutatingWebhookConfiguration> {
+    let api = Api::<MutatingWebhookConfiguration>::all(env.client());
+    Ok(until(
+        format!("MutatingWebhookConfiguration {name}: {what}"),
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let api = api.clone();
+            let ready = &ready;
+            async move { Ok::<_, kube::Error>(api.get_opt(name).await?.filter(|c| ready(c))) }
+        },
+    )
+    .await?)
+}
+
+async fn wait_for_state(controller: &Running, state: State) -> anyhow::Result<()> {
+    let mut rx = controller.breaker.clone();
+    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| *s == state))
+        .await
+        .with_context(|| format!("the breaker did not become {} within 20 s", state.as_str()))??;
+    Ok(())
+}
+
+async fn events(
+    env: &Env,
+    namespace: &str,
+    reason: &str,
+    name: &str,
+) -> anyhow::Result<Vec<Event>> {
+    let all = Api::<Event>::namespaced(env.client(), namespace)
+        .list(&ListParams::default())
+        .await?;
+    Ok(all
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect())
+}
+
+async fn wait_for_event(
+    env: &Env,
+    namespace: &str,
+    reason: &str,
+    name: &str,
+) -> anyhow::Result<Event> {
+    Ok(until(
+        format!("an Event {reason} about {name} in {namespace}"),
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async move {
+            Ok::<_, anyhow::Error>(
+                events(env, namespace, reason, name)
+                    .await?
+                    .into_iter()
+                    .next(),
+            )
+        },
+    )
+    .await?)
+}
+
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn policy_status(
+    env: &Env,
+    name: &str,
+    what: &str,
+    ready: impl Fn(&PhantomPolicy) -> bool,
+) -> anyhow::Result<PhantomPolicy> {
+    let api = Api::<PhantomPolicy>::all(env.client());
+    Ok(until(
+        format!("PhantomPolicy {name}: {what}"),
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let api = api.clone();
+            let ready = &ready;
+            async move { Ok::<_, kube::Error>(api.get_opt(name).await?.filter(|p| ready(p))) }
+        },
+    )
+    .await?)
+}
+
+fn condition_reason(p: &PhantomPolicy, type_: &str) -> Option<String> {
+    p.status
+        .as_ref()?
+        .condition(type_)
+        .map(|c| c.reason.clone())
+}
+
+/// A dry-run pod without a team label: `Err(message)` when admission refused it.
+async fn dry_run_unlabelled(env: &Env, ns: &str) -> anyhow::Result<Result<Pod, String>> {
+    let api: Api<Pod> = Api::namespaced(env.client(), ns);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    match api
+        .create(
+            &dry_run,
+            &pod(&format!("probe-{}", random_hex(3)), json!({})),
+        )
+        .await
+    {
+        Ok(p) => Ok(Ok(p)),
+        Err(kube::Error::Api(status)) => Ok(Err(status.message)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn breaker_and_broken_edit(env: Arc<Env>) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let s = setup(&env, "brk", |_| {}).await?;
+    let controller = env.start_controller(s.settings.clone()).await?;
+    let hook = env.start_webhook_for(&s.settings, |_| {}).await?;
+    let name = &s.settings.webhooks.mutating_name;
+    wait_for_mutating(&env, name, "created, failing closed", |c| {
+        failure_policies(c) == ["Fail", "Fail"]
+    })
+    .await?;
+    let ns = s.covered_namespace(&env, &[]).await?;
+    let critical = s
+        .covered_namespace(&env, &[(CRITICAL_LABEL, "true")])
+        .await?;
+
+    // v1 of a policy: pods need a team label.
+    let policy_name = format!("team-{}", s.case);
+    let v1: PhantomPolicy = serde_json::from_value(json!({
+        "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy",
+        "metadata": {"name": policy_name},
+        "spec": {"match": {"namespaceSelector": {"matchLabels": {CASE_LABEL: s.case}}},
+                 "rules": {"validations": [{"name": "team",
+                     "expression": "has(object.metadata.labels) && 'team' in object.metadata.labels",
+                     "message": "pods need a team label"}]}}
+    }))?;
+    Api::<PhantomPolicy>::all(env.client())
+        .create(&PostParams::default(), &v1)
+        .await
+        .context("creating the policy")?;
+    let enforced = policy_status(&env, &policy_name, "Ready", |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.is_true(condition_types::READY))
+    })
+    .await?;
+    let v1_digest = enforced
+        .status
+        .as_ref()
+        .and_then(|s| s.compiled_digest.clone());
+    ensure!(v1_digest.is_some(), "the status names the compiled digest");
+    hook.wait_for_policy(&policy_name).await?;
+    let refused = dry_run_unlabelled(&env, &ns).await?;
+    ensure!(
+        matches!(&refused, Err(m) if m.contains("pods need a team label")),
+        "v1 refuses an unlabelled pod: {refused:?}"
+    );
+
+    // Admission goes away: the breaker opens, non-critical namespaces fail open.
+    hook.launched.shutdown().await;
+    wait_for_state(&controller, State::Open).await?;
+    let opened = wait_for_mutating(
+        &env,
+        name,
+        "failing open except for critical namespaces",
+        |c| failure_policies(c) == ["Ignore", "Fail"],
+    )
+    .await?;
+    ensure!(
+        opened
+            .annotations()
+            .get("phantom.dev/circuit-breaker")
+            .map(String::as_str)
+            == Some("open"),
+        "the configuration records the breaker: {:?}",
+        opened.annotations()
+    );
+    wait_for_event(&env, &s.settings.namespace, "CircuitBreakerOpened", name).await?;
+    ensure!(
+        metric(
+            &controller.metrics.encode(),
+            "phantom_controller_breaker_open "
+        ) == Some(1.0),
+        "breaker metric"
+    );
+    let gap = Api::<Pod>::namespaced(env.client(), &ns)
+        .create(&PostParams::default(), &pod("gap", json!({"team": "a"})))
+        .await
+        .context("a pod in a non-critical namespace is admitted while the breaker is open")?;
+    ensure!(
+        !gap.annotations().contains_key(DECISION_ANNOTATION),
+        "admitted without Phantom: {:?}",
+        gap.annotations()
+    );
+    match Api::<Pod>::namespaced(env.client(), &critical)
+        .create(&PostParams::default(), &pod("held", json!({"team": "a"})))
+        .await
+    {
+        Ok(_) => bail!("a pod in a critical namespace was admitted without Phantom"),
+        Err(e) => ensure!(e.to_string().contains("inject-critical.phantom.dev"), "{e}"),
+    }
+
+    // With validation failing open, a broken edit gets stored: it is reported, never enforced.
+    let mut v2 = Api::<PhantomPolicy>::all(env.client())
+        .get(&policy_name)
+        .await?;
+    v2.spec.rules.validations[0].expression = "object.metadata.labels.(".into();
+    Api::<PhantomPolicy>::all(env.client())
+        .replace(&policy_name, &PostParams::default(), &v2)
+        .await
+        .context("storing a broken edit while validation fails open")?;
+    let held = policy_status(&env, &policy_name, "the broken generation reported", |p| {
+        p.status.as_ref().and_then(|s| s.observed_generation) == p.metadata.generation
+            && condition_reason(p, condition_types::COMPILED).as_deref() == Some("CompileFailed")
+    })
+    .await?;
+    let status = held.status.clone().unwrap_or_default();
+    ensure!(
+        condition_reason(&held, condition_types::READY).as_deref()
+            == Some("PreviousVersionEnforced"),
+        "{status:?}"
+    );
+    ensure!(
+        status.compiled_digest == v1_digest,
+        "v1 is still what is enforced: {status:?}"
+    );
+    let error = status
+        .errors
+        .first()
+        .context("the status lists the error")?;
+    ensure!(
+        error.field == "spec.rules.validations[0].expression",
+        "{error:?}"
+    );
+    ensure!(
+        error.position.is_some(),
+        "the error has a position: {error:?}"
+    );
+    wait_for_event(&env, &s.settings.namespace, "CompileFailed", &policy_name).await?;
+
+    // Admission comes back (a new process: it reads the published set) and the breaker closes.
+    let hook = env.start_webhook_for(&s.settings, |_| {}).await?;
+    wait_for_state(&controller, State::Closed).await?;
+    wait_for_mutating(&env, name, "failing closed again", |c| {
+        failure_policies(c) == ["Fail", "Fail"]
+    })
+    .await?;
+    wait_for_event(&env, &s.settings.namespace, "CircuitBreakerClosed", name).await?;
+
+    // The pod admitted while the breaker was open is reported.
+    let reported = wait_for_event(&env, &ns, "AdmittedWithoutPhantom", "gap").await?;
+    ensure!(
+        reported
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no Phantom sidecar"),
+        "{reported:?}"
+    );
+    ensure!(
+        metric(&controller.metrics.encode(), "phantom_controller_gap_pods ") == Some(1.0),
+        "gap pod metric: {}",
+        controller.metrics.encode()
+    );
+    let gaps = phantom_controller::gaps::scan(&env.client(), &s.settings.webhooks).await?;
+    ensure!(
+        gaps.iter().any(|g| g.name == "gap" && g.namespace == ns),
+        "{gaps:?}"
+    );
+
+    // The restarted admission enforces v1: the broken v2 never took effect.
+    hook.wait_for("initial sync", |snap| snap.synced).await?;
+    hook.wait_for_policy(&policy_name).await?;
+    let refused = dry_run_unlabelled(&env, &ns).await?;
+    ensure!(
+        matches!(&refused, Err(m) if m.contains("pods need a team label")),
+        "the previous version stays in force in a freshly started admission: {refused:?}"
+    );
+
+    Api::<PhantomPolicy>::all(env.client())
+        .delete(&policy_name, &DeleteParams::default())
+        .await?;
+    controller.shutdown().await;
+    hook.launched.shutdown().await;
+    s.remove_configurations(&env).await;
+    Ok(())
+}
+
+async fn restoration(env: Arc<Env>) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let s = setup(&env, "rst", |_| {}).await?;
+    let controller = env.start_controller(s.settings.clone()).await?;
+    let hook = env.start_webhook_for(&s.settings, |_| {}).await?;
+    let name = s.settings.webhooks.mutating_name.clone();
+    let api = Api::<MutatingWebhookConfiguration>::all(env.client());
+    let original = wait_for_mutating(&env, &name, "created", |_| true).await?;
+    let bundle = original
+        .webhooks
+        .as_ref()
+        .and_then(|w| w[0].client_config.ca_bundle.clone());
+    let ca = std::fs::read_to_string(s.settings.certs.write_dir.as_ref().unwrap().join("ca.crt"))?;
+    ensure!(
+        bundle.map(|b| b.0) == Some(ca.clone().into_bytes()),
+        "the caBundle is the controller's CA"
+    );
+
+    // Deleted → re-created.
+    api.delete(&name, &DeleteParams::default()).await?;
+    let deleted_at = Instant::now();
+    let restored =
+        wait_for_mutating(&env, &name, "re-created", |c| c.uid() != original.uid()).await?;
+    let took = deleted_at.elapsed();
+    ensure!(took < Duration::from_secs(5), "restored after {took:?}");
+    ensure!(failure_policies(&restored) == ["Fail", "Fail"]);
+    eprintln!("deleted MutatingWebhookConfiguration restored after {took:?}");
+    wait_for_event(
+        &env,
+        &s.settings.namespace,
+        "WebhookConfigurationRestored",
+        &name,
+    )
+    .await?;
+
+    // Altered by someone else → put back.
+    let edit = json!([{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]);
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Json::<()>(serde_json::from_value(edit)?),
+    )
+    .await
+    .context("altering the failurePolicy")?;
+    let altered_at = Instant::now();
+    wait_for_mutating(&env, &name, "failurePolicy reverted", |c| {
+        failure_policies(c) == ["Fail", "Fail"]
+    })
+    .await?;
+    let took = altered_at.elapsed();
+    ensure!(took < Duration::from_secs(5), "reverted after {took:?}");
+
+    // The validating configuration too.
+    let validating = Api::<ValidatingWebhookConfiguration>::all(env.client());
+    let vname = s.settings.webhooks.validating_name.clone();
+    validating.delete(&vname, &DeleteParams::default()).await?;
+    until(
+        format!("ValidatingWebhookConfiguration {vname} re-created"),
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            let (validating, vname) = (validating.clone(), vname.clone());
+            async move { validating.get_opt(&vname).await.map(|c| c.map(|_| ())) }
+        },
+    )
+    .await?;
+
+    let text = controller.metrics.encode();
+    for (configuration, cause) in [
+        ("MutatingWebhookConfiguration", "deleted"),
+        ("MutatingWebhookConfiguration", "altered"),
+        ("ValidatingWebhookConfiguration", "deleted"),
+    ] {
+        let series = format!(
+            "phantom_controller_webhook_restorations_total{{configuration=\"{configuration}\",cause=\"{cause}\"}} "
+        );
+        ensure!(metric(&text, &series) == Some(1.0), "{series} in:\n{text}");
+    }
+    ensure!(
+        metric(&text, "phantom_controller_breaker_open ") == Some(0.0),
+        "our own changes never opened the breaker"
+    );
+
+    controller.shutdown().await;
+    hook.launched.shutdown().await;
+    s.remove_configurations(&env).await;
+    Ok(())
+}
+
+async fn leader_failover(env: Arc<Env>) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let s = setup(&env, "ldr", |_| {}).await?;
+    let mut second = s.settings.clone();
+    second.leader.identity = format!("{}-second", s.settings.namespace);
+    let a = env.start_controller(s.settings.clone()).await?;
+    let b = env.start_controller(second).await?;
+    until(
+        "one of two controllers leads",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || {
+            let lead = *a.leading.borrow() || *b.leading.borrow();
+            async move { Ok::<_, anyhow::Error>(lead.then_some(())) }
+        },
+    )
+    .await?;
+    for _ in 0..20 {
+        ensure!(
+            !(*a.leading.borrow() && *b.leading.borrow()),
+            "two controllers led at once"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (leader, follower) = if *a.leading.borrow() { (a, b) } else { (b, a) };
+    ensure!(!*follower.leading.borrow(), "exactly one leader");
+
+    leader.kill().await;
+    let killed_at = Instant::now();
+    let mut leading = follower.leading.clone();
+    tokio::time::timeout(Duration::from_secs(15), leading.wait_for(|l| *l))
+        .await
+        .context("the follower did not take over within 15 s")??;
+    let took = killed_at.elapsed();
+    let bound = s.settings.leader.lease_duration + s.settings.leader.retry_period * 2;
+    ensure!(
+        took <= bound,
+        "took over after {took:?}, more than the lease + two retries ({bound:?})"
+    );
+    eprintln!(
+        "failover after {took:?} (lease {:?})",
+        s.settings.leader.lease_duration
+    );
+
+    // The new leader acts: a deleted configuration comes back.
+    let name = s.settings.webhooks.mutating_name.clone();
+    let original = wait_for_mutating(&env, &name, "created", |_| true).await?;
+    Api::<MutatingWebhookConfiguration>::all(env.client())
+        .delete(&name, &DeleteParams::default())
+        .await?;
+    wait_for_mutating(&env, &name, "re-created by the new leader", |c| {
+        c.uid() != original.uid()
+    })
+    .await?;
+
+    follower.shutdown().await;
+    s.remove_configurations(&env).await;
+    Ok(())
+}
+
+fn certificates(bundle_pem: &[u8]) -> usize {
+    String::from_utf8_lossy(bundle_pem)
+        .matches("BEGIN CERTIFICATE")
+        .count()
+}
+
+async fn certificate_rotation(env: Arc<Env>) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let s = setup(&env, "crt", |s| {
+        s.certs.ca_validity = Duration::from_secs(12);
+        s.certs.serving_validity = Duration::from_secs(6);
+        s.certs.check_interval = Duration::from_millis(300);
+    })
+    .await?;
+    let controller = env.start_controller(s.settings.clone()).await?;
+    let hook = env.start_webhook_for(&s.settings, |_| {}).await?;
+    let ns = s.covered_namespace(&env, &[]).await?;
+    let dir = s.settings.certs.write_dir.clone().context("write_dir")?;
+    let first_cert = std::fs::read_to_string(dir.join("tls.crt"))?;
+    let name = s.settings.webhooks.mutating_name.clone();
+    let first = wait_for_mutating(&env, &name, "created", |_| true).await?;
+    let first_bundle = first
+        .webhooks
+        .as_ref()
+        .and_then(|w| w[0].client_config.ca_bundle.clone())
+        .context("caBundle")?;
+    ensure!(certificates(&first_bundle.0) == 1);
+
+    // The CA has a third of its life left after 8 s: a new one joins the bundle beside the old.
+    let rotated = wait_for_mutating(&env, &name, "a second CA in the caBundle", |c| {
+        c.webhooks
+            .as_ref()
+            .and_then(|w| w[0].client_config.ca_bundle.as_ref())
+            .is_some_and(|b| certificates(&b.0) == 2)
+    })
+    .await?;
+    let bundle = rotated
+        .webhooks
+        .as_ref()
+        .and_then(|w| w[0].client_config.ca_bundle.clone())
+        .context("caBundle")?;
+    ensure!(
+        String::from_utf8_lossy(&bundle.0).ends_with(&*String::from_utf8_lossy(&first_bundle.0)),
+        "the old CA stays trusted"
+    );
+    let now_cert = std::fs::read_to_string(dir.join("tls.crt"))?;
+    ensure!(
+        now_cert != first_cert,
+        "the serving certificate was re-issued"
+    );
+    let secret =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client(), &s.settings.namespace)
+            .get(&s.settings.certs.serving_secret)
+            .await?;
+    ensure!(secret.type_.as_deref() == Some("kubernetes.io/tls"));
+    ensure!(
+        !secret
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key("ca.key")),
+        "admission's Secret never holds the CA key"
+    );
+
+    // Through all of it the API server keeps reaching admission (the pod gets a decision).
+    for _ in 0..3 {
+        let stored = dry_run_labelled(&env, &ns).await?;
+        ensure!(
+            stored.annotations().contains_key(DECISION_ANNOTATION),
+            "{:?}",
+            stored.annotations()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let text = hook.metrics().await?;
+    ensure!(
+        text.contains("phantom_admission_certificate_reloads_total{outcome=\"ok\"}"),
+        "admission reloaded the pair:\n{text}"
+    );
+    ensure!(
+        controller.breaker.borrow().to_owned() == State::Closed,
+        "the probe trusted every rotation"
+    );
+
+    controller.shutdown().await;
+    hook.launched.shutdown().await;
+    s.remove_configurations(&env).await;
+    Ok(())
+}
+
+async fn dry_run_labelled(env: &Env, ns: &str) -> anyhow::Result<Pod> {
+    let api: Api<Pod> = Api::namespaced(env.client(), ns);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    api.create(
+        &dry_run,
+        &pod(&format!("rot-{}", random_hex(3)), json!({"team": "a"})),
+    )
+    .await
+    .context("a dry-run pod through admission")
+}
