@@ -1,8 +1,10 @@
 //! `phantomctl`: Phantom's command line. Offline policy work for platform teams: lint policies,
-//! run policy test suites, and show how a policy change changes decisions (for pull requests).
+//! run policy test suites, and show how a policy change changes decisions (for pull requests);
+//! and `status`, what Phantom does in a cluster right now.
 
 mod diff;
 mod load;
+mod status;
 mod suite;
 
 use std::path::PathBuf;
@@ -24,6 +26,66 @@ enum Command {
     /// Work with PhantomPolicy, SecretBinding and AttestationRequirement files offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// What Phantom does in the cluster (KUBECONFIG): leader, webhooks, circuit breaker, policies'
+    /// Ready conditions, pods admitted without Phantom; exit 1 when something needs attention.
+    Status {
+        /// Namespace of the controller (its Lease, Secrets, published policy set).
+        #[arg(long, env = "PHANTOM_NAMESPACE", default_value = "phantom-system")]
+        namespace: String,
+        /// Name of the controller's Lease.
+        #[arg(long, env = "PHANTOM_LEASE", default_value = "phantom-controller")]
+        lease: String,
+        /// Name of the MutatingWebhookConfiguration.
+        #[arg(
+            long,
+            env = "PHANTOM_MUTATING_WEBHOOK",
+            default_value = "phantom-injector"
+        )]
+        mutating_webhook: String,
+        /// Name of the ValidatingWebhookConfiguration.
+        #[arg(
+            long,
+            env = "PHANTOM_VALIDATING_WEBHOOK",
+            default_value = "phantom-validator"
+        )]
+        validating_webhook: String,
+        /// Name of the published policy set's ConfigMap.
+        #[arg(
+            long,
+            env = "PHANTOM_PUBLISHED_POLICY_SET",
+            default_value = "phantom-policy-set"
+        )]
+        published_set: String,
+        /// Namespace label (key=value) that enables Phantom.
+        #[arg(long, env = "PHANTOM_ENABLE_LABEL", default_value = "phantom.dev/inject=enabled", value_parser = phantom_crds::wellknown::parse_label)]
+        enable_label: (String, String),
+        #[arg(long, value_enum, default_value_t = StatusOutput::Text, env = "PHANTOM_STATUS_OUTPUT")]
+        output: StatusOutput,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum StatusOutput {
+    Text,
+    Json,
+}
+
+fn cluster_status(target: status::Target, json: bool) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!("no Kubernetes configuration ({e}): set KUBECONFIG or run in a pod")
+        })?;
+        let report = status::gather(&client, &target).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.render());
+        }
+        Ok(report.problems().is_empty())
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -126,6 +188,25 @@ fn main() -> ExitCode {
             resources,
             output,
         }) => diff::run(&base, &head, &resources, output == Output::Json),
+        Command::Status {
+            namespace,
+            lease,
+            mutating_webhook,
+            validating_webhook,
+            published_set,
+            enable_label,
+            output,
+        } => cluster_status(
+            status::Target {
+                namespace,
+                lease,
+                mutating: mutating_webhook,
+                validating: validating_webhook,
+                published_set,
+                enable_label,
+            },
+            output == StatusOutput::Json,
+        ),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

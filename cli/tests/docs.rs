@@ -10,6 +10,7 @@ const PAGES: &[&[&str]] = &[
     &["policy", "lint"],
     &["policy", "test"],
     &["policy", "diff"],
+    &["status"],
 ];
 
 fn render() -> String {

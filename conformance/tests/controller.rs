@@ -400,6 +400,31 @@ async fn breaker_and_broken_edit(env: Arc<Env>) -> anyhow::Result<()> {
         "{gaps:?}"
     );
 
+    // phantomctl status reports it too, and exits 1 (something needs attention).
+    let w = &s.settings.webhooks;
+    let out = std::process::Command::new(phantom_conformance::bins::built("phantomctl")?)
+        .args(["status", "--namespace", &s.settings.namespace])
+        .args(["--lease", &s.settings.leader.lease_name])
+        .args([
+            "--mutating-webhook",
+            &w.mutating_name,
+            "--validating-webhook",
+            &w.validating_name,
+        ])
+        .args(["--enable-label", &format!("{}=enabled", s.enable_key)])
+        .env("KUBECONFIG", env.kubeconfig())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.code() == Some(1),
+        "phantomctl status exit {:?}: {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(text.contains(&format!("{ns}/gap (owner none")), "{text}");
+    ensure!(text.contains("PreviousVersionEnforced"), "{text}");
+    ensure!(text.contains("circuit breaker closed"), "{text}");
+
     // The restarted admission enforces v1: the broken v2 never took effect.
     hook.wait_for("initial sync", |snap| snap.synced).await?;
     hook.wait_for_policy(&policy_name).await?;

@@ -1,0 +1,366 @@
+//! `phantomctl status`: what Phantom is doing in the cluster, read from the API server — the
+//! controller's leader, the webhook configurations and the circuit breaker, the published policy
+//! set, each object's Ready condition, and pods admitted without Phantom. Exit 1 when something
+//! needs attention.
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use phantom_controller::config::{AdmissionEndpoint, WebhookSettings};
+use phantom_controller::gaps::{self, GapPod};
+use phantom_crds::wellknown::{BREAKER_ANNOTATION, POLICY_DIGEST_ANNOTATION};
+use phantom_crds::{
+    AttestationRequirement, CommonStatus, PhantomPolicy, SecretBinding, condition_types,
+};
+use serde::Serialize;
+
+/// Where to look.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub namespace: String,
+    pub lease: String,
+    pub mutating: String,
+    pub validating: String,
+    pub published_set: String,
+    pub enable_label: (String, String),
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Configuration {
+    pub kind: String,
+    pub name: String,
+    pub present: bool,
+    /// `failurePolicy` of each webhook, in order.
+    pub failure_policies: Vec<String>,
+    pub breaker: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ObjectState {
+    pub kind: String,
+    pub name: String,
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Everything `status` reports.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub leader: Option<String>,
+    pub configurations: Vec<Configuration>,
+    pub published_digest: Option<String>,
+    pub objects: Vec<ObjectState>,
+    pub gap_pods: Vec<GapPod>,
+}
+
+impl Report {
+    /// What needs attention, one line each (empty: all is well).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.leader.is_none() {
+            out.push("no controller leads: is phantom-controller running? (its Lease is missing or expired)".to_owned());
+        }
+        for c in &self.configurations {
+            if !c.present {
+                out.push(format!("{} {} is missing: pods are admitted without Phantom until the controller restores it", c.kind, c.name));
+            }
+            if c.breaker.as_deref() == Some("open") {
+                out.push(format!("the circuit breaker is open ({} {}): admission is down and non-critical namespaces fail open", c.kind, c.name));
+            }
+        }
+        for o in self.objects.iter().filter(|o| !o.ready) {
+            out.push(format!(
+                "{} {} is not Ready ({}): {}",
+                o.kind, o.name, o.reason, o.message
+            ));
+        }
+        if !self.gap_pods.is_empty() {
+            out.push(format!(
+                "{} pod(s) admitted without Phantom: delete them so their owners re-create them through the webhook",
+                self.gap_pods.len()
+            ));
+        }
+        out
+    }
+
+    /// Human-readable text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "Controller leader: {}\n",
+            self.leader.as_deref().unwrap_or("none")
+        ));
+        for c in &self.configurations {
+            if c.present {
+                out.push_str(&format!(
+                    "{} {}: present, failurePolicy {}{}\n",
+                    c.kind,
+                    c.name,
+                    c.failure_policies.join("/"),
+                    c.breaker
+                        .as_deref()
+                        .map(|b| format!(", circuit breaker {b}"))
+                        .unwrap_or_default()
+                ));
+            } else {
+                out.push_str(&format!("{} {}: MISSING\n", c.kind, c.name));
+            }
+        }
+        out.push_str(&format!(
+            "Published policy set: {}\n",
+            self.published_digest.as_deref().unwrap_or("none yet")
+        ));
+        if !self.objects.is_empty() {
+            out.push_str("\nOBJECT                                              READY  REASON\n");
+            for o in &self.objects {
+                out.push_str(&format!(
+                    "{:<52}{:<7}{}\n",
+                    format!("{}/{}", o.kind, o.name),
+                    if o.ready { "True" } else { "False" },
+                    o.reason
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "\nPods admitted without Phantom: {}\n",
+            self.gap_pods.len()
+        ));
+        for g in &self.gap_pods {
+            out.push_str(&format!(
+                "  {}/{} (owner {}, created {})\n",
+                g.namespace,
+                g.name,
+                g.owner.as_deref().unwrap_or("none"),
+                g.created.as_deref().unwrap_or("?")
+            ));
+        }
+        let problems = self.problems();
+        if problems.is_empty() {
+            out.push_str("\nAll is well.\n");
+        } else {
+            out.push_str("\nNeeds attention:\n");
+            for p in problems {
+                out.push_str(&format!("  - {p}\n"));
+            }
+        }
+        out
+    }
+}
+
+fn object_state(kind: &str, name: String, status: Option<&CommonStatus>) -> ObjectState {
+    let ready = status.and_then(|s| s.condition(condition_types::READY));
+    ObjectState {
+        kind: kind.into(),
+        name,
+        ready: ready.is_some_and(|c| c.status == "True"),
+        reason: ready.map_or_else(|| "NoStatus".into(), |c| c.reason.clone()),
+        message: ready.map_or_else(
+            || "no status yet: is phantom-controller running?".into(),
+            |c| c.message.clone(),
+        ),
+    }
+}
+
+/// Reads everything from the API server.
+pub async fn gather(client: &Client, target: &Target) -> anyhow::Result<Report> {
+    use anyhow::Context as _;
+    let lease = Api::<Lease>::namespaced(client.clone(), &target.namespace)
+        .get_opt(&target.lease)
+        .await
+        .with_context(|| format!("reading Lease {}/{}", target.namespace, target.lease))?;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let leader = lease.and_then(|l| l.spec).and_then(|spec| {
+        let holder = spec.holder_identity.filter(|h| !h.is_empty())?;
+        let renewed = spec.renew_time?.0;
+        let duration = std::time::Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15),
+        );
+        (renewed + duration > now).then_some(holder)
+    });
+
+    let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get_opt(&target.mutating)
+        .await
+        .with_context(|| format!("reading MutatingWebhookConfiguration {}", target.mutating))?;
+    let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .get_opt(&target.validating)
+        .await
+        .with_context(|| {
+            format!(
+                "reading ValidatingWebhookConfiguration {}",
+                target.validating
+            )
+        })?;
+    let configurations = vec![
+        Configuration {
+            kind: "MutatingWebhookConfiguration".into(),
+            name: target.mutating.clone(),
+            present: mutating.is_some(),
+            failure_policies: mutating
+                .as_ref()
+                .and_then(|c| c.webhooks.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|w| w.failure_policy.clone().unwrap_or_default())
+                .collect(),
+            breaker: mutating
+                .as_ref()
+                .and_then(|c| c.annotations().get(BREAKER_ANNOTATION).cloned()),
+        },
+        Configuration {
+            kind: "ValidatingWebhookConfiguration".into(),
+            name: target.validating.clone(),
+            present: validating.is_some(),
+            failure_policies: validating
+                .as_ref()
+                .and_then(|c| c.webhooks.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|w| w.failure_policy.clone().unwrap_or_default())
+                .collect(),
+            breaker: validating
+                .as_ref()
+                .and_then(|c| c.annotations().get(BREAKER_ANNOTATION).cloned()),
+        },
+    ];
+    let published_digest = Api::<ConfigMap>::namespaced(client.clone(), &target.namespace)
+        .get_opt(&target.published_set)
+        .await
+        .with_context(|| {
+            format!(
+                "reading ConfigMap {}/{}",
+                target.namespace, target.published_set
+            )
+        })?
+        .and_then(|cm| cm.annotations().get(POLICY_DIGEST_ANNOTATION).cloned());
+
+    let lp = ListParams::default();
+    let mut objects = Vec::new();
+    let crd_hint =
+        "listing Phantom's resources (are the CRDs installed? kubectl apply -f crds/yaml/)";
+    for p in Api::<PhantomPolicy>::all(client.clone())
+        .list(&lp)
+        .await
+        .context(crd_hint)?
+        .items
+    {
+        objects.push(object_state(
+            "PhantomPolicy",
+            p.name_any(),
+            p.status.as_ref(),
+        ));
+    }
+    for b in Api::<SecretBinding>::all(client.clone())
+        .list(&lp)
+        .await
+        .context(crd_hint)?
+        .items
+    {
+        let name = format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any());
+        objects.push(object_state(
+            "SecretBinding",
+            name,
+            b.status.as_ref().map(|s| &s.common),
+        ));
+    }
+    for r in Api::<AttestationRequirement>::all(client.clone())
+        .list(&lp)
+        .await
+        .context(crd_hint)?
+        .items
+    {
+        objects.push(object_state(
+            "AttestationRequirement",
+            r.name_any(),
+            r.status.as_ref(),
+        ));
+    }
+
+    let mut settings = WebhookSettings::new(AdmissionEndpoint::Url(String::new()));
+    settings.selection.enable_label = target.enable_label.clone();
+    settings.excluded_namespaces.push(target.namespace.clone());
+    let gap_pods = gaps::scan(client, &settings).await?;
+    Ok(Report {
+        leader,
+        configurations,
+        published_digest,
+        objects,
+        gap_pods,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> Report {
+        Report {
+            leader: Some("phantom-controller-0".into()),
+            configurations: vec![Configuration {
+                kind: "MutatingWebhookConfiguration".into(),
+                name: "phantom-injector".into(),
+                present: true,
+                failure_policies: vec!["Fail".into(), "Fail".into()],
+                breaker: Some("closed".into()),
+            }],
+            published_digest: Some("sha256:ab".into()),
+            objects: vec![ObjectState {
+                kind: "PhantomPolicy".into(),
+                name: "payments".into(),
+                ready: true,
+                reason: "Enforced".into(),
+                message: "in force".into(),
+            }],
+            gap_pods: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_healthy_cluster_needs_no_attention() {
+        let r = healthy();
+        assert!(r.problems().is_empty());
+        let text = r.render();
+        assert!(
+            text.contains("failurePolicy Fail/Fail, circuit breaker closed"),
+            "{text}"
+        );
+        assert!(text.contains("All is well."), "{text}");
+    }
+
+    #[test]
+    fn open_breaker_missing_configuration_broken_policy_and_gap_pods_are_named() {
+        let mut r = healthy();
+        r.configurations[0].breaker = Some("open".into());
+        r.configurations.push(Configuration {
+            kind: "ValidatingWebhookConfiguration".into(),
+            name: "phantom-validator".into(),
+            present: false,
+            failure_policies: Vec::new(),
+            breaker: None,
+        });
+        r.objects[0].ready = false;
+        r.objects[0].reason = "PreviousVersionEnforced".into();
+        r.gap_pods.push(GapPod {
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            uid: "u".into(),
+            owner: Some("ReplicaSet/web".into()),
+            created: None,
+        });
+        r.leader = None;
+        let problems = r.problems();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        let text = r.render();
+        assert!(
+            text.contains("ValidatingWebhookConfiguration phantom-validator: MISSING"),
+            "{text}"
+        );
+        assert!(text.contains("shop/web-1 (owner ReplicaSet/web"), "{text}");
+        assert!(text.contains("circuit breaker is open"), "{text}");
+    }
+}
