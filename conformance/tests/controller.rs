@@ -510,6 +510,25 @@ async fn restoration(env: Arc<Env>) -> anyhow::Result<()> {
     )
     .await?;
 
+    // The serving Secret is written back from the leader's memory, unchanged.
+    let secrets =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client(), &s.settings.namespace);
+    let serving = secrets.get(&s.settings.certs.serving_secret).await?;
+    secrets
+        .delete(&s.settings.certs.serving_secret, &DeleteParams::default())
+        .await?;
+    let back = until(
+        "the serving Secret written back",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let (secrets, name) = (secrets.clone(), s.settings.certs.serving_secret.clone());
+            async move { secrets.get_opt(&name).await }
+        },
+    )
+    .await?;
+    ensure!(back.data == serving.data, "the same pair, not a new CA");
+
     let text = controller.metrics.encode();
     for (configuration, cause) in [
         ("MutatingWebhookConfiguration", "deleted"),
@@ -534,7 +553,8 @@ async fn restoration(env: Arc<Env>) -> anyhow::Result<()> {
 
 async fn leader_failover(env: Arc<Env>) -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
-    let s = setup(&env, "ldr", |_| {}).await?;
+    // No admission in this case: without the breaker, its probes would only add noise.
+    let s = setup(&env, "ldr", |s| s.breaker.enabled = false).await?;
     let mut second = s.settings.clone();
     second.leader.identity = format!("{}-second", s.settings.namespace);
     let a = env.start_controller(s.settings.clone()).await?;

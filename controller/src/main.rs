@@ -88,6 +88,14 @@ struct Args {
     /// Also write tls.crt/tls.key/ca.crt into this directory (admission as a local process).
     #[arg(long, env = "PHANTOM_CERT_DIR")]
     cert_dir: Option<PathBuf>,
+    /// ConfigMap (in --namespace) publishing the policy set in force, read by admission replicas
+    /// and the next leader at start (admission's --published-policy-set).
+    #[arg(
+        long,
+        env = "PHANTOM_PUBLISHED_POLICY_SET_NAME",
+        default_value = "phantom-policy-set"
+    )]
+    published_policy_set: String,
     /// Seconds between scans for pods admitted without Phantom.
     #[arg(long, env = "PHANTOM_GAP_SCAN_SECONDS", default_value_t = 60)]
     gap_scan_seconds: u64,
@@ -155,6 +163,7 @@ fn settings(args: Args) -> Settings {
     s.certs.ca_validity = Duration::from_secs(args.ca_days.max(1) * 86_400);
     s.certs.serving_validity = Duration::from_secs(args.serving_cert_days.max(1) * 86_400);
     s.certs.write_dir = args.cert_dir;
+    s.published_set = args.published_policy_set;
     s.gaps.scan_interval = Duration::from_secs(args.gap_scan_seconds.max(1));
     s.gaps.evict = args.evict_gap_pods;
     s.leader.lease_duration = Duration::from_secs(args.lease_seconds.max(3));

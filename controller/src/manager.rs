@@ -245,9 +245,18 @@ impl Manager {
 
     /// Renews what is due; returns the material and what changed (the CA Secret is written here,
     /// the serving pair only after the configurations trust its CA).
-    async fn renew(&mut self) -> Result<(Material, certs::Renewal)> {
-        if self.material.is_none() {
-            self.material = self.load().await?;
+    async fn renew(&mut self) -> Result<(Material, certs::Renewal, bool)> {
+        // The Secrets are the truth (a previous leader may have rotated); when they are gone but
+        // this leader holds the material, they are written back like a deleted configuration
+        // rather than starting a new CA the running admission replicas do not serve yet.
+        let mut write_back = false;
+        match self.load().await? {
+            Some(stored) => self.material = Some(stored),
+            None if self.material.is_some() => {
+                write_back = true;
+                tracing::warn!(namespace = %self.settings.namespace, "the webhook certificate Secrets were deleted or damaged: writing them back");
+            }
+            None => {}
         }
         let (dns, ips) = self.settings.webhooks.admission.subject_names();
         let (material, renewal) = certs::renew(
@@ -267,13 +276,15 @@ impl Manager {
                 })
                 .inc();
             tracing::info!(namespace = %self.settings.namespace, secret = %self.settings.certs.ca_secret, not_after = material.ca.not_after, "generated a new webhook CA");
+        } else if write_back {
+            self.write_ca(&material).await?;
         }
-        Ok((material, renewal))
+        Ok((material, renewal, write_back))
     }
 
     /// One pass: certificates, both configurations, then the serving pair.
     pub async fn reconcile(&mut self) -> Result<()> {
-        let (material, renewal) = self.renew().await?;
+        let (material, renewal, write_back) = self.renew().await?;
         let bundle = material.bundle();
         let open = *self.breaker.borrow() == State::Open;
         let hooks = &self.settings.webhooks;
@@ -291,6 +302,8 @@ impl Manager {
                 })
                 .inc();
             tracing::info!(namespace = %self.settings.namespace, secret = %self.settings.certs.serving_secret, subject = %material.subject, not_after = material.serving.not_after, "issued a new admission serving certificate");
+        } else if write_back {
+            self.write_serving(&material).await?;
         } else if let Some(dir) = &self.settings.certs.write_dir
             && !dir.join("tls.crt").exists()
         {
