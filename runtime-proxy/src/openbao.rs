@@ -41,6 +41,17 @@ fn lease_terms(answer: &Value) -> (Duration, bool) {
     )
 }
 
+/// What `sys/health` says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct Health {
+    pub initialized: bool,
+    pub sealed: bool,
+    #[serde(default)]
+    pub standby: bool,
+    #[serde(default)]
+    pub version: String,
+}
+
 /// A logged-in session: the client token and how long it lives.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -515,6 +526,49 @@ impl OpenBaoClient {
             granted_at: Instant::now(),
             ..lease.clone()
         })
+    }
+
+    /// OpenBao's `sys/health` (answered whatever the state: sealed and uninitialized servers are
+    /// reported, not turned into errors).
+    pub async fn health(&self, namespace: Option<&str>) -> Result<Health> {
+        let path = "sys/health?standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200";
+        let (status, answer) = self
+            .call(reqwest::Method::GET, path, namespace, None, None)
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(Error::Read {
+                addr: self.addr.clone(),
+                path: "sys/health".into(),
+                status,
+                errors: Self::errors_of(&answer),
+                hint: "is this address OpenBao (or Vault)?",
+            });
+        }
+        serde_json::from_value(answer).map_err(|e| Error::Malformed {
+            addr: self.addr.clone(),
+            path: "sys/health".into(),
+            what: e.to_string(),
+        })
+    }
+
+    /// Whether the Kubernetes auth role `auth/<mount>/role/<role>` exists, read as `session`
+    /// (an operator token: roles are not readable with a pod's own login).
+    pub async fn role_exists(&self, session: &Session, mount: &str, role: &str) -> Result<bool> {
+        let path = format!("auth/{mount}/role/{role}");
+        let (status, answer) = self
+            .call_as(session, reqwest::Method::GET, &path, None)
+            .await?;
+        match status {
+            200..=299 => Ok(true),
+            404 => Ok(false),
+            _ => Err(Error::Read {
+                addr: self.addr.clone(),
+                path,
+                status,
+                errors: Self::errors_of(&answer),
+                hint: "the token needs read on the auth mount's roles",
+            }),
+        }
     }
 
     /// Revokes the session's token (`auth/token/revoke-self`), and with it every lease it
