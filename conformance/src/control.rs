@@ -41,6 +41,16 @@ impl Env {
 
     /// Starts a controller replica (creating its namespace the first time).
     pub async fn start_controller(&self, settings: Settings) -> Result<Running> {
+        self.start_controller_as(self.client(), settings).await
+    }
+
+    /// [`Env::start_controller`] talking to the API server as `client` (a ServiceAccount's
+    /// permissions, to test RBAC; the namespace is created as the admin).
+    pub async fn start_controller_as(
+        &self,
+        client: kube::Client,
+        settings: Settings,
+    ) -> Result<Running> {
         let exists = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client())
             .get_opt(&settings.namespace)
             .await
@@ -53,13 +63,24 @@ impl Env {
             self.create_namespace_named(&settings.namespace, &[])
                 .await?;
         }
-        Ok(launch(self.client(), settings).await?)
+        Ok(launch(client, settings).await?)
     }
 
     /// Starts admission where `settings`' configurations point, serving the pair the controller
     /// wrote (waiting for it), reading the controller's published set at start.
     pub async fn start_webhook_for(
         &self,
+        settings: &Settings,
+        configure: impl FnOnce(&mut phantom_admission::app::Settings),
+    ) -> Result<Webhook> {
+        self.start_webhook_as(self.client(), settings, configure)
+            .await
+    }
+
+    /// [`Env::start_webhook_for`] with `client`'s permissions (a ServiceAccount's, to test RBAC).
+    pub async fn start_webhook_as(
+        &self,
+        client: kube::Client,
         settings: &Settings,
         configure: impl FnOnce(&mut phantom_admission::app::Settings),
     ) -> Result<Webhook> {
@@ -96,7 +117,7 @@ impl Env {
             })?;
         let selection = settings.webhooks.selection.clone();
         let published = (settings.namespace.clone(), settings.published_set.clone());
-        self.start_webhook_serving(cert, key, ca_pem, |s| {
+        self.start_webhook_serving_as(client, cert, key, ca_pem, |s| {
             s.server.listen = listen;
             s.selection = selection;
             s.published_set = Some(published);

@@ -381,6 +381,20 @@ impl Env {
         &self.kubeconfig
     }
 
+    /// A client with the permissions of ServiceAccount `namespace/name` (impersonated by the
+    /// admin), to prove that an RBAC grant is enough.
+    pub async fn client_as_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<kube::Client> {
+        client_impersonating(
+            &self.kubeconfig,
+            Some(&format!("system:serviceaccount:{namespace}:{name}")),
+        )
+        .await
+    }
+
     /// The environment's CA (it signed the API server's certificate and can sign more).
     pub fn ca(&self) -> &CertificateAuthority {
         &self.ca
@@ -450,13 +464,20 @@ fn kubeconfig_yaml(api_url: &str, ca: &Path, token: &str) -> String {
 }
 
 async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    client_impersonating(path, None).await
+}
+
+/// A client from `path`, impersonating `user` when given (RBAC tests: the admin's credentials,
+/// a ServiceAccount's permissions).
+pub(crate) async fn client_impersonating(path: &Path, user: Option<&str>) -> Result<kube::Client> {
     let err = |message: String| Error::KubeConfig {
         kubeconfig: path.to_owned(),
         message,
     };
     let kc = Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(|e| err(e.to_string()))?;
+    config.auth_info.impersonate = user.map(str::to_owned);
     kube::Client::try_from(config).map_err(|e| err(e.to_string()))
 }

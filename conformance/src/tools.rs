@@ -27,6 +27,8 @@ pub struct Tools {
     pub bao: PathBuf,
     /// Directory with PostgreSQL's `initdb`, `postgres` and `psql`.
     pub postgres_bin: PathBuf,
+    /// A Python with `helm_python` (Helm v4's SDK) for rendering and linting the chart.
+    pub helm_python: PathBuf,
     /// Present when installed with the node (kubelet, scheduler, containerd).
     pub node: Option<crate::node::NodeTools>,
 }
@@ -84,6 +86,7 @@ impl Tools {
             kubectl: get("KUBECTL")?,
             bao: get("BAO")?,
             postgres_bin: get("POSTGRES_BIN")?,
+            helm_python: get("HELM_PYTHON")?,
             node: match node {
                 false => None,
                 true => Some(crate::node::NodeTools {

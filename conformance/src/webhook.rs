@@ -52,6 +52,19 @@ impl Env {
         ca_pem: String,
         configure: impl FnOnce(&mut Settings),
     ) -> Result<Webhook> {
+        self.start_webhook_serving_as(self.client(), cert_path, key_path, ca_pem, configure)
+            .await
+    }
+
+    /// [`Env::start_webhook_serving`] talking to the API server as `client`.
+    pub async fn start_webhook_serving_as(
+        &self,
+        client: kube::Client,
+        cert_path: std::path::PathBuf,
+        key_path: std::path::PathBuf,
+        ca_pem: String,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Result<Webhook> {
         let mut settings = Settings::new(cert_path.clone(), key_path.clone());
         settings.server.listen = ([127, 0, 0, 1], 0).into();
         settings.server.health_listen = ([127, 0, 0, 1], 0).into();
@@ -59,7 +72,7 @@ impl Env {
         settings.cert_reload_interval = Duration::from_millis(200);
         settings.debounce = Duration::from_millis(20);
         configure(&mut settings);
-        let launched = launch(self.client(), settings).await?;
+        let launched = launch(client, settings).await?;
         Ok(Webhook {
             launched,
             ca_pem,

@@ -1,0 +1,289 @@
+//! The Helm chart: rendered and linted (`--strict`) with Helm v4's SDK, its rendered output
+//! checked in (a drift test), and applied to the real API server with `kubectl`. Its RBAC is then
+//! proven sufficient by running the controller and admission in-process *as the chart's
+//! ServiceAccounts* (impersonated): they create the webhook configurations, the certificate
+//! Secrets, the Lease, the published set and every status, and admit a pod; and insufficient
+//! where it should be (admission cannot read the CA key).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+use phantom_conformance::chart::{chart_dir, lint, render};
+use phantom_conformance::harness::{Case, run};
+use phantom_conformance::wait::until;
+use phantom_conformance::{Env, EnvOptions, random_hex};
+use phantom_crds::wellknown::DECISION_ANNOTATION;
+use phantom_crds::{PhantomPolicy, condition_types};
+use serde_json::json;
+
+fn main() {
+    run(
+        EnvOptions::default(),
+        vec![
+            Case::new(
+                "the_chart_lints_strictly_and_its_rendered_output_is_checked_in",
+                lint_and_drift,
+            ),
+            Case::new(
+                "the_rendered_chart_applies_and_its_rbac_is_enough_for_the_controller_and_admission",
+                apply_and_rbac,
+            ),
+        ],
+    )
+}
+
+/// Values the checked-in rendering uses: the defaults, with a pin and a CA so every optional
+/// block renders.
+fn showcase_values() -> serde_json::Value {
+    json!({
+        "openbao": {
+            "address": "https://openbao.eu.example:8200",
+            "spkiSha256": ["sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="],
+            "caBundle": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            "cidrs": ["203.0.113.0/24"]
+        }
+    })
+}
+
+async fn lint_and_drift(env: Arc<Env>) -> anyhow::Result<()> {
+    let tools = env.tools();
+    lint(tools, None).context("the defaults")?;
+    lint(tools, Some(&showcase_values())).context("the showcase values")?;
+
+    let rendered = render(tools, "phantom", "phantom-system", Some(&showcase_values()))?;
+    let path = chart_dir().join("rendered.yaml");
+    if std::env::var_os("PHANTOM_UPDATE_CHART").is_some() {
+        std::fs::write(&path, &rendered)?;
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    ensure!(
+        checked_in == rendered,
+        "chart/rendered.yaml drifted from the chart; regenerate with PHANTOM_UPDATE_CHART=1 cargo test -p phantom-conformance --test chart"
+    );
+
+    // Managed-cluster add-on constraints: no hooks, no lookup.
+    for entry in std::fs::read_dir(chart_dir().join("templates"))? {
+        let entry = entry?;
+        let text = std::fs::read_to_string(entry.path())?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        ensure!(!text.contains("helm.sh/hook"), "{name} uses a Helm hook");
+        ensure!(!text.contains("lookup"), "{name} uses lookup");
+    }
+
+    // Unknown values are refused, naming the key.
+    match render(
+        tools,
+        "phantom",
+        "phantom-system",
+        Some(&json!({"controler": {"replicas": 1}})),
+    ) {
+        Ok(_) => bail!("a misspelt value was accepted"),
+        Err(e) => ensure!(e.to_string().contains("controler"), "{e}"),
+    }
+
+    // The bootstrap token goes into the preflight Job's environment and nowhere else; the chart
+    // writes no Secret at all.
+    let token = format!("s.bootstrap{}", random_hex(8));
+    let with_token = render(
+        tools,
+        "phantom",
+        "phantom-system",
+        Some(&json!({"bootstrapToken": token})),
+    )?;
+    ensure!(
+        with_token.matches(&token).count() == 1,
+        "the token appears once"
+    );
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&with_token)
+        .map(|d| serde::Deserialize::deserialize(d).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(
+        !docs.iter().any(|d| d["kind"] == "Secret"),
+        "the chart writes no Secret"
+    );
+    let job = docs
+        .iter()
+        .find(|d| d["kind"] == "Job")
+        .context("the preflight Job")?;
+    let env_vars = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+    ensure!(
+        env_vars
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["name"] == "PHANTOM_BOOTSTRAP_TOKEN" && e["value"] == token.as_str()),
+        "{env_vars}"
+    );
+    Ok(())
+}
+
+async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
+    let id = random_hex(3);
+    let ns = format!("phantom-{id}");
+    let release = format!("ph-{id}");
+    env.create_namespace_named(&ns, &[]).await?;
+    let rendered = render(
+        env.tools(),
+        &release,
+        &ns,
+        Some(&json!({
+            "openbao": {"address": env.openbao().addr()},
+            // Kubernetes 1.20 serves PodDisruptionBudgets as policy/v1beta1 only.
+            "admission": {"podDisruptionBudget": {"apiVersion": "policy/v1beta1"}}
+        })),
+    )?;
+    let mut crds = String::new();
+    for entry in std::fs::read_dir(chart_dir().join("crds"))? {
+        crds.push_str("---\n");
+        crds.push_str(&std::fs::read_to_string(entry?.path())?);
+    }
+    env.kubectl_apply(&crds).context("the chart's CRDs")?;
+    let applied = env.kubectl_apply(&rendered)?;
+    for expected in [
+        "deployment.apps/phantom-controller created",
+        "deployment.apps/phantom-admission created",
+        "service/phantom-admission created",
+        "poddisruptionbudget.policy/phantom-admission created",
+        "networkpolicy.networking.k8s.io/phantom created",
+        "job.batch/phantom-preflight-1 created",
+        "serviceaccount/phantom-controller created",
+    ] {
+        ensure!(applied.contains(expected), "{expected} in:\n{applied}");
+    }
+
+    // The controller and admission, in-process, with exactly the chart's permissions.
+    let controller_client = env
+        .client_as_service_account(&ns, "phantom-controller")
+        .await?;
+    let admission_client = env
+        .client_as_service_account(&ns, "phantom-admission")
+        .await?;
+    let enable_key = format!("phantom-test/inject-{id}");
+    let mut settings = env.controller_settings("rbac", &enable_key)?;
+    settings.namespace = ns.clone();
+    settings.webhooks.excluded_namespaces.push(ns.clone());
+    let controller = env
+        .start_controller_as(controller_client, settings.clone())
+        .await?;
+    let mut leading = controller.leading.clone();
+    tokio::time::timeout(Duration::from_secs(20), leading.wait_for(|l| *l))
+        .await
+        .context("the controller never led with the chart's Role (leases)")??;
+    let hook = env
+        .start_webhook_as(admission_client.clone(), &settings, |_| {})
+        .await?;
+    hook.wait_for("initial sync with the chart's ClusterRole", |s| s.synced)
+        .await?;
+    until(
+        "the MutatingWebhookConfiguration created by the controller's ServiceAccount",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let api = Api::<MutatingWebhookConfiguration>::all(env.client());
+            let name = settings.webhooks.mutating_name.clone();
+            async move { api.get_opt(&name).await }
+        },
+    )
+    .await?;
+
+    // A policy gets its status; the published set is written.
+    let app_ns = env
+        .create_namespace(
+            "rbac-app",
+            &[
+                (enable_key.as_str(), "enabled"),
+                ("phantom-test/case", id.as_str()),
+            ],
+        )
+        .await?;
+    env.wait_for_default_service_account(&app_ns).await?;
+    let name = format!("rbac-{id}");
+    let policy: PhantomPolicy = serde_json::from_value(json!({
+        "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy",
+        "metadata": {"name": name},
+        "spec": {"match": {"namespaceSelector": {"matchLabels": {"phantom-test/case": id}}}}
+    }))?;
+    Api::<PhantomPolicy>::all(env.client())
+        .create(&PostParams::default(), &policy)
+        .await?;
+    until(
+        format!("PhantomPolicy {name} Ready, written by the controller's ServiceAccount"),
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let api = Api::<PhantomPolicy>::all(env.client());
+            let name = name.clone();
+            async move {
+                Ok::<_, kube::Error>(
+                    api.get(&name)
+                        .await?
+                        .status
+                        .filter(|s| s.is_true(condition_types::READY))
+                        .map(|_| ()),
+                )
+            }
+        },
+    )
+    .await?;
+    until(
+        "the published policy set written by the controller's ServiceAccount",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let api = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(env.client(), &ns);
+            let name = settings.published_set.clone();
+            async move { api.get_opt(&name).await }
+        },
+    )
+    .await?;
+
+    // Admission, as its ServiceAccount, admits a pod (dry run) through the API server.
+    hook.wait_for_policy(&name).await?;
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"},
+        "spec": {"containers": [{"name": "app", "image": "phantom.local/busybox:1", "command": ["true"]}]}
+    }))?;
+    let stored = Api::<Pod>::namespaced(env.client(), &app_ns)
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            },
+            &pod,
+        )
+        .await?;
+    ensure!(
+        stored.annotations().contains_key(DECISION_ANNOTATION),
+        "{:?}",
+        stored.annotations()
+    );
+
+    // Least privilege: admission may not read the CA key.
+    match Api::<Secret>::namespaced(admission_client, &ns)
+        .get(&settings.certs.ca_secret)
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => bail!("admission's ServiceAccount reading the CA Secret: {other:?}"),
+    }
+
+    controller.shutdown().await;
+    hook.launched.shutdown().await;
+    let w = &settings.webhooks;
+    let delete = kube::api::DeleteParams::default();
+    let _ = Api::<MutatingWebhookConfiguration>::all(env.client())
+        .delete(&w.mutating_name, &delete)
+        .await;
+    let _ =
+        Api::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>::all(
+            env.client(),
+        )
+        .delete(&w.validating_name, &delete)
+        .await;
+    Ok(())
+}
