@@ -10,7 +10,8 @@ CARGO ?= cargo
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-demo: toolchain tools ## Phantom end to end on a real local control plane + OpenBao (~10 s once built)
+demo: toolchain tools static ## Phantom end to end on running pods: control plane + node + OpenBao, controller, admission (needs root; ~1 min once built)
+	$(CARGO) build -q --bins
 	$(CARGO) run -q -p phantom-conformance --bin phantom-demo
 
 test: toolchain tools plugins static ## the whole suite: fmt, clippy, unit + real-cluster tests, drift checks

@@ -25,6 +25,21 @@ use crate::mutate::{annotate, decision_annotations, is_injected, mutate};
 use crate::{Error, validate};
 use phantom_policies::store::PolicyStore;
 
+/// The pod as it will be stored: a ReplicaSet's pods arrive without `metadata.namespace` (the
+/// API server fills it in from the request), yet key-release conditions compare it.
+fn stored_view(pod: &Pod, namespace: &str) -> Value {
+    let mut view = serde_json::to_value(pod).unwrap_or_default();
+    if view
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+        && let Some(metadata) = view.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        metadata.insert("namespace".into(), Value::String(namespace.to_owned()));
+    }
+    view
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -361,7 +376,7 @@ impl Admitter {
         let key_release = (!decision.key_release_policies.is_empty()).then(|| {
             snapshot.set.key_release_plan(
                 &decision.key_release_policies,
-                &serde_json::to_value(&pod).unwrap_or_default(),
+                &stored_view(&pod, &namespace),
             )
         });
         self.apply(

@@ -8,12 +8,14 @@ use crate::{Error, Result};
 /// The path of the workspace binary `name` next to the running test's profile directory.
 pub fn built(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(Error::io("locating the running test"))?;
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from)
-        .unwrap_or_default();
+    // target/<profile>/deps/<test> (a test) or target/<profile>/<bin> (the demo) →
+    // target/<profile>/<name>
+    let parent = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let profile_dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().map(PathBuf::from).unwrap_or_default()
+    } else {
+        parent
+    };
     let path = profile_dir.join(name);
     if path.is_file() {
         Ok(path)

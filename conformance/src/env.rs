@@ -64,7 +64,7 @@ const BAO_ROOT_TOKEN: &str = "phantom-dev-root";
 pub(crate) const REVIEWER_NAMESPACE: &str = "kube-system";
 pub(crate) const REVIEWER_SERVICE_ACCOUNT: &str = "openbao-token-reviewer";
 
-pub(crate) fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(Error::io("finding a free loopback port"))?;
     Ok(listener

@@ -15,6 +15,7 @@ mod error;
 pub mod harness;
 mod images;
 mod kube_helpers;
+pub mod local;
 pub mod node;
 mod openbao;
 mod phantom_setup;
@@ -26,7 +27,7 @@ mod tools;
 pub mod wait;
 pub mod webhook;
 
-pub use env::{Env, EnvOptions};
+pub use env::{Env, EnvOptions, free_port};
 pub use error::{Error, Result};
 pub use images::{ImageSpec, build_oci_tar};
 pub use kube_helpers::PodIdentity;

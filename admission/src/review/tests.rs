@@ -293,3 +293,39 @@ proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn key_release_conditions_see_the_namespace_a_replicaset_pod_will_be_stored_in() {
+    let a = admitter(true);
+    let policy: PhantomPolicy = serde_json::from_value(json!({
+        "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy",
+        "metadata": {"name": "same-namespace"},
+        "spec": {"keyRelease": {"conditions": [{"name": "same-namespace",
+            "expression": "binding.metadata.namespace == pod.metadata.namespace"}]}}
+    }))
+    .expect("policy");
+    let mut sources = a.store.snapshot().sources.clone();
+    sources.policies.push(policy);
+    a.store.update(&sources, &Modules::default(), true);
+
+    // As a ReplicaSet creates it: generateName, no namespace in the object.
+    let mut body = review("shop", "web:1");
+    body["request"]["object"]["metadata"] = json!({"generateName": "web-7d4b9c-"});
+    let injected = mutate_json(&a, body).await;
+    let patch = patch_of(&injected);
+    let plan = patch
+        .iter()
+        .flat_map(|op| op["value"]["env"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["name"] == phantom_crds::KEY_RELEASE_ENV)
+        .and_then(|e| e["value"].as_str().map(str::to_owned))
+        .expect("the sidecar gets a key-release plan");
+    let plan: phantom_crds::KeyReleasePlan = serde_json::from_str(&plan).expect("plan");
+    assert_eq!(plan.pod["metadata"]["namespace"], "shop");
+    let set =
+        phantom_policies::KeyReleaseSet::compile(&plan, Some("web-7d4b9c-x1")).expect("compiles");
+    let binding = json!({"metadata": {"name": "db", "namespace": "shop"}, "spec": {}});
+    set.check(&binding, None)
+        .expect("the condition holds for the pod's own namespace");
+    let other = json!({"metadata": {"name": "db", "namespace": "elsewhere"}, "spec": {}});
+    assert!(set.check(&other, None).is_err());
+}

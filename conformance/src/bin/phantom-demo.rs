@@ -1,25 +1,33 @@
-//! `make demo`: Phantom's main job end to end on a real control plane and a real OpenBao, one
-//! line per step. At this stage of the project: the CRDs a platform team writes, a pod identity
-//! minted exactly as the kubelet would, its login to OpenBao through Kubernetes auth, the
-//! refusal of another namespace's identity, and the proof that the secret never reached etcd.
+//! `make demo`: Phantom's main job end to end, on running pods. A real control plane with a node
+//! (kubelet + containerd) and a real OpenBao; `phantom-controller` and `phantom-admission` run as
+//! local processes; the platform and app teams' example resources are applied; a Deployment's
+//! pod is injected, runs, and proves it holds its secrets (it prints their hashes); the secret is
+//! rotated in OpenBao and the running pod sees it; another namespace's identity is refused; etcd
+//! holds no value; the webhook configuration is deleted and comes back. One line per step.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
-use phantom_conformance::{Env, EnvOptions, KubernetesRole, random_hex};
-use phantom_crds::{AttestationRequirement, PhantomPolicy, SecretBinding};
-use serde_json::json;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use phantom_conformance::local::LocalProcess;
+use phantom_conformance::node::{BUSYBOX_IMAGE, EXEC_IMAGE, PROXY_IMAGE};
+use phantom_conformance::wait::until;
+use phantom_conformance::{Env, EnvOptions, KubernetesRole, free_port, random_hex};
+use phantom_crds::{PhantomPolicy, SecretBinding, condition_types};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "phantom-demo",
     version,
-    about = "Phantom end to end on a real local control plane and OpenBao"
+    about = "Phantom end to end on running pods: a real local control plane with a node, and OpenBao"
 )]
 struct Cli {
     /// Keep the environment running at the end until Ctrl-C (to poke at it with kubectl).
@@ -27,9 +35,11 @@ struct Cli {
     keep: bool,
 }
 
-const STEPS: usize = 9;
+const STEPS: usize = 11;
 const APP_NAMESPACE: &str = "payments";
 const APP_SERVICE_ACCOUNT: &str = "payments-api";
+const PHANTOM_NAMESPACE: &str = "phantom-system";
+const WAIT: Duration = Duration::from_secs(90);
 
 struct Progress {
     step: usize,
@@ -40,7 +50,7 @@ impl Progress {
     fn step(&mut self, line: impl std::fmt::Display) {
         self.step += 1;
         println!(
-            "[{}/{STEPS}] {:>5.1}s  {line}",
+            "[{:>2}/{STEPS}] {:>5.1}s  {line}",
             self.step,
             self.started.elapsed().as_secs_f64()
         );
@@ -48,64 +58,314 @@ impl Progress {
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("          {l}\n")).collect()
+    text.lines().map(|l| format!("            {l}\n")).collect()
 }
 
-fn fingerprint(value: &str) -> String {
-    hex::encode(&Sha256::digest(value.as_bytes())[..8])
+fn sha(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     phantom_conformance::init_logging(false);
+    if let Some(reason) = phantom_conformance::node::unsupported_reason() {
+        bail!("the demo runs real pods and cannot here: {reason}");
+    }
     let mut p = Progress {
         step: 0,
         started: Instant::now(),
     };
 
-    let tools = tokio::task::spawn_blocking(phantom_conformance::Tools::ensure).await??;
+    let env = Env::start_with(EnvOptions {
+        node: true,
+        ..EnvOptions::default()
+    })
+    .await
+    .context("starting the control plane, the node and OpenBao")?;
     p.step(format!(
-        "tools ready: kube-apiserver 1.20.2, etcd, OpenBao 2.7.2 ({})",
-        tools.bao.display()
-    ));
-
-    let env = Env::start_with(EnvOptions::default())
-        .await
-        .context("starting the control plane and OpenBao")?;
-    p.step(format!(
-        "control plane {} and OpenBao {} up in {:.1?}; OpenBao's Kubernetes auth trusts this API server",
+        "control plane {} with a node (kubelet + containerd, Phantom's images imported) and OpenBao {} up in {:.1?}",
         env.api_url(),
         env.openbao().addr(),
         env.started_in()
     ));
-
     env.install_crds().await?;
-    p.step("CRDs PhantomPolicy, SecretBinding, AttestationRequirement installed and Established");
+
+    let (mut controller, mut admission) = start_phantom(&env, &mut p).await?;
+    let (secrets, _postgres) = provision_openbao(&env).await?;
+    p.step(format!(
+        "OpenBao: secret/payments/db (sha256 {}…) and secret/payments/stripe; database engine → PostgreSQL role payments-readonly; Kubernetes role payments-api = {APP_NAMESPACE}/{APP_SERVICE_ACCOUNT}",
+        &sha(&secrets.db)[..12]
+    ));
 
     apply_examples(&env).await?;
+    wait_ready(&env).await?;
     let listing = env
         .kubectl()
-        .args([
-            "get",
-            "phantompolicies,secretbindings,attestationrequirements",
-            "-A",
-        ])
+        .args(["get", "phantompolicies,secretbindings", "-A"])
         .output()
         .context("running kubectl")?;
     p.step(format!(
-        "platform, app and security teams' resources applied (crds/examples):\n{}",
+        "the platform and app teams' resources (crds/examples) applied; the controller compiled them into their status:\n{}",
         indent(&String::from_utf8_lossy(&listing.stdout))
     ));
 
-    p.step(decide_for_a_pod(&env).await?);
+    let pod = run_app(&env).await?;
+    p.step(format!(
+        "Deployment payments-api's pod as admission stored it, compared with the Deployment's template:\n{}",
+        indent(&injected_diff(&env, &pod).await?)
+    ));
+    let name = pod.name_any();
+    log_shows(&env, &name, &format!("env-sha={}", sha(&secrets.db))).await?;
+    log_shows(&env, &name, &format!("file-sha={}", sha(&secrets.db))).await?;
+    let user = dynamic_user(&env, &name).await?;
+    p.step(format!(
+        "pod {name} Running with phantom-proxy; the app's log: DATABASE_PASSWORD and /phantom/secrets/db/password both hash to {}… (OpenBao's value); dynamic PostgreSQL user {user}",
+        &sha(&secrets.db)[..12]
+    ));
 
+    let rotated = format!("pg-{}", random_hex(16));
+    let rotated_at = Instant::now();
+    env.openbao()
+        .kv_put("secret", "payments/db", json!({"password": rotated}))
+        .await?;
+    log_shows(&env, &name, &format!("file-sha={}", sha(&rotated))).await?;
+    p.step(format!(
+        "rotated secret/payments/db in OpenBao: the running pod's file changed to {}… after {:.1?}, no restart",
+        &sha(&rotated)[..12],
+        rotated_at.elapsed()
+    ));
+
+    env.create_namespace_named("intruder", &[]).await?;
+    let intruder = env.pod_identity("intruder", APP_SERVICE_ACCOUNT).await?;
+    match env
+        .openbao()
+        .login_kubernetes("kubernetes", "payments-api", &intruder.token)
+        .await
+    {
+        Err(e) if e.openbao_status() == Some(403) => p.step(format!(
+            "intruder/{APP_SERVICE_ACCOUNT}: same ServiceAccount name, another namespace → OpenBao refuses the login (403)"
+        )),
+        Err(e) => bail!("the intruder was refused for an unexpected reason: {e}"),
+        Ok(_) => bail!("OpenBao accepted a ServiceAccount of another namespace"),
+    }
+
+    let proxy_log = env
+        .container_log(APP_NAMESPACE, &name, "phantom-proxy")
+        .await
+        .unwrap_or_default();
+    ensure!(
+        !proxy_log.contains(&secrets.db) && !proxy_log.contains(&rotated),
+        "THE SIDECAR LOGGED A SECRET VALUE"
+    );
+    let dump = env.etcd_dump()?;
+    let found = env.etcd_contains_any(&[&secrets.db, &rotated, &secrets.stripe, "payments/db"])?;
+    ensure!(
+        found.contains(&3),
+        "the etcd search is broken: the binding's path (stored on purpose) was not found"
+    );
+    ensure!(!found.iter().any(|i| *i < 3), "A SECRET VALUE IS IN ETCD");
+    p.step(format!(
+        "etcd dump ({} KiB) and the sidecar's log: the SecretBinding's path is there (names only); none of the three values is",
+        dump.len() / 1024
+    ));
+
+    let mwc = Api::<MutatingWebhookConfiguration>::all(env.client());
+    let original = mwc.get("phantom-injector").await?;
+    mwc.delete("phantom-injector", &DeleteParams::default())
+        .await?;
+    let deleted_at = Instant::now();
+    until(
+        "the controller restoring phantom-injector",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let mwc = mwc.clone();
+            let uid = original.uid();
+            async move {
+                Ok::<_, kube::Error>(
+                    mwc.get_opt("phantom-injector")
+                        .await?
+                        .filter(|c| c.uid() != uid)
+                        .map(|_| ()),
+                )
+            }
+        },
+    )
+    .await?;
+    p.step(format!(
+        "kubectl delete mutatingwebhookconfiguration phantom-injector → restored by the controller after {:.0?} (Event WebhookConfigurationRestored in {PHANTOM_NAMESPACE})",
+        deleted_at.elapsed()
+    ));
+
+    controller.check_alive()?;
+    admission.check_alive()?;
+    println!("demo complete in {:.1?}", p.started.elapsed());
+    if cli.keep {
+        println!(
+            "environment kept: export KUBECONFIG={}  (logs: {} {}; Ctrl-C tears it down)",
+            env.kubeconfig().display(),
+            controller.log().display(),
+            admission.log().display()
+        );
+        tokio::signal::ctrl_c().await?;
+    }
+    println!("cleaning up");
+    controller.kill();
+    admission.kill();
+    drop(env);
+    Ok(())
+}
+
+/// Starts `phantom-controller`, waits for it to lead and write the certificate, then
+/// `phantom-admission` serving that certificate.
+async fn start_phantom(
+    env: &Env,
+    p: &mut Progress,
+) -> anyhow::Result<(LocalProcess, LocalProcess)> {
+    env.create_namespace_named(PHANTOM_NAMESPACE, &[]).await?;
+    let port = free_port()?;
+    let cert_dir = env.dir().join("admission-tls");
+    let mut controller = env.spawn_phantom(
+        "phantom-controller",
+        "phantom-controller",
+        &[
+            "--namespace".into(),
+            PHANTOM_NAMESPACE.into(),
+            "--identity".into(),
+            "demo-controller".into(),
+            "--admission-url".into(),
+            format!("https://127.0.0.1:{port}"),
+            "--cert-dir".into(),
+            cert_dir.display().to_string(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{}", free_port()?),
+            "--breaker-probe-ms".into(),
+            "500".into(),
+        ],
+    )?;
+    let cert = cert_dir.join("tls.crt");
+    until(
+        "phantom-controller leading and writing admission's certificate",
+        WAIT,
+        Duration::from_millis(100),
+        || {
+            let ready = cert.exists() && cert_dir.join("tls.key").exists();
+            let alive = controller.check_alive();
+            async move { alive.map(|()| ready.then_some(())) }
+        },
+    )
+    .await?;
+    let mwc = until(
+        "phantom-controller creating the MutatingWebhookConfiguration",
+        WAIT,
+        Duration::from_millis(100),
+        || {
+            let api = Api::<MutatingWebhookConfiguration>::all(env.client());
+            async move { api.get_opt("phantom-injector").await }
+        },
+    )
+    .await?;
+    p.step(format!(
+        "phantom-controller (local process) leads Lease {PHANTOM_NAMESPACE}/phantom-controller; created MutatingWebhookConfiguration phantom-injector ({} webhooks, failurePolicy Fail) and ValidatingWebhookConfiguration phantom-validator, generated the webhook CA and admission's certificate",
+        mwc.webhooks.as_ref().map_or(0, Vec::len)
+    ));
+
+    let health = free_port()?;
+    let mut admission = env.spawn_phantom(
+        "phantom-admission",
+        "phantom-admission",
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--health-listen".into(),
+            format!("127.0.0.1:{health}"),
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            cert_dir.join("tls.key").display().to_string(),
+            "--tls-reload-seconds".into(),
+            "1".into(),
+            "--proxy-image".into(),
+            PROXY_IMAGE.into(),
+            "--exec-image".into(),
+            EXEC_IMAGE.into(),
+            "--image-pull-policy".into(),
+            "Never".into(),
+            "--openbao-addr".into(),
+            env.openbao().addr().into(),
+            "--published-policy-set".into(),
+            format!("{PHANTOM_NAMESPACE}/phantom-policy-set"),
+        ],
+    )?;
+    let readyz = format!("http://127.0.0.1:{health}/readyz");
+    let ready = until(
+        "phantom-admission ready",
+        WAIT,
+        Duration::from_millis(100),
+        || {
+            let alive = admission.check_alive();
+            let readyz = readyz.clone();
+            async move {
+                alive?;
+                let response = reqwest::get(&readyz).await.ok();
+                Ok::<_, phantom_conformance::Error>(match response {
+                    Some(r) if r.status().is_success() => r.text().await.ok(),
+                    _ => None,
+                })
+            }
+        },
+    )
+    .await?;
+    p.step(format!(
+        "phantom-admission (local process) serving the controller's certificate on 127.0.0.1:{port}; {}",
+        ready.trim()
+    ));
+    Ok((controller, admission))
+}
+
+struct Secrets {
+    db: String,
+    stripe: String,
+}
+
+/// What the app's binding reads: two KV secrets and dynamic PostgreSQL credentials.
+async fn provision_openbao(env: &Env) -> anyhow::Result<(Secrets, phantom_conformance::Postgres)> {
     let bao = env.openbao();
-    let secret = format!("pg-{}", random_hex(16));
-    bao.kv_put("secret", "payments/db", json!({ "password": secret }))
+    let secrets = Secrets {
+        db: format!("pg-{}", random_hex(16)),
+        stripe: format!("sk_live_{}", random_hex(16)),
+    };
+    bao.kv_put("secret", "payments/db", json!({"password": secrets.db}))
         .await?;
-    bao.put_kv_read_policy("payments-api", "secret", &["payments/*"])
+    bao.kv_put(
+        "secret",
+        "payments/stripe",
+        json!({"api_key": secrets.stripe}),
+    )
+    .await?;
+    let pg = env.start_postgres().await?;
+    bao.write("sys/mounts/database", json!({"type": "database"}))
         .await?;
+    let (admin, password) = pg.admin();
+    bao.write(
+        "database/config/pg",
+        json!({"plugin_name": "postgresql-database-plugin", "connection_url": pg.openbao_connection_url(),
+               "username": admin, "password": password, "allowed_roles": "payments-readonly"}),
+    )
+    .await?;
+    bao.write(
+        "database/roles/payments-readonly",
+        json!({"db_name": "pg", "default_ttl": "1h", "max_ttl": "24h",
+               "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}';"]}),
+    )
+    .await?;
+    bao.put_policy(
+        "payments-api",
+        r#"path "secret/data/payments/*" { capabilities = ["read"] }
+path "database/creds/payments-readonly" { capabilities = ["read"] }"#,
+    )
+    .await?;
     bao.put_kubernetes_role(
         "kubernetes",
         &KubernetesRole::for_service_account(
@@ -116,150 +376,20 @@ async fn main() -> anyhow::Result<()> {
         ),
     )
     .await?;
-    p.step(format!(
-        "OpenBao: secret/payments/db written (sha256 {}…); role payments-api = {APP_NAMESPACE}/{APP_SERVICE_ACCOUNT}, audience openbao",
-        fingerprint(&secret)
-    ));
-
-    let identity = env.pod_identity(APP_NAMESPACE, APP_SERVICE_ACCOUNT).await?;
-    let token = bao
-        .login_kubernetes("kubernetes", "payments-api", &identity.token)
-        .await?;
-    let read = bao.kv_get(&token, "secret", "payments/db").await?;
-    let got = read["password"].as_str().unwrap_or_default();
-    ensure!(
-        got == secret,
-        "the pod identity read a different value than was written"
-    );
-    p.step(format!(
-        "pod identity {APP_NAMESPACE}/{APP_SERVICE_ACCOUNT} (TokenRequest, as the kubelet mints it) logged in and read the secret: sha256 {}… matches",
-        fingerprint(got)
-    ));
-
-    env.create_namespace_named("intruder", &[]).await?;
-    let intruder = env.pod_identity("intruder", APP_SERVICE_ACCOUNT).await?;
-    match bao
-        .login_kubernetes("kubernetes", "payments-api", &intruder.token)
-        .await
-    {
-        Err(e) if e.openbao_status() == Some(403) => p.step(format!(
-            "intruder/{APP_SERVICE_ACCOUNT} refused by OpenBao with 403: same name, wrong namespace"
-        )),
-        Err(e) => bail!("the intruder was refused for an unexpected reason: {e}"),
-        Ok(_) => bail!("OpenBao accepted a ServiceAccount of another namespace"),
-    }
-
-    let dump = env.etcd_dump()?;
-    let found = env.etcd_contains_any(&[&secret, "payments/db"])?;
-    ensure!(
-        found.contains(&1),
-        "the etcd search is broken: the binding's path (stored on purpose) was not found"
-    );
-    ensure!(!found.contains(&0), "THE SECRET VALUE IS IN ETCD");
-    p.step(format!(
-        "etcd dump: {} KiB, {} keys; the SecretBinding's path is there (names only), the secret value is not",
-        dump.len() / 1024,
-        dump.split(|b| *b == b'\n').filter(|l| l.starts_with(b"/registry/")).count()
-    ));
-
-    println!("demo complete in {:.1?}", p.started.elapsed());
-    if cli.keep {
-        println!(
-            "environment kept: export KUBECONFIG={}  (Ctrl-C tears it down)",
-            env.kubeconfig().display()
-        );
-        tokio::signal::ctrl_c().await?;
-    }
-    println!("cleaning up");
-    drop(env);
-    Ok(())
+    Ok((secrets, pg))
 }
 
-/// Compiles what the cluster holds with the policy engine and decides for a payments pod.
-async fn decide_for_a_pod(env: &Env) -> anyhow::Result<String> {
-    use phantom_policies::{AdmissionInput, Modules, PolicySet, RequestInfo, Sources};
-    let lp = kube::api::ListParams::default();
-    let sources = Sources {
-        policies: Api::<PhantomPolicy>::all(env.client())
-            .list(&lp)
-            .await?
-            .items,
-        bindings: Api::<SecretBinding>::all(env.client())
-            .list(&lp)
-            .await?
-            .items,
-        requirements: Api::<AttestationRequirement>::all(env.client())
-            .list(&lp)
-            .await?
-            .items,
-    };
-    let host = phantom_policies::wasm::PluginHost::new().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (set, errors) = PolicySet::compile(&sources, &host, &Modules::default());
-    ensure!(
-        errors.is_empty(),
-        "the example policies do not compile: {errors:?}"
-    );
-    let namespace = serde_json::to_value(
-        Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client())
-            .get(APP_NAMESPACE)
-            .await?,
-    )?;
-    let pod = json!({"metadata": {"generateName": "payments-api-7d4b9c-", "namespace": APP_NAMESPACE,
-                                  "labels": {"app.kubernetes.io/name": "payments-api", "team": "payments"}},
-                     "spec": {"serviceAccountName": APP_SERVICE_ACCOUNT,
-                              "containers": [{"name": "api", "image": "payments:1.0", "command": ["/api"]}]}});
-    let d = set.decide(&AdmissionInput {
-        object: pod,
-        old_object: None,
-        namespace_object: Some(namespace),
-        request: RequestInfo {
-            operation: "CREATE".into(),
-            namespace: APP_NAMESPACE.into(),
-            ..Default::default()
-        },
-    });
-    ensure!(
-        d.allowed,
-        "the example policy refused the demo pod: {:?}",
-        d.denials
-    );
-    let canary = d.matched.first().and_then(|o| o.canary.clone());
-    let why = match (&canary, d.inject) {
-        (_, true) => format!(
-            "inject as {} via {}, bindings {:?}, eBPF {:?}, key release checked by {:?}",
-            d.injection
-                .as_ref()
-                .map(|i| serde_json::to_value(i.mode).unwrap_or_default())
-                .unwrap_or_default(),
-            d.deciding_policy.as_deref().unwrap_or("?"),
-            d.bindings.iter().map(|b| &b.name).collect::<Vec<_>>(),
-            d.monitoring.detections,
-            d.key_release_policies
-        ),
-        (Some(c), false) if !c.selected => {
-            format!("not injected: outside the {}% canary", c.percent)
-        }
-        _ => format!("not injected: {:?}", d.warnings),
-    };
-    Ok(format!(
-        "policy engine compiled the cluster's resources (set {}…); a payments-api pod: {why}{}",
-        &d.policy_digest[..19],
-        canary
-            .map(|c| format!(
-                " (canary key {:?} → bucket {} of 100, in if < {})",
-                c.key, c.bucket, c.percent
-            ))
-            .unwrap_or_default()
-    ))
-}
-
-/// Applies the examples a GitOps repo would hold, in the demo's application namespace.
+/// Applies the examples a GitOps repo would hold. The binding refreshes every 4 minutes; the demo
+/// shortens that to 3 s so the rotation shows within the demo.
 async fn apply_examples(env: &Env) -> anyhow::Result<()> {
     env.create_namespace_named(APP_NAMESPACE, &[("phantom.dev/inject", "enabled")])
         .await?;
+    env.wait_for_default_service_account(APP_NAMESPACE).await?;
+    env.ensure_service_account(APP_NAMESPACE, APP_SERVICE_ACCOUNT)
+        .await?;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds/examples");
     let pp = PatchParams::apply("phantom-demo");
-    let read = |name: &str| -> anyhow::Result<serde_json::Value> {
+    let read = |name: &str| -> anyhow::Result<Value> {
         let path = dir.join(name);
         Ok(serde_yaml::from_str(
             &std::fs::read_to_string(&path)
@@ -271,16 +401,230 @@ async fn apply_examples(env: &Env) -> anyhow::Result<()> {
         .patch("payments-injection", &pp, &Patch::Apply(&policy))
         .await
         .context("applying the PhantomPolicy")?;
-    let binding: SecretBinding = serde_json::from_value(read("secretbinding-payments-api.yaml")?)?;
-    Api::<SecretBinding>::namespaced(env.client(), APP_NAMESPACE)
-        .patch("payments-api", &pp, &Patch::Apply(&binding))
-        .await
-        .context("applying the SecretBinding")?;
-    let requirement: AttestationRequirement =
-        serde_json::from_value(read("attestationrequirement-eu-sev-snp.yaml")?)?;
-    Api::<AttestationRequirement>::all(env.client())
-        .patch("eu-sev-snp", &pp, &Patch::Apply(&requirement))
-        .await
-        .context("applying the AttestationRequirement")?;
+    let mut binding = read("secretbinding-payments-api.yaml")?;
+    binding["spec"]["refresh"] = json!({"interval": "3s", "jitterPercent": 0});
+    let binding: SecretBinding = serde_json::from_value(binding)?;
+    // Admission refuses a binding until a policy admitting its namespace is in force: retry, as
+    // a GitOps tool would, until the policy just applied is compiled.
+    until(
+        "SecretBinding payments-api admitted",
+        WAIT,
+        Duration::from_millis(200),
+        || async {
+            match Api::<SecretBinding>::namespaced(env.client(), APP_NAMESPACE)
+                .patch("payments-api", &pp, &Patch::Apply(&binding))
+                .await
+            {
+                Ok(_) => Ok(Some(())),
+                Err(kube::Error::Api(s)) if s.code == 400 || s.code == 403 => Err(format!("{s:?}")),
+                Err(e) => Err(format!("{e:?}")),
+            }
+        },
+    )
+    .await?;
     Ok(())
+}
+
+/// Waits for the controller's status: the policy Ready and the binding Admitted.
+async fn wait_ready(env: &Env) -> anyhow::Result<()> {
+    until(
+        "PhantomPolicy payments-injection Ready and SecretBinding payments-api Admitted",
+        WAIT,
+        Duration::from_millis(200),
+        || async {
+            let policy = Api::<PhantomPolicy>::all(env.client())
+                .get("payments-injection")
+                .await?;
+            let binding = Api::<SecretBinding>::namespaced(env.client(), APP_NAMESPACE)
+                .get("payments-api")
+                .await?;
+            let ready = policy
+                .status
+                .is_some_and(|s| s.is_true(condition_types::READY))
+                && binding
+                    .status
+                    .is_some_and(|s| s.common.is_true(condition_types::ADMITTED));
+            Ok::<_, kube::Error>(ready.then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates the payments-api Deployment and returns its Running pod. The app prints the hashes of
+/// what it received (never the values); no pod network on this node, so it uses the host's,
+/// where OpenBao listens on loopback.
+async fn run_app(env: &Env) -> anyhow::Result<Pod> {
+    let script = "echo env-sha=$(printf %s \"$DATABASE_PASSWORD\" | sha256sum | cut -d' ' -f1); \
+                  echo dynamic-user=$(sed -n 's/.*\"username\":\"\\([^\"]*\\)\".*/\\1/p' /phantom/secrets/db/dynamic.json); \
+                  while :; do echo file-sha=$(sha256sum < /phantom/secrets/db/password | cut -d' ' -f1); sleep 1; done";
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "payments-api", "namespace": APP_NAMESPACE},
+        "spec": {"replicas": 1,
+                 "selector": {"matchLabels": {"app.kubernetes.io/name": "payments-api"}},
+                 "template": {"metadata": {"labels": {"app.kubernetes.io/name": "payments-api", "team": "payments"}},
+                              "spec": {"hostNetwork": true, "serviceAccountName": APP_SERVICE_ACCOUNT,
+                                       "terminationGracePeriodSeconds": 1,
+                                       "containers": [{"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                                                       "command": ["/bin/sh", "-c", script]}]}}}
+    }))?;
+    Api::<Deployment>::namespaced(env.client(), APP_NAMESPACE)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .context("creating the Deployment")?;
+    let pods: Api<Pod> = Api::namespaced(env.client(), APP_NAMESPACE);
+    Ok(until(
+        "payments-api's pod Running",
+        WAIT,
+        Duration::from_millis(250),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/name=payments-api"))
+                .await?;
+            Ok::<_, kube::Error>(
+                list.items.into_iter().find(|p| {
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                }),
+            )
+        },
+    )
+    .await?)
+}
+
+/// What admission changed, read from the stored pod against the Deployment's template: one line
+/// per addition or change.
+async fn injected_diff(env: &Env, pod: &Pod) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::Container;
+    let deployment = Api::<Deployment>::namespaced(env.client(), APP_NAMESPACE)
+        .get("payments-api")
+        .await?;
+    let template = deployment.spec.map(|s| s.template).unwrap_or_default();
+    let before = template.spec.unwrap_or_default();
+    let after = pod.spec.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    let before_annotations = template
+        .metadata
+        .and_then(|m| m.annotations)
+        .unwrap_or_default();
+    for (k, v) in pod.annotations() {
+        if k.starts_with("phantom.dev/") && before_annotations.get(k) != Some(v) {
+            let mut v = v.clone();
+            if v.len() > 90 {
+                v.truncate(87);
+                v.push_str("...");
+            }
+            out.push(format!("+ annotation {k}: {v}"));
+        }
+    }
+    let describe = |c: &Container| {
+        let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        let mounts: Vec<String> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.name.starts_with("phantom"))
+            .map(|m| m.mount_path.clone())
+            .collect();
+        format!(
+            "{} ({}) env {env:?} mounts {mounts:?}",
+            c.name,
+            c.image.as_deref().unwrap_or("?")
+        )
+    };
+    for c in after.init_containers.iter().flatten() {
+        out.push(format!("+ init container {}", describe(c)));
+    }
+    for c in &after.containers {
+        match before.containers.iter().find(|b| b.name == c.name) {
+            None => out.push(format!("+ container {}", describe(c))),
+            Some(b) => {
+                if b.command != c.command {
+                    let first = |cmd: &Option<Vec<String>>| {
+                        cmd.iter()
+                            .flatten()
+                            .take(5)
+                            .map(|arg| match arg.char_indices().nth(24) {
+                                Some((cut, _)) => format!("{}…", &arg[..cut]),
+                                None => arg.clone(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    };
+                    out.push(format!(
+                        "~ container {}: command `{} …` → `{} …`",
+                        c.name,
+                        first(&b.command),
+                        first(&c.command)
+                    ));
+                }
+                let added: Vec<&str> = c
+                    .env
+                    .iter()
+                    .flatten()
+                    .map(|e| e.name.as_str())
+                    .filter(|n| !b.env.iter().flatten().any(|e| e.name == *n))
+                    .collect();
+                if !added.is_empty() {
+                    out.push(format!("~ container {}: + env {added:?}", c.name));
+                }
+            }
+        }
+    }
+    for v in after
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.name.starts_with("phantom"))
+    {
+        let kind = if v.empty_dir.is_some() {
+            "emptyDir (memory)"
+        } else if v.projected.is_some() {
+            "projected ServiceAccount token, audience openbao"
+        } else {
+            "other"
+        };
+        out.push(format!("+ volume {}: {kind}", v.name));
+    }
+    Ok(out.join("\n"))
+}
+
+/// Waits until the app's log contains `needle`.
+async fn log_shows(env: &Env, pod: &str, needle: &str) -> anyhow::Result<()> {
+    until(
+        format!("{needle} in {pod}'s application log"),
+        WAIT,
+        Duration::from_millis(250),
+        || async {
+            let log = env
+                .container_log(APP_NAMESPACE, pod, "app")
+                .await
+                .unwrap_or_default();
+            Ok::<_, phantom_conformance::Error>(log.contains(needle).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The dynamic PostgreSQL user the app found in its credentials file.
+async fn dynamic_user(env: &Env, pod: &str) -> anyhow::Result<String> {
+    Ok(until(
+        format!("the dynamic user in {pod}'s application log"),
+        WAIT,
+        Duration::from_millis(250),
+        || async {
+            let log = env
+                .container_log(APP_NAMESPACE, pod, "app")
+                .await
+                .unwrap_or_default();
+            Ok::<_, phantom_conformance::Error>(
+                log.lines()
+                    .find_map(|l| l.split_once("dynamic-user=").map(|(_, user)| user.trim()))
+                    .filter(|user| !user.is_empty())
+                    .map(str::to_owned),
+            )
+        },
+    )
+    .await?)
 }
