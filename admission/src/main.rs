@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use phantom_admission::app::{Settings, launch};
 use phantom_admission::config::{InjectConfig, Selection, parse_label};
 use phantom_admission::server::ServerOptions;
+use phantom_crds::logging::LogFormat;
 
 /// Phantom's admission webhook: injects the Phantom sidecar into pods as the compiled
 /// PhantomPolicies decide (fail closed), and validates Phantom's own resources.
@@ -110,24 +111,6 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 async fn terminated() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -142,7 +125,7 @@ async fn terminated() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_format);
+    phantom_crds::logging::init(args.log_format, "info");
     let mut settings = Settings::new(args.tls_cert, args.tls_key);
     settings.server = ServerOptions {
         listen: args.listen,

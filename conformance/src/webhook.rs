@@ -27,6 +27,25 @@ pub struct Webhook {
 
 const FIELD_MANAGER: &str = "phantom-conformance";
 
+/// Server-side applies the webhook configuration `config` of kind `K` named `name`.
+async fn apply_config<K>(env: &Env, name: &str, config: &Value) -> Result<()>
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::all(env.client())
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(config),
+        )
+        .await
+        .map_err(Error::kube(format!("applying {} {name}", K::kind(&()))))?;
+    Ok(())
+}
+
 impl Env {
     /// Starts a webhook on loopback with a fresh serving certificate; `configure` adjusts the
     /// settings (images, labels, timeouts) before launch.
@@ -123,17 +142,7 @@ impl Webhook {
                 "reinvocationPolicy": "Never"
             }]
         });
-        Api::<MutatingWebhookConfiguration>::all(env.client())
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&config),
-            )
-            .await
-            .map_err(Error::kube(format!(
-                "applying MutatingWebhookConfiguration {name}"
-            )))?;
-        Ok(())
+        apply_config::<MutatingWebhookConfiguration>(env, name, &config).await
     }
 
     /// Registers a ValidatingWebhookConfiguration `name` for Phantom's three resources.
@@ -155,17 +164,7 @@ impl Webhook {
                 "timeoutSeconds": 10
             }]
         });
-        Api::<ValidatingWebhookConfiguration>::all(env.client())
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&config),
-            )
-            .await
-            .map_err(Error::kube(format!(
-                "applying ValidatingWebhookConfiguration {name}"
-            )))?;
-        Ok(())
+        apply_config::<ValidatingWebhookConfiguration>(env, name, &config).await
     }
 
     /// Deletes the MutatingWebhookConfiguration `name`.

@@ -82,6 +82,29 @@ fn sidecar(
 }
 
 /// The pod's projected token as the kubelet would write it.
+/// Writes a new random password at `secret/<path>` in the environment's OpenBao; returns it.
+async fn rotate(env: &Env, path: &str) -> anyhow::Result<String> {
+    let rotated = format!("rotated-{}", random_hex(12));
+    env.openbao()
+        .kv_put("secret", path, serde_json::json!({"password": rotated}))
+        .await?;
+    Ok(rotated)
+}
+
+/// Waits until the delivered file holds `value` (a rotation reaching it).
+async fn wait_for_file(file: &std::path::Path, value: &str) -> anyhow::Result<()> {
+    phantom_conformance::wait::until(
+        "the rotated value in the file",
+        std::time::Duration::from_secs(15),
+        std::time::Duration::from_millis(100),
+        || async {
+            anyhow::Ok((std::fs::read_to_string(file).unwrap_or_default() == value).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 fn token_file(env: &Env, identity: &PodIdentity) -> anyhow::Result<PathBuf> {
     let path = env.dir().join(format!("token-{}", random_hex(4)));
     std::fs::write(&path, &identity.token)?;
@@ -291,17 +314,8 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
     );
 
     // Rotation in OpenBao reaches the file within a few refresh intervals.
-    let rotated = format!("rotated-{}", random_hex(12));
-    env.openbao()
-        .kv_put("secret", path, serde_json::json!({"password": rotated}))
-        .await?;
-    phantom_conformance::wait::until(
-        "the rotated value in the file",
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || async { anyhow::Ok((std::fs::read_to_string(&file)? == rotated).then_some(())) },
-    )
-    .await?;
+    let rotated = rotate(&env, path).await?;
+    wait_for_file(&file, &rotated).await?;
 
     // OpenBao unreachable: values still served, degraded after the grace period; back: healthy.
     drop(outage);
@@ -675,10 +689,7 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
             || async { anyhow::Ok(ready.exists().then_some(())) },
         )
         .await?;
-        let rotated = format!("rotated-{}", random_hex(12));
-        env.openbao()
-            .kv_put("secret", path, serde_json::json!({"password": rotated}))
-            .await?;
+        let rotated = rotate(&env, path).await?;
         phantom_conformance::wait::until(
             "SIGHUP at the application after the rotation",
             Duration::from_secs(15),
@@ -687,18 +698,7 @@ async fn processes_never_log_a_secret(env: Arc<Env>) -> anyhow::Result<()> {
         )
         .await?;
         let _ = daemon.kill().await;
-        let file = dir.join("secrets/db/password");
-        phantom_conformance::wait::until(
-            "the rotated value in the file",
-            Duration::from_secs(15),
-            Duration::from_millis(100),
-            || async {
-                anyhow::Ok(
-                    (std::fs::read_to_string(&file).unwrap_or_default() == rotated).then_some(()),
-                )
-            },
-        )
-        .await?;
+        wait_for_file(&dir.join("secrets/db/password"), &rotated).await?;
         // The status port: ready, and metrics that count the work without carrying a value.
         let http = reqwest::Client::new();
         let ready = http.get(format!("http://{status}/readyz")).send().await?;

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use phantom_controller::app::launch;
 use phantom_controller::config::{AdmissionEndpoint, Settings};
+use phantom_crds::logging::LogFormat;
 use phantom_crds::wellknown::parse_label;
 
 /// Phantom's controller: writes each PhantomPolicy's, SecretBinding's and AttestationRequirement's
@@ -118,24 +119,6 @@ fn default_identity() -> String {
         .unwrap_or_else(|_| format!("phantom-controller-{}", std::process::id()))
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn settings(args: Args) -> Settings {
     let admission = match args.admission_url {
         Some(url) => AdmissionEndpoint::Url(url),
@@ -186,7 +169,7 @@ async fn terminated() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_format);
+    phantom_crds::logging::init(args.log_format, "info");
     let client = kube::Client::try_default().await.context(
         "no Kubernetes configuration: run in a pod with a ServiceAccount, or set KUBECONFIG",
     )?;

@@ -11,6 +11,8 @@
 mod attestation;
 mod binding;
 mod common;
+#[cfg(feature = "logging")]
+pub mod logging;
 mod plan;
 mod policy;
 mod render;

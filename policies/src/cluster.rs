@@ -178,12 +178,19 @@ pub async fn keep_compiled(
     mut published: impl FnMut(&Snapshot) + Send,
 ) {
     let watch = SourceWatch::start(&client);
+    let mut compiled: Option<String> = None;
     loop {
         watch.changed.notified().await;
         tokio::time::sleep(debounce).await;
         let Some(sources) = watch.sources() else {
             continue;
         };
+        // Status writes (the controller's own) change no spec: nothing to recompile.
+        let digest = sources.digest();
+        if compiled.as_deref() == Some(digest.as_str()) {
+            continue;
+        }
+        compiled = Some(digest);
         let modules = fetch_modules(&client, &sources.policies).await;
         let store = store.clone();
         match tokio::task::spawn_blocking(move || store.update(&sources, &modules, true)).await {

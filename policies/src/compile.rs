@@ -136,6 +136,20 @@ pub struct Sources {
     pub requirements: Vec<AttestationRequirement>,
 }
 
+impl Sources {
+    /// `sha256:` over every object's kind, name and spec (status and metadata changes leave it
+    /// alone): equal digests compile to the same set.
+    pub fn digest(&self) -> String {
+        let mut sorted = self.clone();
+        sorted.policies.sort_by_key(|p| p.name_any());
+        sorted.requirements.sort_by_key(|r| r.name_any());
+        sorted
+            .bindings
+            .sort_by_key(|b| (b.namespace(), b.name_any()));
+        digest(&sorted)
+    }
+}
+
 struct Errors(Vec<CompileError>);
 
 impl Errors {

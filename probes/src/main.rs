@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use phantom_crds::logging::LogFormat;
 use phantom_probes::preflight::{self, Target};
 use phantom_runtime_proxy::secret::SecretValue;
 use phantom_runtime_proxy::tls::{TlsSettings, parse_pin};
@@ -69,6 +70,9 @@ struct Args {
     /// Print the results as JSON instead of a table.
     #[arg(long, env = "PHANTOM_JSON")]
     json: bool,
+    /// Log format (diagnostics on stderr; the results go to stdout).
+    #[arg(long, env = "PHANTOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 fn target(args: &Args) -> anyhow::Result<Target> {
@@ -116,13 +120,7 @@ async fn publish(destination: &str, report: &preflight::Report) -> anyhow::Resul
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    phantom_crds::logging::init(args.log_format, "warn");
     let target = match target(&args) {
         Ok(t) => t,
         Err(e) => {

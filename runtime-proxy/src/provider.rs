@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use phantom_crds::{BindingPlan, SecretItem};
-use serde_json::Value;
 
 use crate::socket::Delivered;
 use crate::{Error, Result, SecretValue};
@@ -85,26 +84,79 @@ pub(crate) fn select(
                 binding.name, item.name, item.mount, item.path
             ))
         }),
-        None => {
-            let mut map: serde_json::Map<String, Value> = data
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.expose().to_owned())))
-                .collect();
-            let text = Value::Object(map.clone()).to_string();
-            for value in map.values_mut() {
-                crate::secret::wipe(value);
+        None => Ok(SecretValue::new(json_object(data))),
+    }
+}
+
+/// `data` as a compact JSON object, written into one buffer sized up front: growing a `String`
+/// would free (unwiped) copies of the values on every reallocation, and serde_json would build
+/// intermediate strings.
+fn json_object(data: &BTreeMap<String, SecretValue>) -> String {
+    // At most 6 bytes per input byte (`\u00XX`), plus quotes, colon and comma per entry.
+    let bound = 2 + data
+        .iter()
+        .map(|(k, v)| 6 * (k.len() + v.expose().len()) + 6)
+        .sum::<usize>();
+    let mut out = String::with_capacity(bound);
+    out.push('{');
+    for (i, (key, value)) in data.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, key);
+        out.push(':');
+        push_json_string(&mut out, value.expose());
+    }
+    out.push('}');
+    debug_assert!(out.len() <= bound, "the buffer never reallocated");
+    out
+}
+
+fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(char::from(HEX[(c as usize) >> 4]));
+                out.push(char::from(HEX[(c as usize) & 0xf]));
             }
-            Ok(SecretValue::new(text))
+            c => out.push(c),
         }
     }
+    out.push('"');
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
+    #[test]
+    fn a_whole_secret_is_json_that_parses_back_to_its_values() {
+        let data: BTreeMap<String, SecretValue> = [
+            ("password", "p\"a\\s\ns\u{1}w\u{7f}ö🔑"),
+            ("username", "v-app-1"),
+            ("empty", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), SecretValue::new(v.to_owned())))
+        .collect();
+        let text = json_object(&data);
+        let parsed: BTreeMap<String, String> = serde_json::from_str(&text).expect("valid JSON");
+        for (k, v) in &data {
+            assert_eq!(parsed[k], v.expose(), "{k}");
+        }
+        assert_eq!(json_object(&BTreeMap::new()), "{}");
+    }
+
     /// A binding `b` with the one secret `secret` (JSON of a `spec.secrets[]` entry).
-    pub(crate) fn plan_with(secret: Value) -> (BindingPlan, SecretItem) {
+    pub(crate) fn plan_with(secret: serde_json::Value) -> (BindingPlan, SecretItem) {
         let spec: phantom_crds::SecretBindingSpec = serde_json::from_value(serde_json::json!({
             "selector": {"podSelector": {}}, "openbao": {"role": "r"}, "secrets": [secret]
         }))
@@ -139,7 +191,7 @@ pub(crate) mod tests {
         let (b, item) = binding(Some("password"));
         assert_eq!(select(&b, &item, &data).expect("key").expose(), "pw");
         let (b, item) = binding(None);
-        let whole: Value =
+        let whole: serde_json::Value =
             serde_json::from_str(select(&b, &item, &data).expect("all").expose()).expect("JSON");
         assert_eq!(whole["username"], "v-app-1");
         let (b, item) = binding(Some("token"));

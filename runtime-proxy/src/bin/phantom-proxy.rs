@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use phantom_crds::logging::LogFormat;
 use phantom_crds::{BindingPlan, KeyReleasePlan};
 use phantom_policies::KeyReleaseSet;
 use phantom_runtime_proxy::Error;
@@ -106,6 +107,9 @@ struct Args {
     /// Fetch once, write the files and exit (init-only mode).
     #[arg(long)]
     once: bool,
+    /// Log format.
+    #[arg(long, env = "PHANTOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 /// The uid this process runs as (the application's, by admission's design): the only peer the
@@ -123,14 +127,8 @@ fn own_uid() -> Option<u32> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    phantom_crds::logging::init(args.log_format, "info");
     let hardening = phantom_runtime_proxy::harden::harden_process();
     match &hardening.memory_locked {
         Ok(()) => tracing::info!(

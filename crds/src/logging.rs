@@ -1,0 +1,30 @@
+//! How every Phantom binary logs (feature `logging`): to stderr, filtered by `PHANTOM_LOG`
+//! (tracing's `EnvFilter` syntax), as text or one JSON object per line (`--log-format`,
+//! `PHANTOM_LOG_FORMAT`). Part of the components' common contract, like the labels in
+//! [`crate::wellknown`], so operators configure all of them the same way.
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    // Plain comments, not doc comments: clap would print them and switch every binary's
+    // `--help` to its long layout.
+    // Human-readable lines.
+    #[default]
+    Text,
+    // One JSON object per line (for log collectors).
+    Json,
+}
+
+/// Installs the global subscriber; `default_filter` applies when `PHANTOM_LOG` is unset or
+/// invalid.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
