@@ -9,7 +9,7 @@ use clap::Parser;
 use phantom_admission::app::{Settings, launch};
 use phantom_admission::config::{InjectConfig, Selection, parse_label};
 use phantom_admission::server::ServerOptions;
-use phantom_crds::logging::LogFormat;
+use phantom_crds::binary::LogFormat;
 
 /// Phantom's admission webhook: injects the Phantom sidecar into pods as the compiled
 /// PhantomPolicies decide (fail closed), and validates Phantom's own resources.
@@ -111,21 +111,10 @@ struct Args {
     log_format: LogFormat,
 }
 
-async fn terminated() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    phantom_crds::logging::init(args.log_format, "info");
+    phantom_crds::binary::init_logging(args.log_format, "info");
     let mut settings = Settings::new(args.tls_cert, args.tls_key);
     settings.server = ServerOptions {
         listen: args.listen,
@@ -186,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
         "no Kubernetes configuration: run in a pod with a ServiceAccount, or set KUBECONFIG",
     )?;
     let launched = launch(client, settings).await?;
-    terminated().await;
+    phantom_crds::binary::terminated().await;
     tracing::info!("shutting down: finishing in-flight reviews");
     launched.shutdown().await;
     Ok(())

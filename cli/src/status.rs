@@ -166,6 +166,27 @@ fn object_state(kind: &str, name: String, status: Option<&CommonStatus>) -> Obje
     }
 }
 
+/// A configuration as found: `observed` holds its webhooks' failure policies and the breaker
+/// annotation, `None` when it is missing.
+fn configuration(
+    kind: &str,
+    name: &str,
+    observed: Option<(Vec<Option<String>>, Option<String>)>,
+) -> Configuration {
+    let present = observed.is_some();
+    let (policies, breaker) = observed.unwrap_or_default();
+    Configuration {
+        kind: kind.into(),
+        name: name.into(),
+        present,
+        failure_policies: policies
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect(),
+        breaker,
+    }
+}
+
 /// Reads everything from the API server.
 pub async fn gather(client: &Client, target: &Target) -> anyhow::Result<Report> {
     use anyhow::Context as _;
@@ -197,36 +218,34 @@ pub async fn gather(client: &Client, target: &Target) -> anyhow::Result<Report> 
             )
         })?;
     let configurations = vec![
-        Configuration {
-            kind: "MutatingWebhookConfiguration".into(),
-            name: target.mutating.clone(),
-            present: mutating.is_some(),
-            failure_policies: mutating
-                .as_ref()
-                .and_then(|c| c.webhooks.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|w| w.failure_policy.clone().unwrap_or_default())
-                .collect(),
-            breaker: mutating
-                .as_ref()
-                .and_then(|c| c.annotations().get(BREAKER_ANNOTATION).cloned()),
-        },
-        Configuration {
-            kind: "ValidatingWebhookConfiguration".into(),
-            name: target.validating.clone(),
-            present: validating.is_some(),
-            failure_policies: validating
-                .as_ref()
-                .and_then(|c| c.webhooks.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|w| w.failure_policy.clone().unwrap_or_default())
-                .collect(),
-            breaker: validating
-                .as_ref()
-                .and_then(|c| c.annotations().get(BREAKER_ANNOTATION).cloned()),
-        },
+        configuration(
+            "MutatingWebhookConfiguration",
+            &target.mutating,
+            mutating.as_ref().map(|c| {
+                (
+                    c.webhooks
+                        .iter()
+                        .flatten()
+                        .map(|w| w.failure_policy.clone())
+                        .collect(),
+                    c.annotations().get(BREAKER_ANNOTATION).cloned(),
+                )
+            }),
+        ),
+        configuration(
+            "ValidatingWebhookConfiguration",
+            &target.validating,
+            validating.as_ref().map(|c| {
+                (
+                    c.webhooks
+                        .iter()
+                        .flatten()
+                        .map(|w| w.failure_policy.clone())
+                        .collect(),
+                    c.annotations().get(BREAKER_ANNOTATION).cloned(),
+                )
+            }),
+        ),
     ];
     let published_digest = Api::<ConfigMap>::namespaced(client.clone(), &target.namespace)
         .get_opt(&target.published_set)

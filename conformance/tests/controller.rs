@@ -47,6 +47,10 @@ fn main() {
                 "certificates_rotate_and_admission_keeps_answering",
                 certificate_rotation,
             ),
+            Case::new(
+                "gap_pods_with_an_owner_are_evicted_and_return_through_the_webhook",
+                gap_eviction,
+            ),
         ],
     )
 }
@@ -713,4 +717,88 @@ async fn dry_run_labelled(env: &Env, ns: &str) -> anyhow::Result<Pod> {
     )
     .await
     .context("a dry-run pod through admission")
+}
+
+async fn gap_eviction(env: Arc<Env>) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let _serial = SERIAL.lock().await;
+    let s = setup(&env, "evc", |s| s.gaps.evict = true).await?;
+    let controller = env.start_controller(s.settings.clone()).await?;
+    let hook = env.start_webhook_for(&s.settings, |_| {}).await?;
+    let ns = s.covered_namespace(&env, &[]).await?;
+    hook.wait_for("initial sync", |snap| snap.synced).await?;
+
+    // Admission down, breaker open: a Deployment's pod is created without Phantom.
+    hook.launched.shutdown().await;
+    wait_for_state(&controller, State::Open).await?;
+    wait_for_mutating(
+        &env,
+        &s.settings.webhooks.mutating_name,
+        "failing open",
+        |c| failure_policies(c) == ["Ignore", "Fail"],
+    )
+    .await?;
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web", "team": "a"}},
+                              "spec": {"containers": [{"name": "app", "image": "phantom.local/busybox:1",
+                                                       "command": ["sleep", "3600"]}]}}}
+    }))?;
+    Api::<Deployment>::namespaced(env.client(), &ns)
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
+    let gap = until(
+        "the Deployment's pod created without Phantom",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let pods = pods.clone();
+            async move {
+                let list = pods.list(&ListParams::default().labels("app=web")).await?;
+                Ok::<_, kube::Error>(list.items.into_iter().next())
+            }
+        },
+    )
+    .await?;
+    ensure!(!gap.annotations().contains_key(DECISION_ANNOTATION));
+
+    // Admission back: the breaker closes, the gap pod is evicted, its ReplicaSet re-creates it
+    // through the webhook.
+    let hook = env.start_webhook_for(&s.settings, |_| {}).await?;
+    wait_for_state(&controller, State::Closed).await?;
+    let replaced = until(
+        "the gap pod evicted and replaced by a pod that passed the webhook",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let pods = pods.clone();
+            let gap_uid = gap.uid();
+            async move {
+                let list = pods.list(&ListParams::default().labels("app=web")).await?;
+                let gone = !list.items.iter().any(|p| p.uid() == gap_uid);
+                Ok::<_, kube::Error>(
+                    list.items
+                        .into_iter()
+                        .find(|p| gone && p.annotations().contains_key(DECISION_ANNOTATION)),
+                )
+            }
+        },
+    )
+    .await?;
+    ensure!(replaced.uid() != gap.uid());
+    ensure!(
+        metric(
+            &controller.metrics.encode(),
+            "phantom_controller_gap_pods_evicted_total "
+        ) == Some(1.0),
+        "{}",
+        controller.metrics.encode()
+    );
+
+    controller.shutdown().await;
+    hook.launched.shutdown().await;
+    s.remove_configurations(&env).await;
+    Ok(())
 }

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use phantom_controller::app::launch;
 use phantom_controller::config::{AdmissionEndpoint, Settings};
-use phantom_crds::logging::LogFormat;
+use phantom_crds::binary::LogFormat;
 use phantom_crds::wellknown::parse_label;
 
 /// Phantom's controller: writes each PhantomPolicy's, SecretBinding's and AttestationRequirement's
@@ -155,26 +155,15 @@ fn settings(args: Args) -> Settings {
     s
 }
 
-async fn terminated() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    phantom_crds::logging::init(args.log_format, "info");
+    phantom_crds::binary::init_logging(args.log_format, "info");
     let client = kube::Client::try_default().await.context(
         "no Kubernetes configuration: run in a pod with a ServiceAccount, or set KUBECONFIG",
     )?;
     let running = launch(client, settings(args)).await?;
-    terminated().await;
+    phantom_crds::binary::terminated().await;
     tracing::info!("shutting down: releasing the lease");
     running.shutdown().await;
     Ok(())

@@ -159,20 +159,34 @@ fn common(
     }
 }
 
+/// The status of a cluster-scoped object `kind` whose versions in force are `in_force`.
+fn cluster_scoped<K: ResourceExt>(
+    kind: &str,
+    object: &K,
+    in_force: &[K],
+    spec: impl Fn(&K) -> Option<serde_json::Value>,
+    previous: Option<&CommonStatus>,
+    snapshot: &Snapshot,
+    now: &Time,
+) -> CommonStatus {
+    let name = object.name_any();
+    let enforced = in_force
+        .iter()
+        .find(|o| o.name_any() == name)
+        .and_then(spec);
+    let standing = standing(snapshot, kind, &name, enforced);
+    common(&standing, object.meta().generation, previous, now)
+}
+
 /// The status of a PhantomPolicy.
 pub fn policy_status(policy: &PhantomPolicy, snapshot: &Snapshot, now: &Time) -> CommonStatus {
-    let name = policy.name_any();
-    let enforced = snapshot
-        .sources
-        .policies
-        .iter()
-        .find(|p| p.name_any() == name)
-        .and_then(|p| serde_json::to_value(&p.spec).ok());
-    let standing = standing(snapshot, "PhantomPolicy", &name, enforced);
-    common(
-        &standing,
-        policy.metadata.generation,
+    cluster_scoped(
+        "PhantomPolicy",
+        policy,
+        &snapshot.sources.policies,
+        |p| serde_json::to_value(&p.spec).ok(),
         policy.status.as_ref(),
+        snapshot,
         now,
     )
 }
@@ -183,18 +197,13 @@ pub fn requirement_status(
     snapshot: &Snapshot,
     now: &Time,
 ) -> CommonStatus {
-    let name = requirement.name_any();
-    let enforced = snapshot
-        .sources
-        .requirements
-        .iter()
-        .find(|r| r.name_any() == name)
-        .and_then(|r| serde_json::to_value(&r.spec).ok());
-    let standing = standing(snapshot, "AttestationRequirement", &name, enforced);
-    common(
-        &standing,
-        requirement.metadata.generation,
+    cluster_scoped(
+        "AttestationRequirement",
+        requirement,
+        &snapshot.sources.requirements,
+        |r| serde_json::to_value(&r.spec).ok(),
         requirement.status.as_ref(),
+        snapshot,
         now,
     )
 }

@@ -9,10 +9,10 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod attestation;
+#[cfg(feature = "binary")]
+pub mod binary;
 mod binding;
 mod common;
-#[cfg(feature = "logging")]
-pub mod logging;
 mod plan;
 mod policy;
 mod render;

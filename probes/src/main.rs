@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use phantom_crds::logging::LogFormat;
+use phantom_crds::binary::LogFormat;
 use phantom_probes::preflight::{self, Target};
 use phantom_runtime_proxy::secret::SecretValue;
-use phantom_runtime_proxy::tls::{TlsSettings, parse_pin};
+use phantom_runtime_proxy::tls::TlsArgs;
 
 /// Phantom's pre-flight check: DNS, TCP, TLS (pinned key or CA), OpenBao health, the Kubernetes
 /// auth role and a login with this pod's own ServiceAccount token. Results go to stdout and into a
@@ -22,26 +22,8 @@ struct Args {
     /// OpenBao's address.
     #[arg(long, env = "PHANTOM_OPENBAO_ADDR")]
     openbao_addr: String,
-    /// PEM CA bundle that signs OpenBao's certificate.
-    #[arg(long, env = "PHANTOM_OPENBAO_CA_FILE")]
-    openbao_ca_file: Option<PathBuf>,
-    /// Pinned sha256 of OpenBao's public key (`sha256//BASE64` or hex; comma-separated during a rotation).
-    #[arg(long, env = "PHANTOM_OPENBAO_SPKI_SHA256", value_delimiter = ',')]
-    openbao_spki_sha256: Vec<String>,
-    /// PEM client certificate, for OpenBao listeners that require mTLS.
-    #[arg(
-        long,
-        env = "PHANTOM_OPENBAO_CLIENT_CERT",
-        requires = "openbao_client_key"
-    )]
-    openbao_client_cert: Option<PathBuf>,
-    /// PEM key of the client certificate.
-    #[arg(
-        long,
-        env = "PHANTOM_OPENBAO_CLIENT_KEY",
-        requires = "openbao_client_cert"
-    )]
-    openbao_client_key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// OpenBao namespace of the auth mount.
     #[arg(long, env = "PHANTOM_OPENBAO_NAMESPACE")]
     openbao_namespace: Option<String>,
@@ -76,12 +58,6 @@ struct Args {
 }
 
 fn target(args: &Args) -> anyhow::Result<Target> {
-    let pins = args
-        .openbao_spki_sha256
-        .iter()
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| parse_pin(p).map_err(|e| anyhow::anyhow!("PHANTOM_OPENBAO_SPKI_SHA256: {e}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     // The bootstrap token comes from the environment only: a flag would show in `ps`.
     let bootstrap_token = std::env::var("PHANTOM_BOOTSTRAP_TOKEN")
         .ok()
@@ -89,13 +65,10 @@ fn target(args: &Args) -> anyhow::Result<Target> {
         .map(|t| SecretValue::new(t.trim().to_owned()));
     Ok(Target {
         addr: args.openbao_addr.trim_end_matches('/').to_owned(),
-        tls: TlsSettings {
-            ca_file: args.openbao_ca_file.clone(),
-            ca_pem: None,
-            spki_pins: pins,
-            client_cert: args.openbao_client_cert.clone(),
-            client_key: args.openbao_client_key.clone(),
-        },
+        tls: args
+            .tls
+            .settings()
+            .map_err(|e| anyhow::anyhow!("the OpenBao TLS flags: {e}"))?,
         namespace: args.openbao_namespace.clone(),
         auth_mount: args.auth_mount.clone(),
         role: args.role.clone(),
@@ -120,7 +93,7 @@ async fn publish(destination: &str, report: &preflight::Report) -> anyhow::Resul
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    phantom_crds::logging::init(args.log_format, "warn");
+    phantom_crds::binary::init_logging(args.log_format, "warn");
     let target = match target(&args) {
         Ok(t) => t,
         Err(e) => {

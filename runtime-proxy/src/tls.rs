@@ -40,6 +40,58 @@ pub struct TlsSettings {
     pub client_key: Option<PathBuf>,
 }
 
+/// The flags that fill [`TlsSettings`], shared by every binary that talks to OpenBao like the
+/// sidecar does (`phantom-proxy`, `phantom-preflight`), so they spell them the same way.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// PEM CA bundle that signs OpenBao's certificate (default: the system bundle, unless a pin is set).
+    #[arg(long, env = "PHANTOM_OPENBAO_CA_FILE")]
+    pub openbao_ca_file: Option<PathBuf>,
+    /// The CA bundle inline, as PEM (admission hands it over this way).
+    #[arg(
+        long,
+        env = "PHANTOM_OPENBAO_CA_PEM",
+        conflicts_with = "openbao_ca_file"
+    )]
+    pub openbao_ca_pem: Option<String>,
+    /// Pinned sha256 of OpenBao's public key (SubjectPublicKeyInfo), `sha256//BASE64` or hex;
+    /// comma-separated to accept several during a key rotation. With a CA bundle both must hold.
+    #[arg(long, env = "PHANTOM_OPENBAO_SPKI_SHA256", value_delimiter = ',')]
+    pub openbao_spki_sha256: Vec<String>,
+    /// PEM client certificate for OpenBao listeners that require mTLS.
+    #[arg(
+        long,
+        env = "PHANTOM_OPENBAO_CLIENT_CERT",
+        requires = "openbao_client_key"
+    )]
+    pub openbao_client_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(
+        long,
+        env = "PHANTOM_OPENBAO_CLIENT_KEY",
+        requires = "openbao_client_cert"
+    )]
+    pub openbao_client_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The settings, with every pin parsed (an unparsable pin is an error naming it).
+    pub fn settings(&self) -> Result<TlsSettings> {
+        Ok(TlsSettings {
+            ca_file: self.openbao_ca_file.clone(),
+            ca_pem: self.openbao_ca_pem.clone(),
+            spki_pins: self
+                .openbao_spki_sha256
+                .iter()
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| parse_pin(p))
+                .collect::<Result<_>>()?,
+            client_cert: self.openbao_client_cert.clone(),
+            client_key: self.openbao_client_key.clone(),
+        })
+    }
+}
+
 /// Parses a pin: `sha256//BASE64` (curl's `--pinnedpubkey` form), bare base64 or 64 hex digits.
 pub fn parse_pin(text: &str) -> Result<[u8; 32]> {
     let text = text.trim();

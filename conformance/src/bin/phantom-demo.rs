@@ -150,14 +150,23 @@ async fn main() -> anyhow::Result<()> {
         Ok(_) => bail!("OpenBao accepted a ServiceAccount of another namespace"),
     }
 
-    let proxy_log = env
-        .container_log(APP_NAMESPACE, &name, "phantom-proxy")
-        .await
-        .unwrap_or_default();
-    ensure!(
-        !proxy_log.contains(&secrets.db) && !proxy_log.contains(&rotated),
-        "THE SIDECAR LOGGED A SECRET VALUE"
-    );
+    let mut logs = vec![
+        env.container_log(APP_NAMESPACE, &name, "phantom-proxy")
+            .await
+            .unwrap_or_default(),
+        env.container_log(APP_NAMESPACE, &name, "app")
+            .await
+            .unwrap_or_default(),
+    ];
+    for process in [&controller, &admission] {
+        logs.push(std::fs::read_to_string(process.log()).unwrap_or_default());
+    }
+    for value in [&secrets.db, &rotated, &secrets.stripe] {
+        ensure!(
+            !logs.iter().any(|log| log.contains(value.as_str())),
+            "A SECRET VALUE IS IN A LOG (sidecar, app, controller or admission)"
+        );
+    }
     let dump = env.etcd_dump()?;
     let found = env.etcd_contains_any(&[&secrets.db, &rotated, &secrets.stripe, "payments/db"])?;
     ensure!(
@@ -166,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
     );
     ensure!(!found.iter().any(|i| *i < 3), "A SECRET VALUE IS IN ETCD");
     p.step(format!(
-        "etcd dump ({} KiB) and the sidecar's log: the SecretBinding's path is there (names only); none of the three values is",
+        "etcd dump ({} KiB; pod specs and Events included) and the sidecar's, app's, controller's and admission's logs: the SecretBinding's path is in etcd (names only); none of the three values is anywhere",
         dump.len() / 1024
     ));
 
@@ -591,26 +600,29 @@ async fn injected_diff(env: &Env, pod: &Pod) -> anyhow::Result<String> {
 
 /// Waits until the app's log contains `needle`.
 async fn log_shows(env: &Env, pod: &str, needle: &str) -> anyhow::Result<()> {
-    until(
-        format!("{needle} in {pod}'s application log"),
-        WAIT,
-        Duration::from_millis(250),
-        || async {
-            let log = env
-                .container_log(APP_NAMESPACE, pod, "app")
-                .await
-                .unwrap_or_default();
-            Ok::<_, phantom_conformance::Error>(log.contains(needle).then_some(()))
-        },
-    )
-    .await?;
-    Ok(())
+    log_find(env, pod, needle, |log| log.contains(needle).then_some(())).await
 }
 
 /// The dynamic PostgreSQL user the app found in its credentials file.
 async fn dynamic_user(env: &Env, pod: &str) -> anyhow::Result<String> {
+    log_find(env, pod, "the dynamic user", |log| {
+        log.lines()
+            .find_map(|l| l.split_once("dynamic-user=").map(|(_, user)| user.trim()))
+            .filter(|user| !user.is_empty())
+            .map(str::to_owned)
+    })
+    .await
+}
+
+/// Waits until `find` finds what it looks for in the app's log.
+async fn log_find<T>(
+    env: &Env,
+    pod: &str,
+    what: &str,
+    find: impl Fn(&str) -> Option<T>,
+) -> anyhow::Result<T> {
     Ok(until(
-        format!("the dynamic user in {pod}'s application log"),
+        format!("{what} in {pod}'s application log"),
         WAIT,
         Duration::from_millis(250),
         || async {
@@ -618,12 +630,7 @@ async fn dynamic_user(env: &Env, pod: &str) -> anyhow::Result<String> {
                 .container_log(APP_NAMESPACE, pod, "app")
                 .await
                 .unwrap_or_default();
-            Ok::<_, phantom_conformance::Error>(
-                log.lines()
-                    .find_map(|l| l.split_once("dynamic-user=").map(|(_, user)| user.trim()))
-                    .filter(|user| !user.is_empty())
-                    .map(str::to_owned),
-            )
+            Ok::<_, phantom_conformance::Error>(find(&log))
         },
     )
     .await?)

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use phantom_crds::logging::LogFormat;
+use phantom_crds::binary::LogFormat;
 use phantom_crds::{BindingPlan, KeyReleasePlan};
 use phantom_policies::KeyReleaseSet;
 use phantom_runtime_proxy::Error;
 use phantom_runtime_proxy::metrics::{ProxyMetrics, serve_status};
 use phantom_runtime_proxy::proxy::{ProxyConfig, refresh_loop, start};
 use phantom_runtime_proxy::socket::{SocketState, serve};
-use phantom_runtime_proxy::tls::{TlsSettings, parse_pin};
+use phantom_runtime_proxy::tls::TlsArgs;
 
 /// Phantom's sidecar: fetches the pod's secrets from OpenBao with the pod's own ServiceAccount
 /// token and delivers them as files on the memory volume and over a Unix socket.
@@ -28,34 +28,8 @@ struct Args {
         required_unless_present = "dev_file_provider"
     )]
     openbao_addr: Option<String>,
-    /// PEM CA bundle that signs OpenBao's certificate (default: the system bundle, unless a pin is set).
-    #[arg(long, env = "PHANTOM_OPENBAO_CA_FILE")]
-    openbao_ca_file: Option<PathBuf>,
-    /// The CA bundle inline, as PEM (admission hands it over this way).
-    #[arg(
-        long,
-        env = "PHANTOM_OPENBAO_CA_PEM",
-        conflicts_with = "openbao_ca_file"
-    )]
-    openbao_ca_pem: Option<String>,
-    /// Pinned sha256 of OpenBao's public key (SubjectPublicKeyInfo), `sha256//BASE64` or hex;
-    /// comma-separated to accept several during a key rotation. With a CA bundle both must hold.
-    #[arg(long, env = "PHANTOM_OPENBAO_SPKI_SHA256", value_delimiter = ',')]
-    openbao_spki_sha256: Vec<String>,
-    /// PEM client certificate for OpenBao listeners that require mTLS.
-    #[arg(
-        long,
-        env = "PHANTOM_OPENBAO_CLIENT_CERT",
-        requires = "openbao_client_key"
-    )]
-    openbao_client_cert: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    #[arg(
-        long,
-        env = "PHANTOM_OPENBAO_CLIENT_KEY",
-        requires = "openbao_client_cert"
-    )]
-    openbao_client_key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// The projected ServiceAccount token (audience of the OpenBao role).
     #[arg(
         long,
@@ -128,7 +102,7 @@ fn own_uid() -> Option<u32> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    phantom_crds::logging::init(args.log_format, "info");
+    phantom_crds::binary::init_logging(args.log_format, "info");
     let hardening = phantom_runtime_proxy::harden::harden_process();
     match &hardening.memory_locked {
         Ok(()) => tracing::info!(
@@ -156,18 +130,7 @@ async fn main() -> anyhow::Result<()> {
     metrics
         .memory_locked
         .set(i64::from(hardening.memory_locked.is_ok()));
-    let tls = TlsSettings {
-        ca_file: args.openbao_ca_file,
-        ca_pem: args.openbao_ca_pem,
-        spki_pins: args
-            .openbao_spki_sha256
-            .iter()
-            .filter(|p| !p.trim().is_empty())
-            .map(|p| parse_pin(p))
-            .collect::<Result<_, _>>()?,
-        client_cert: args.openbao_client_cert,
-        client_key: args.openbao_client_key,
-    };
+    let tls = args.tls.settings()?;
     let config = Arc::new(ProxyConfig {
         openbao_addr: args.openbao_addr.unwrap_or_default(),
         tls,

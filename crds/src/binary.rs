@@ -1,7 +1,8 @@
-//! How every Phantom binary logs (feature `logging`): to stderr, filtered by `PHANTOM_LOG`
-//! (tracing's `EnvFilter` syntax), as text or one JSON object per line (`--log-format`,
-//! `PHANTOM_LOG_FORMAT`). Part of the components' common contract, like the labels in
-//! [`crate::wellknown`], so operators configure all of them the same way.
+//! What every Phantom binary does alike (feature `binary`): it logs to stderr, filtered by
+//! `PHANTOM_LOG` (tracing's `EnvFilter` syntax), as text or one JSON object per line
+//! (`--log-format`, `PHANTOM_LOG_FORMAT`), and it shuts down on SIGTERM or Ctrl-C. Part of the
+//! components' common contract, like the labels in [`crate::wellknown`], so operators run all of
+//! them the same way.
 
 /// The log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -17,7 +18,7 @@ pub enum LogFormat {
 
 /// Installs the global subscriber; `default_filter` applies when `PHANTOM_LOG` is unset or
 /// invalid.
-pub fn init(format: LogFormat, default_filter: &str) {
+pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
@@ -26,5 +27,17 @@ pub fn init(format: LogFormat, default_filter: &str) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves on SIGTERM (the kubelet stopping the pod) or Ctrl-C.
+pub async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
