@@ -108,8 +108,7 @@ pub async fn launch(client: Client, settings: Settings) -> Result<Running> {
         }
         None => None,
     };
-    let crds_served = tasks.spawn(wait_for_crds(client.clone(), ready.clone()));
-    drop(crds_served);
+    tasks.spawn(wait_for_crds(client.clone(), ready.clone()));
 
     let elector = Arc::new(Elector::new(
         Api::<Lease>::namespaced(client.clone(), &settings.namespace),

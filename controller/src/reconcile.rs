@@ -86,15 +86,13 @@ impl Context {
 /// binding's `Admitted` and are not watched here).
 const RESYNC: Duration = Duration::from_secs(300);
 
+/// `Kind/name` or `Kind/namespace/name`: the object in logs, errors and the backoff table.
 fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    format!(
-        "{}/{}",
-        K::kind(&()),
-        obj.meta().namespace.as_deref().map_or_else(
-            || obj.meta().name.clone().unwrap_or_default(),
-            |ns| format!("{ns}/{}", obj.meta().name.clone().unwrap_or_default())
-        )
-    )
+    let name = obj.meta().name.as_deref().unwrap_or_default();
+    match obj.meta().namespace.as_deref() {
+        Some(ns) => format!("{}/{ns}/{name}", K::kind(&())),
+        None => format!("{}/{name}", K::kind(&())),
+    }
 }
 
 async fn apply_status<K>(ctx: &Context, api: Api<K>, obj: &K, status: &impl Serialize) -> Result<()>
