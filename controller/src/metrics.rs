@@ -1,17 +1,10 @@
 //! Prometheus metrics, `phantom_controller_*`, and the `/metrics`, `/healthz`, `/readyz` port.
 //! Labels carry kinds, configuration names and outcomes only.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -169,17 +162,6 @@ impl Metrics {
     }
 }
 
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = content_type.parse() {
-        response
-            .headers_mut()
-            .insert(http::header::CONTENT_TYPE, value);
-    }
-    response
-}
-
 /// Serves `/metrics`, `/healthz` and `/readyz` (ready once Phantom's CRDs are served) on `addr`;
 /// returns the bound address and the task.
 pub fn serve(
@@ -187,48 +169,26 @@ pub fn serve(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .and_then(tokio::net::TcpListener::from_std)
-        .map_err(|e| {
-            Error::Config(format!(
-                "binding the metrics address {addr}: {e}; choose another --metrics-listen"
-            ))
-        })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| Error::Config(format!("metrics address: {e}")))?;
-    let task = tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (metrics, ready) = (metrics.clone(), ready.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let answer = match req.uri().path() {
-                        "/metrics" => reply(
-                            StatusCode::OK,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            metrics.encode(),
-                        ),
-                        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-                        "/readyz" if ready.load(Ordering::SeqCst) => {
-                            reply(StatusCode::OK, "text/plain", "ok\n".into())
-                        }
-                        "/readyz" => reply(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "text/plain",
-                            "not ready: Phantom's CRDs are not served yet (kubectl apply -f crds/yaml/)\n".into(),
-                        ),
-                        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
-                    };
-                    async move { Ok::<_, Infallible>(answer) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
+    let readiness = move || {
+        if ready.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(
+                "not ready: Phantom's CRDs are not served yet (kubectl apply -f crds/yaml/)\n"
+                    .to_owned(),
+            )
         }
-    });
-    Ok((bound, task))
+    };
+    phantom_crds::binary::serve_status(
+        addr,
+        Arc::new(move || metrics.encode()),
+        Arc::new(readiness),
+    )
+    .map_err(|e| {
+        Error::Config(format!(
+            "binding the metrics address {addr}: {e}; choose another --metrics-listen"
+        ))
+    })
 }
 
 #[cfg(test)]

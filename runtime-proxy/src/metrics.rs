@@ -3,16 +3,9 @@
 //! degraded). Labels carry operations, outcomes and policy names: never a path's value, never a
 //! secret.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -182,64 +175,34 @@ impl ProxyMetrics {
     }
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = content_type.parse() {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, value);
-    }
-    response
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` (plain HTTP: nothing secret is on it).
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` (plain HTTP: nothing secret is on it);
+/// ready once the secrets are delivered and while OpenBao is not unreachable beyond the grace
+/// period.
 pub fn serve_status(
     addr: SocketAddr,
     metrics: Arc<ProxyMetrics>,
     state: Arc<SocketState>,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .and_then(tokio::net::TcpListener::from_std)
-        .map_err(|e| {
-            Error::Delivery(format!(
-                "binding the status port {addr}: {e}; choose another PHANTOM_STATUS_ADDR"
-            ))
-        })?;
-    Ok(tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (metrics, state) = (metrics.clone(), state.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let answer = match req.uri().path() {
-                        "/metrics" => reply(
-                            StatusCode::OK,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            metrics.encode(),
-                        ),
-                        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-                        "/readyz" if state.is_degraded() => reply(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "text/plain",
-                            "degraded: OpenBao unreachable beyond the grace period\n".into(),
-                        ),
-                        "/readyz" if !state.is_published() => reply(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "text/plain",
-                            "secrets not delivered yet\n".into(),
-                        ),
-                        "/readyz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-                        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
-                    };
-                    async move { Ok::<_, Infallible>(answer) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
+    let readiness = move || {
+        if state.is_degraded() {
+            Err("degraded: OpenBao unreachable beyond the grace period\n".to_owned())
+        } else if !state.is_published() {
+            Err("secrets not delivered yet\n".to_owned())
+        } else {
+            Ok(())
         }
-    }))
+    };
+    phantom_crds::binary::serve_status(
+        addr,
+        Arc::new(move || metrics.encode()),
+        Arc::new(readiness),
+    )
+    .map(|(_, task)| task)
+    .map_err(|e| {
+        Error::Delivery(format!(
+            "binding the status port {addr}: {e}; choose another PHANTOM_STATUS_ADDR"
+        ))
+    })
 }
 
 #[cfg(test)]
