@@ -37,6 +37,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The plain-HTTP status port (`--health-listen`) could not be served.
+    #[error(transparent)]
+    Status(#[from] phantom_process::Error),
     /// The Kubernetes API could not be reached or refused a request.
     #[error("Kubernetes API: {context}: {source}")]
     Kube {

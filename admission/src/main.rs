@@ -9,7 +9,7 @@ use clap::Parser;
 use phantom_admission::app::{Settings, launch};
 use phantom_admission::config::{InjectConfig, Selection, parse_label};
 use phantom_admission::server::ServerOptions;
-use phantom_crds::binary::LogFormat;
+use phantom_process::LogFormat;
 
 /// Phantom's admission webhook: injects the Phantom sidecar into pods as the compiled
 /// PhantomPolicies decide (fail closed), and validates Phantom's own resources.
@@ -114,7 +114,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    phantom_crds::binary::init_logging(args.log_format, "info");
+    phantom_process::init_logging(args.log_format, "info");
+    let shutdown = phantom_process::shutdown_signal()?;
     let mut settings = Settings::new(args.tls_cert, args.tls_key);
     settings.server = ServerOptions {
         listen: args.listen,
@@ -175,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
         "no Kubernetes configuration: run in a pod with a ServiceAccount, or set KUBECONFIG",
     )?;
     let launched = launch(client, settings).await?;
-    phantom_crds::binary::terminated().await;
+    shutdown.recv().await;
     tracing::info!("shutting down: finishing in-flight reviews");
     launched.shutdown().await;
     Ok(())

@@ -58,6 +58,8 @@ pub struct Running {
     pub health_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The plain-HTTP status port; stops with the server.
+    _status: phantom_process::StatusServer,
 }
 
 impl Running {
@@ -137,40 +139,26 @@ async fn webhook(
     Ok(reply(answer))
 }
 
-fn health(admitter: &Admitter, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match req.uri().path() {
-        "/healthz" => full(StatusCode::OK, "text/plain", "ok\n"),
-        "/readyz" => {
-            let snapshot = admitter.store.snapshot();
-            if snapshot.synced {
-                full(
-                    StatusCode::OK,
-                    "text/plain",
-                    format!(
-                        "ready: policy set {} (generation {})\n",
-                        snapshot.set.digest(),
-                        snapshot.generation
-                    ),
-                )
-            } else {
-                full(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "not ready: the watches on Phantom's resources have not synced (are the CRDs installed?)\n",
-                )
-            }
-        }
-        "/metrics" => full(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            admitter.metrics.encode(),
-        ),
-        other => full(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            format!("no endpoint {other}\n"),
-        ),
+/// What `/readyz` says: ready once the watches on Phantom's resources have synced.
+fn readiness(admitter: &Admitter) -> Result<String, String> {
+    let snapshot = admitter.store.snapshot();
+    if snapshot.synced {
+        Ok(format!(
+            "ready: policy set {} (generation {})\n",
+            snapshot.set.digest(),
+            snapshot.generation
+        ))
+    } else {
+        Err("not ready: the watches on Phantom's resources have not synced (are the CRDs installed?)\n".into())
     }
+}
+
+fn health(admitter: &Admitter, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    phantom_process::status::answer(
+        req.uri().path(),
+        || admitter.metrics.encode(),
+        || readiness(admitter),
+    )
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {
@@ -187,17 +175,12 @@ pub async fn start(
     options: ServerOptions,
 ) -> Result<Running> {
     let webhook_listener = bind(options.listen).await?;
-    let health_listener = bind(options.health_listen).await?;
     let addr = webhook_listener
         .local_addr()
         .map_err(|source| Error::Bind {
             addr: options.listen.to_string(),
             source,
         })?;
-    let health_addr = health_listener.local_addr().map_err(|source| Error::Bind {
-        addr: options.health_listen.to_string(),
-        source,
-    })?;
     let acceptor = TlsAcceptor::from(Arc::new(certificate.server_config()?));
     let (stop, stopped) = watch::channel(false);
 
@@ -257,36 +240,22 @@ pub async fn start(
         })
     };
 
-    let health_task = {
-        let mut stopped = stopped;
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = tokio::select! {
-                    accepted = health_listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
-                    _ = stopped.changed() => break,
-                };
-                let admitter = admitter.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let response = health(&admitter, &req);
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
-            }
-        })
+    let status = {
+        let (metrics, ready) = (admitter.clone(), admitter.clone());
+        phantom_process::serve_status(
+            options.health_listen,
+            Arc::new(move || metrics.metrics.encode()),
+            Arc::new(move || readiness(&ready)),
+        )?
     };
+    let health_addr = status.addr;
 
     tracing::info!(%addr, %health_addr, "phantom-admission serving");
     Ok(Running {
         addr,
         health_addr,
         stop,
-        tasks: vec![serve, health_task],
+        tasks: vec![serve],
+        _status: status,
     })
 }

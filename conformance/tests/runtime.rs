@@ -10,7 +10,7 @@ use anyhow::{Context, bail, ensure};
 use phantom_conformance::counting_proxy::CountingProxy;
 use phantom_conformance::harness::{Case, run};
 use phantom_conformance::{Env, EnvOptions, PodIdentity, random_hex};
-use phantom_runtime_proxy::openbao::OpenBaoClient;
+use phantom_openbao::OpenBaoClient;
 
 fn main() {
     run(
@@ -818,8 +818,8 @@ async fn key_release_refusal(env: Arc<Env>) -> anyhow::Result<()> {
 /// client certificate from the environment.
 async fn tls_pinning_and_mtls(env: Arc<Env>) -> anyhow::Result<()> {
     use base64::Engine as _;
-    use phantom_runtime_proxy::Error as ProxyError;
-    use phantom_runtime_proxy::tls::TlsSettings;
+    use phantom_openbao::Error as ProxyError;
+    use phantom_openbao::tls::TlsSettings;
     use sha2::{Digest, Sha256};
 
     let tls = env.start_tls_openbao().await?;
@@ -878,7 +878,31 @@ async fn tls_pinning_and_mtls(env: Arc<Env>) -> anyhow::Result<()> {
         ..TlsSettings::default()
     };
     match read(tls.addr.clone(), wrong_pin).await {
-        Err(ProxyError::Tls { addr, cause }) => {
+        Err(ProxyError::Tls {
+            addr,
+            cause,
+            source,
+        }) => {
+            // Recognised by its type: the rustls error is on the source chain.
+            let mut chain = source
+                .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static));
+            let mut found_rustls = false;
+            while let Some(link) = chain {
+                found_rustls |= link.is::<rustls::Error>();
+                // io::Error::source skips the error an io::Error wraps: step into it.
+                chain = match link
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::get_ref)
+                {
+                    Some(wrapped) => Some(wrapped),
+                    None => link.source(),
+                };
+            }
+            ensure!(
+                found_rustls,
+                "the TLS error keeps rustls' error as its source"
+            );
             let shown = base64::engine::general_purpose::STANDARD.encode(pin);
             ensure!(
                 addr == tls.addr

@@ -100,9 +100,12 @@ pub async fn launch(client: Client, settings: Settings) -> Result<Running> {
     let mut tasks = JoinSet::new();
     let metrics_addr = match settings.metrics_listen {
         Some(addr) => {
-            let (bound, task) = metrics::serve(addr, metrics.clone(), ready.clone())?;
+            let server = metrics::serve(addr, metrics.clone(), ready.clone())?;
+            let bound = server.addr;
+            // Serves for as long as the task lives: aborting it at shutdown drops the server.
             tasks.spawn(async move {
-                let _ = task.await;
+                let _server = server;
+                std::future::pending::<()>().await
             });
             Some(bound)
         }

@@ -23,6 +23,11 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
 
+    /// The status port could not be served (`--metrics-listen`).
+    #[cfg(feature = "server")]
+    #[error(transparent)]
+    Status(#[from] phantom_process::Error),
+
     /// Writing a file (the serving certificate for a local admission process) failed.
     #[error("writing {path}: {source}")]
     Io {

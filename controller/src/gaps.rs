@@ -7,13 +7,19 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{EvictParams, ListParams};
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+#[cfg(feature = "server")]
+use kube::{
+    Resource,
+    api::EvictParams,
+    runtime::events::{Event, EventType, Recorder},
+};
 use phantom_crds::wellknown::{DECISION_ANNOTATION, OVERRIDE_BYPASS, OVERRIDE_LABEL};
 use serde::Serialize;
 
 use crate::config::WebhookSettings;
+#[cfg(feature = "server")]
 use crate::metrics::Metrics;
 use crate::{Error, Result};
 
@@ -100,11 +106,13 @@ pub async fn scan(client: &Client, settings: &WebhookSettings) -> Result<Vec<Gap
 }
 
 /// Reports each gap pod once (Event on the pod), keeps the gauge current, evicts when asked.
+#[cfg(feature = "server")]
 #[derive(Debug, Default)]
 pub struct Reporter {
     reported: BTreeSet<String>,
 }
 
+#[cfg(feature = "server")]
 impl Reporter {
     /// Scans and reports; returns the gap pods found.
     pub async fn run_once(

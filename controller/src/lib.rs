@@ -13,18 +13,32 @@
 //! * finds pods admitted without Phantom while the breaker was open or the configuration missing
 //!   ([`gaps`]).
 
+//!
+//! Without the default `server` feature only [`config`] and the gap-pod scan ([`gaps::scan`])
+//! are built: what `phantomctl status` reads.
+
 mod error;
 
-pub mod app;
-pub mod breaker;
-pub mod certs;
 pub mod config;
 pub mod gaps;
+
+#[cfg(feature = "server")]
+pub mod app;
+#[cfg(feature = "server")]
+pub mod breaker;
+#[cfg(feature = "server")]
+pub mod certs;
+#[cfg(feature = "server")]
 pub mod leader;
+#[cfg(feature = "server")]
 pub mod manager;
+#[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
 pub mod reconcile;
+#[cfg(feature = "server")]
 pub mod status;
+#[cfg(feature = "server")]
 pub mod webhooks;
 
 pub use error::{Error, Result};

@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use phantom_controller::app::launch;
 use phantom_controller::config::{AdmissionEndpoint, Settings};
-use phantom_crds::binary::LogFormat;
 use phantom_crds::wellknown::parse_label;
+use phantom_process::LogFormat;
 
 /// Phantom's controller: writes each PhantomPolicy's, SecretBinding's and AttestationRequirement's
 /// compiled status, keeps the webhook configurations and their certificate in shape (restoring
@@ -158,12 +158,13 @@ fn settings(args: Args) -> Settings {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    phantom_crds::binary::init_logging(args.log_format, "info");
+    phantom_process::init_logging(args.log_format, "info");
+    let shutdown = phantom_process::shutdown_signal()?;
     let client = kube::Client::try_default().await.context(
         "no Kubernetes configuration: run in a pod with a ServiceAccount, or set KUBECONFIG",
     )?;
     let running = launch(client, settings(args)).await?;
-    phantom_crds::binary::terminated().await;
+    shutdown.recv().await;
     tracing::info!("shutting down: releasing the lease");
     running.shutdown().await;
     Ok(())

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::{Error, Result};
+use crate::Result;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -162,16 +162,16 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` (ready once Phantom's CRDs are served) on `addr`;
-/// returns the bound address and the task.
+/// Serves `/metrics`, `/healthz` and `/readyz` (ready once Phantom's CRDs are served) on `addr`
+/// until the returned server is dropped.
 pub fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+) -> Result<phantom_process::StatusServer> {
     let readiness = move || {
         if ready.load(Ordering::SeqCst) {
-            Ok(())
+            Ok("ok\n".to_owned())
         } else {
             Err(
                 "not ready: Phantom's CRDs are not served yet (kubectl apply -f crds/yaml/)\n"
@@ -179,16 +179,11 @@ pub fn serve(
             )
         }
     };
-    phantom_crds::binary::serve_status(
+    Ok(phantom_process::serve_status(
         addr,
         Arc::new(move || metrics.encode()),
         Arc::new(readiness),
-    )
-    .map_err(|e| {
-        Error::Config(format!(
-            "binding the metrics address {addr}: {e}; choose another --metrics-listen"
-        ))
-    })
+    )?)
 }
 
 #[cfg(test)]

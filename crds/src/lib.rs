@@ -9,8 +9,6 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod attestation;
-#[cfg(feature = "binary")]
-pub mod binary;
 mod binding;
 mod common;
 mod plan;

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use phantom_crds::binary::LogFormat;
+use phantom_openbao::SecretValue;
+use phantom_openbao::tls::TlsArgs;
 use phantom_probes::preflight::{self, Target};
-use phantom_runtime_proxy::secret::SecretValue;
-use phantom_runtime_proxy::tls::TlsArgs;
+use phantom_process::LogFormat;
 
 /// Phantom's pre-flight check: DNS, TCP, TLS (pinned key or CA), OpenBao health, the Kubernetes
 /// auth role and a login with this pod's own ServiceAccount token. Results go to stdout and into a
@@ -93,7 +93,7 @@ async fn publish(destination: &str, report: &preflight::Report) -> anyhow::Resul
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    phantom_crds::binary::init_logging(args.log_format, "warn");
+    phantom_process::init_logging(args.log_format, "warn");
     let target = match target(&args) {
         Ok(t) => t,
         Err(e) => {

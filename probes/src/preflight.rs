@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use phantom_runtime_proxy::openbao::{OpenBaoClient, Session};
-use phantom_runtime_proxy::secret::SecretValue;
-use phantom_runtime_proxy::tls::TlsSettings;
+use phantom_openbao::SecretValue;
+use phantom_openbao::tls::TlsSettings;
+use phantom_openbao::{OpenBaoClient, Session};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -408,7 +408,7 @@ pub async fn run(target: &Target) -> Report {
 
 async fn handshake(target: &Target, host: &str, port: u16) -> Result<String, (String, String)> {
     let fix = "check PHANTOM_OPENBAO_CA_FILE and PHANTOM_OPENBAO_SPKI_SHA256 against OpenBao's certificate (openssl s_client -connect host:port | openssl x509 -pubkey)".to_owned();
-    let config = phantom_runtime_proxy::tls::client_config(&target.tls)
+    let config = phantom_openbao::tls::client_config(&target.tls)
         .map_err(|e| (e.to_string(), fix.clone()))?;
     let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
         (
@@ -439,8 +439,8 @@ async fn handshake(target: &Target, host: &str, port: u16) -> Result<String, (St
     let presented = session
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(|leaf| phantom_runtime_proxy::tls::spki_sha256(leaf))
-        .map(|digest| phantom_runtime_proxy::tls::format_pin(&digest))
+        .and_then(|leaf| phantom_openbao::tls::spki_sha256(leaf))
+        .map(|digest| phantom_openbao::tls::format_pin(&digest))
         .unwrap_or_else(|| "unknown".into());
     let how = if target.tls.spki_pins.is_empty() {
         "the CA"

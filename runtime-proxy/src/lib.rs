@@ -1,65 +1,27 @@
 //! Phantom's runtime side: what runs inside the pod. `phantom-proxy` (the sidecar: providers,
 //! key-release checks, TLS with pinning, renewal, files and the socket API, metrics) and
 //! `phantom-exec` (the wrapper that sets a container's variables and `exec`s its command) are
-//! built from these modules; [`SecretValue`] (zeroized on drop, never printed) carries every
-//! value. See `docs/architecture.md`, "The runtime".
+//! built from these modules. OpenBao itself is reached through `phantom-openbao`, whose
+//! [`SecretValue`] (zeroized on drop, never printed) carries every value. See
+//! `docs/architecture.md`, "The runtime".
 
-pub mod coalesce;
 pub mod exec;
 pub mod files;
 pub mod harden;
 pub mod metrics;
-pub mod openbao;
 pub mod provider;
 pub mod proxy;
-pub mod secret;
 pub mod socket;
-pub mod tls;
 
-pub use secret::SecretValue;
+pub use phantom_openbao::SecretValue;
 
-/// Errors of the runtime proxy. None of them ever carries a secret value: OpenBao's answers are
-/// reduced to their `errors` array before they reach a message.
+/// Errors of the runtime proxy. None of them ever carries a secret value.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    /// OpenBao could not be reached.
-    #[error(
-        "OpenBao at {addr} is unreachable ({cause}); check the address, DNS and network policy, and that OpenBao is unsealed"
-    )]
-    Unreachable { addr: String, cause: String },
-    /// The TLS connection to OpenBao failed: certificate not trusted, pin mismatch, client
-    /// certificate refused, or TLS settings that cannot be loaded.
-    #[error(
-        "TLS to OpenBao at {addr} failed: {cause}; check PHANTOM_OPENBAO_CA_FILE, PHANTOM_OPENBAO_SPKI_SHA256 and the client certificate (PHANTOM_OPENBAO_CLIENT_CERT/KEY)"
-    )]
-    Tls { addr: String, cause: String },
-    /// OpenBao refused a login.
-    #[error(
-        "OpenBao at {addr} refused the Kubernetes login with role {role} at auth/{mount} ({status}: {errors}); check that the role binds this pod's namespace and ServiceAccount and accepts the token's audience"
-    )]
-    LoginRefused {
-        addr: String,
-        role: String,
-        mount: String,
-        status: u16,
-        errors: String,
-    },
-    /// OpenBao refused or failed a read.
-    #[error("OpenBao at {addr} answered {status} reading {path}: {errors}; {hint}")]
-    Read {
-        addr: String,
-        path: String,
-        status: u16,
-        errors: String,
-        hint: &'static str,
-    },
-    /// OpenBao's answer did not have the expected shape.
-    #[error("OpenBao at {addr} answered {path} with an unexpected body ({what})")]
-    Malformed {
-        addr: String,
-        path: String,
-        what: String,
-    },
+    /// Talking to OpenBao failed: unreachable, TLS, a refused login or read, an odd answer, an
+    /// unreadable ServiceAccount token.
+    #[error(transparent)]
+    OpenBao(#[from] phantom_openbao::Error),
     /// Delivery to the application failed (`phantom-exec` could not get its variables, a file
     /// could not be written); the message names the path or socket and what to check.
     #[error("{0}")]
@@ -77,11 +39,6 @@ pub enum Error {
         "the key-release conditions in PHANTOM_KEY_RELEASE do not compile here ({0}); nothing is released. Is phantom-proxy older than phantom-admission?"
     )]
     KeyReleasePlan(String),
-    /// The pod's ServiceAccount token could not be read.
-    #[error(
-        "reading the ServiceAccount token {path}: {cause}; is the projected token volume mounted?"
-    )]
-    Token { path: String, cause: String },
 }
 
 /// Result with this crate's [`Error`].

@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use phantom_openbao::{Observer, Operation, RequestOutcome};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,14 +19,34 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// `login`, `renew` (token or lease), `revoke` or `read`.
-    pub operation: String,
+    pub operation: Operation,
     /// `ok` (2xx), `refused` (4xx), `error` (5xx or no answer).
-    pub result: String,
+    pub result: RequestOutcome,
+}
+
+/// How a refresh round ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum RefreshResult {
+    Ok,
+    Error,
+}
+
+impl EncodeLabelValue for RefreshResult {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        encoder.write_str(match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    pub result: String,
+    pub result: RefreshResult,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -113,32 +134,11 @@ impl Default for ProxyMetrics {
 }
 
 impl ProxyMetrics {
-    /// Counts one OpenBao request from its API path and HTTP status (0: no answer).
-    pub fn observe_request(&self, path: &str, status: u16) {
-        let operation = match path {
-            "auth/token/renew-self" | "sys/leases/renew" => "renew",
-            "auth/token/revoke-self" => "revoke",
-            _ if path.starts_with("auth/") && path.ends_with("/login") => "login",
-            _ => "read",
-        };
-        let result = match status {
-            200..=299 => "ok",
-            400..=499 => "refused",
-            _ => "error",
-        };
-        self.openbao_requests
-            .get_or_create(&RequestLabels {
-                operation: operation.into(),
-                result: result.into(),
-            })
-            .inc();
-    }
-
     /// Records a successful fetch of `secrets` values.
     pub fn fetched(&self, secrets: usize) {
         self.refreshes
             .get_or_create(&ResultLabels {
-                result: "ok".into(),
+                result: RefreshResult::Ok,
             })
             .inc();
         self.secrets.set(secrets as i64);
@@ -153,7 +153,7 @@ impl ProxyMetrics {
     pub fn failed(&self, refusal_policy: Option<&str>) {
         self.refreshes
             .get_or_create(&ResultLabels {
-                result: "error".into(),
+                result: RefreshResult::Error,
             })
             .inc();
         if let Some(policy) = refusal_policy {
@@ -175,6 +175,14 @@ impl ProxyMetrics {
     }
 }
 
+impl Observer for ProxyMetrics {
+    fn request(&self, operation: Operation, result: RequestOutcome) {
+        self.openbao_requests
+            .get_or_create(&RequestLabels { operation, result })
+            .inc();
+    }
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` (plain HTTP: nothing secret is on it);
 /// ready once the secrets are delivered and while OpenBao is not unreachable beyond the grace
 /// period.
@@ -182,22 +190,21 @@ pub fn serve_status(
     addr: SocketAddr,
     metrics: Arc<ProxyMetrics>,
     state: Arc<SocketState>,
-) -> Result<tokio::task::JoinHandle<()>> {
+) -> Result<phantom_process::StatusServer> {
     let readiness = move || {
         if state.is_degraded() {
             Err("degraded: OpenBao unreachable beyond the grace period\n".to_owned())
         } else if !state.is_published() {
             Err("secrets not delivered yet\n".to_owned())
         } else {
-            Ok(())
+            Ok("ok\n".to_owned())
         }
     };
-    phantom_crds::binary::serve_status(
+    phantom_process::serve_status(
         addr,
         Arc::new(move || metrics.encode()),
         Arc::new(readiness),
     )
-    .map(|(_, task)| task)
     .map_err(|e| {
         Error::Delivery(format!(
             "binding the status port {addr}: {e}; choose another PHANTOM_STATUS_ADDR"
@@ -212,11 +219,11 @@ mod tests {
     #[test]
     fn requests_are_labelled_by_operation_and_result() {
         let metrics = ProxyMetrics::default();
-        metrics.observe_request("auth/kubernetes/login", 200);
-        metrics.observe_request("auth/token/renew-self", 403);
-        metrics.observe_request("sys/leases/renew", 200);
-        metrics.observe_request("auth/token/revoke-self", 204);
-        metrics.observe_request("secret/data/shop/db", 0);
+        metrics.request(Operation::Login, RequestOutcome::Ok);
+        metrics.request(Operation::Renew, RequestOutcome::Refused);
+        metrics.request(Operation::Renew, RequestOutcome::Ok);
+        metrics.request(Operation::Revoke, RequestOutcome::Ok);
+        metrics.request(Operation::Read, RequestOutcome::Error);
         metrics.fetched(3);
         metrics.failed(Some("payments"));
         let text = metrics.encode();

@@ -9,16 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use phantom_crds::{BindingPlan, DeliveryKind, RotationNotice};
+use phantom_openbao::OpenBaoClient;
+use phantom_openbao::tls::TlsSettings;
 use phantom_policies::KeyReleaseSet;
 
 use crate::files::{parse_mode, write_atomic};
 use crate::metrics::ProxyMetrics;
-use crate::openbao::OpenBaoClient;
 use crate::provider::file::FileProvider;
 use crate::provider::openbao::OpenBaoProvider;
 use crate::provider::{Provider, SecretProvider};
 use crate::socket::{Contents, SocketState};
-use crate::tls::TlsSettings;
 use crate::{Error, Result};
 
 /// Settings of one sidecar.
@@ -238,7 +238,7 @@ pub async fn start(config: &ProxyConfig, state: &SocketState) -> Result<(Provide
         }
         None => Provider::OpenBao(OpenBaoProvider::new(
             OpenBaoClient::with_tls(&config.openbao_addr, &config.tls)?
-                .with_metrics(config.metrics.clone()),
+                .with_observer(config.metrics.clone()),
             config.token_path.clone(),
         )),
     };
@@ -305,14 +305,7 @@ pub async fn refresh_loop(
                 // OpenBao refusing the session (revoked, expired, role changed): log in afresh next
                 // time. An outage keeps the sessions: they are still valid, and so are the
                 // leases of dynamic secrets read with them.
-                if matches!(
-                    e,
-                    Error::LoginRefused { .. }
-                        | Error::Read {
-                            status: 401 | 403,
-                            ..
-                        }
-                ) {
+                if matches!(&e, Error::OpenBao(e) if e.is_session_refused()) {
                     provider.reset();
                 }
                 config.metrics.failed(refusing_policy(&e));

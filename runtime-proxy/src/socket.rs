@@ -34,7 +34,7 @@ pub struct Delivered {
     /// KV version, or a count of credentials issued for a dynamic secret.
     pub version: u64,
     /// The lease of a dynamic secret.
-    pub lease: Option<crate::openbao::Lease>,
+    pub lease: Option<phantom_openbao::Lease>,
 }
 
 /// What the socket serves, replaced as a whole on every change.

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use phantom_crds::binary::LogFormat;
 use phantom_crds::{BindingPlan, KeyReleasePlan};
+use phantom_openbao::tls::TlsArgs;
 use phantom_policies::KeyReleaseSet;
+use phantom_process::LogFormat;
 use phantom_runtime_proxy::Error;
 use phantom_runtime_proxy::metrics::{ProxyMetrics, serve_status};
 use phantom_runtime_proxy::proxy::{ProxyConfig, refresh_loop, start};
 use phantom_runtime_proxy::socket::{SocketState, serve};
-use phantom_runtime_proxy::tls::TlsArgs;
 
 /// Phantom's sidecar: fetches the pod's secrets from OpenBao with the pod's own ServiceAccount
 /// token and delivers them as files on the memory volume and over a Unix socket.
@@ -102,7 +102,7 @@ fn own_uid() -> Option<u32> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    phantom_crds::binary::init_logging(args.log_format, "info");
+    phantom_process::init_logging(args.log_format, "info");
     let hardening = phantom_runtime_proxy::harden::harden_process();
     match &hardening.memory_locked {
         Ok(()) => tracing::info!(
@@ -172,13 +172,11 @@ async fn main() -> anyhow::Result<()> {
     // The kubelet stops the pod with SIGTERM: revoke the tokens (and the leases of dynamic
     // secrets) before exiting. In init-only mode (above) nothing is revoked: the application
     // still needs what was written.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    // Installed only now: until the first delivery, SIGTERM keeps its default action and ends
+    // a sidecar that is still waiting for OpenBao at once.
+    let shutdown = phantom_process::shutdown_signal()?;
     let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
-        }
+        shutdown.recv().await;
     };
     tokio::select! {
         () = refresh_loop(config.clone(), state, provider, contents, shutdown) => {}

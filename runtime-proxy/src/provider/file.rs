@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{SecretProvider, select};
-use crate::secret::{values_of, wipe};
 use crate::socket::Delivered;
 use crate::{Error, Result};
+use phantom_openbao::secret::{values_of, wipe};
 
 /// Reads secrets from JSON files under a directory.
 #[derive(Debug)]

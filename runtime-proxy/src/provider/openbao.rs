@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use phantom_crds::{BindingPlan, Engine, SecretItem};
 
 use super::{SecretProvider, select};
-use crate::openbao::{OpenBaoClient, Session};
+use crate::Result;
 use crate::socket::Delivered;
-use crate::{Error, Result};
+use phantom_openbao::{OpenBaoClient, Session};
 
 /// Sessions by (OpenBao namespace, auth mount, role): one login per pod identity and place.
 pub type SessionKey = (Option<String>, String, String);
@@ -95,7 +95,7 @@ impl SecretProvider for OpenBaoProvider {
                     .await
                 {
                     // A revoked token: log in again once, then read.
-                    Err(Error::Read { status: 403, .. }) => {
+                    Err(e) if e.status() == Some(403) => {
                         self.sessions.remove(&key);
                         let fresh =
                             session_for(client, &self.token_path, &mut self.sessions, &key).await?;

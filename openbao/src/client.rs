@@ -1,7 +1,7 @@
-//! A small OpenBao (and Vault) client for what the sidecar needs: Kubernetes auth with the pod's
-//! projected ServiceAccount token and KV v2 reads. Answers are parsed from zeroizing buffers and
-//! the secret data moves straight into [`SecretValue`]s; error messages carry OpenBao's `errors`
-//! array only, never a body that could hold data.
+//! The client: Kubernetes auth with a projected ServiceAccount token, token renewal and
+//! revocation, KV v2 and dynamic reads with leases, health and role lookups. Answers are parsed
+//! from zeroizing buffers and the secret data moves straight into [`SecretValue`]s; error
+//! messages carry OpenBao's `errors` array only, never a body that could hold data.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,18 +12,42 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::coalesce::Coalescer;
-use crate::metrics::ProxyMetrics;
+use crate::observe::{Observer, Operation, RequestOutcome};
 use crate::secret::{SecretValue, values_of, wipe};
 use crate::tls::TlsSettings;
-use crate::{Error, Result};
+use crate::{Error, Result, Source};
 
-/// How rustls reports a handshake that failed on trust (reqwest only offers the messages).
-const TLS_FAILURES: &[&str] = &[
-    "invalid peer certificate",
-    "pinned public key mismatch",
-    "received fatal alert",
-    "peer sent no certificates",
-];
+/// The TLS error somewhere along `error`'s source chain, if the failure was TLS. rustls reports
+/// through hyper as `io::Error`s wrapping a `rustls::Error`, and `io::Error::source` skips the
+/// error it wraps, so the walk steps into wrapped errors itself.
+pub(crate) fn tls_failure<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut next = Some(error);
+    while let Some(link) = next {
+        if let Some(tls) = link.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match link
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => link.source(),
+        };
+    }
+    None
+}
+
+/// The operation a request is, for the observer.
+fn operation_of(path: &str) -> Operation {
+    match path {
+        "auth/token/renew-self" | "sys/leases/renew" => Operation::Renew,
+        "auth/token/revoke-self" => Operation::Revoke,
+        _ if path.starts_with("auth/") && path.ends_with("/login") => Operation::Login,
+        _ => Operation::Read,
+    }
+}
 
 /// `lease_duration` and `renewable` of an answer (or of its `auth` part).
 fn lease_terms(answer: &Value) -> (Duration, bool) {
@@ -122,7 +146,7 @@ pub struct OpenBaoClient {
     addr: String,
     http: reqwest::Client,
     reads: Arc<Coalescer<ReadKey, KvSecret>>,
-    metrics: Option<Arc<ProxyMetrics>>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl OpenBaoClient {
@@ -141,9 +165,10 @@ impl OpenBaoClient {
             .pool_idle_timeout(Duration::from_secs(90));
         if addr.starts_with("https://") {
             let config = crate::tls::client_config(tls).map_err(|e| match e {
-                Error::Tls { cause, .. } => Error::Tls {
+                Error::Tls { cause, source, .. } => Error::Tls {
                     addr: addr.clone(),
                     cause,
+                    source,
                 },
                 other => other,
             })?;
@@ -153,23 +178,25 @@ impl OpenBaoClient {
                 addr,
                 cause: "TLS settings are given but the address is plain http://; use https://"
                     .into(),
+                source: None,
             });
         }
         let http = builder.build().map_err(|e| Error::Unreachable {
             addr: addr.clone(),
             cause: format!("building the HTTP client: {e}"),
+            source: Some(Arc::new(e)),
         })?;
         Ok(Self {
             addr,
             http,
             reads: Arc::default(),
-            metrics: None,
+            observer: None,
         })
     }
 
-    /// Counts every request that reaches OpenBao in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
-        self.metrics = Some(metrics);
+    /// Reports every request to `observer` (coalesced reads once).
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -207,32 +234,35 @@ impl OpenBaoClient {
                 cause.push_str(&inner.to_string());
                 source = inner.source();
             }
-            let cause = cause
-                .replace(&format!(" for url ({}/", self.addr), " (")
-                .to_owned();
-            if TLS_FAILURES.iter().any(|marker| cause.contains(marker)) {
+            let cause = cause.replace(&format!(" for url ({}/", self.addr), " (");
+            let is_tls = tls_failure(&e).is_some();
+            let source: Option<Source> = Some(Arc::new(e));
+            if is_tls {
                 Error::Tls {
                     addr: self.addr.clone(),
                     cause,
+                    source,
                 }
             } else {
                 Error::Unreachable {
                     addr: self.addr.clone(),
                     cause,
+                    source,
                 }
             }
         };
-        let observe = |status: u16| {
-            if let Some(metrics) = &self.metrics {
-                metrics.observe_request(path.split('?').next().unwrap_or(path), status);
+        let observe = |status: Option<u16>| {
+            if let Some(observer) = &self.observer {
+                let path = path.split('?').next().unwrap_or(path);
+                observer.request(operation_of(path), RequestOutcome::of_status(status));
             }
         };
         let response = request.send().await.map_err(|e| {
-            observe(0);
+            observe(None);
             unreachable(e)
         })?;
         let status = response.status().as_u16();
-        observe(status);
+        observe(Some(status));
         let bytes = Zeroizing::new(Vec::<u8>::from(
             response.bytes().await.map_err(unreachable)?,
         ));
@@ -243,6 +273,7 @@ impl OpenBaoClient {
                 addr: self.addr.clone(),
                 path: path.to_owned(),
                 what: format!("not JSON: {e}"),
+                source: Some(Arc::new(e)),
             })?
         };
         Ok((status, value))
@@ -298,7 +329,7 @@ impl OpenBaoClient {
             Zeroizing::new(
                 std::fs::read_to_string(token_path).map_err(|e| Error::Token {
                     path: token_path.display().to_string(),
-                    cause: e.to_string(),
+                    source: Arc::new(e),
                 })?,
             );
         let path = format!("auth/{mount}/login");
@@ -341,6 +372,7 @@ impl OpenBaoClient {
                 addr: self.addr.clone(),
                 path: path.to_owned(),
                 what: "no auth.client_token".into(),
+                source: None,
             });
         let (lease_duration, renewable) = lease_terms(&auth);
         let session = token.map(|token| Session {
@@ -426,6 +458,7 @@ impl OpenBaoClient {
                     addr: self.addr.clone(),
                     path: format!("{mount}/{path}"),
                     what: "no data.data object (is this a KV v2 mount?)".into(),
+                    source: None,
                 });
             }
         };
@@ -483,6 +516,7 @@ impl OpenBaoClient {
                     addr: self.addr.clone(),
                     path: api_path,
                     what: "no lease_id or no data object (is this a dynamic engine? KV v2 secrets use engine kv-v2)".into(),
+                                    source: None,
                 });
             }
             None => {
@@ -491,6 +525,7 @@ impl OpenBaoClient {
                     addr: self.addr.clone(),
                     path: api_path,
                     what: "no data object".into(),
+                    source: None,
                 });
             }
         };
@@ -548,6 +583,7 @@ impl OpenBaoClient {
             addr: self.addr.clone(),
             path: "sys/health".into(),
             what: e.to_string(),
+            source: None,
         })
     }
 

@@ -40,8 +40,9 @@ pub struct TlsSettings {
     pub client_key: Option<PathBuf>,
 }
 
-/// The flags that fill [`TlsSettings`], shared by every binary that talks to OpenBao like the
-/// sidecar does (`phantom-proxy`, `phantom-preflight`), so they spell them the same way.
+/// The flags that fill [`TlsSettings`] (feature `cli`), shared by every binary that talks to
+/// OpenBao (`phantom-proxy`, `phantom-preflight`), so they spell them the same way.
+#[cfg(feature = "cli")]
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsArgs {
     /// PEM CA bundle that signs OpenBao's certificate (default: the system bundle, unless a pin is set).
@@ -74,6 +75,7 @@ pub struct TlsArgs {
     pub openbao_client_key: Option<PathBuf>,
 }
 
+#[cfg(feature = "cli")]
 impl TlsArgs {
     /// The settings, with every pin parsed (an unparsable pin is an error naming it).
     pub fn settings(&self) -> Result<TlsSettings> {
@@ -106,12 +108,9 @@ pub fn parse_pin(text: &str) -> Result<[u8; 32]> {
     };
     bytes
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or_else(|| Error::Tls {
-            addr: "-".into(),
-            cause: format!(
+        .ok_or_else(|| tls_error(format!(
                 "the pin {text:?} is not a sha256 digest (expected sha256//BASE64, base64 or 64 hex digits, as printed by `openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64`)"
-            ),
-        })
+            )))
 }
 
 /// `sha256//BASE64` of a digest, the form errors and docs print.
@@ -122,73 +121,10 @@ pub fn format_pin(pin: &[u8; 32]) -> String {
     )
 }
 
-/// The sha256 of a DER certificate's SubjectPublicKeyInfo.
+/// The sha256 of a DER certificate's SubjectPublicKeyInfo (`None` when it does not parse).
 pub fn spki_sha256(cert_der: &[u8]) -> Option<[u8; 32]> {
-    let spki = subject_public_key_info(cert_der)?;
-    Some(Sha256::digest(spki).into())
-}
-
-/// One DER element at the start of an input.
-struct Tlv<'a> {
-    tag: u8,
-    /// The element with its header.
-    whole: &'a [u8],
-    contents: &'a [u8],
-    /// What follows the element.
-    rest: &'a [u8],
-}
-
-fn tlv(input: &[u8]) -> Option<Tlv<'_>> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
-            return None;
-        }
-        let len = rest[..count]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[count..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    let header = input.len() - rest.len();
-    Some(Tlv {
-        tag,
-        whole: &input[..header + len],
-        contents: &rest[..len],
-        rest: &rest[len..],
-    })
-}
-
-/// Certificate → tbsCertificate → its SubjectPublicKeyInfo (the seventh field when the explicit
-/// version is present, the sixth otherwise). A walk over the DER instead of an X.509 parser: this
-/// is the only field the sidecar needs, and it runs before the signature check has any meaning.
-fn subject_public_key_info(cert_der: &[u8]) -> Option<&[u8]> {
-    const SEQUENCE: u8 = 0x30;
-    const EXPLICIT_VERSION: u8 = 0xa0;
-    let certificate = tlv(cert_der)?;
-    if certificate.tag != SEQUENCE {
-        return None;
-    }
-    let tbs = tlv(certificate.contents)?;
-    if tbs.tag != SEQUENCE {
-        return None;
-    }
-    let mut rest = tbs.contents;
-    if rest.first() == Some(&EXPLICIT_VERSION) {
-        rest = tlv(rest)?.rest;
-    }
-    // serialNumber, signature, issuer, validity, subject
-    for _ in 0..5 {
-        rest = tlv(rest)?.rest;
-    }
-    let spki = tlv(rest)?;
-    (spki.tag == SEQUENCE).then_some(spki.whole)
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    Some(Sha256::digest(cert.tbs_certificate.subject_pki.raw).into())
 }
 
 /// Chain validation (when a CA is configured) followed by the pin check (when pins are).
@@ -255,10 +191,12 @@ impl ServerCertVerifier for PinningVerifier {
     }
 }
 
+/// A settings error (no connection yet, so no address: the client fills it in).
 fn tls_error(cause: String) -> Error {
     Error::Tls {
         addr: "-".into(),
         cause,
+        source: None,
     }
 }
 

@@ -44,7 +44,7 @@ impl std::fmt::Debug for SecretValue {
 
 /// Zeroizes a JSON value's strings in place (OpenBao answers are parsed into `serde_json::Value`
 /// before the secret data is moved into [`SecretValue`]s; this wipes what remains).
-pub(crate) fn wipe(value: &mut serde_json::Value) {
+pub fn wipe(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::String(s) => s.zeroize(),
         serde_json::Value::Array(items) => items.iter_mut().for_each(wipe),
@@ -55,7 +55,7 @@ pub(crate) fn wipe(value: &mut serde_json::Value) {
 
 /// The keys of a JSON object as [`SecretValue`]s (strings as they are, other values as JSON
 /// text), wiping the parsed copies.
-pub(crate) fn values_of(
+pub fn values_of(
     map: serde_json::Map<String, serde_json::Value>,
 ) -> std::collections::BTreeMap<String, SecretValue> {
     map.into_iter()

@@ -117,6 +117,7 @@ mod tests {
                 Err(Error::Unreachable {
                     addr: "https://bao".into(),
                     cause: "refused".into(),
+                    source: None,
                 })
             })
             .await
