@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help demo test toolchain tools plugins static images crds env
+.PHONY: help demo test check generate toolchain tools plugins static images crds env
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -14,11 +14,25 @@ demo: toolchain tools static ## Phantom end to end on running pods: control plan
 	$(CARGO) build -q --bins
 	$(CARGO) run -q -p phantom-conformance --bin phantom-demo
 
-test: toolchain tools plugins static ## the whole suite: fmt, clippy, unit + real-cluster tests, drift checks
+test: toolchain tools plugins static ## the whole suite (CI's gate): fmt, clippy, docs, unit + real-cluster + real-pod tests, drift checks
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	# Includes the drift tests (crds/tests/drift.rs: checked-in CRD YAML == the Rust types).
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps -q
+	# Includes every drift test (CRD YAML, rendered chart, flag references) and the layout rules.
 	$(CARGO) test --workspace
+
+check: toolchain plugins ## the fast loop: fmt, clippy, docs, unit and doc tests, drift and layout checks (no root, no cluster)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps -q
+	$(CARGO) test -q --workspace --exclude phantom-conformance
+	$(CARGO) test -q -p phantom-conformance --lib
+
+DOC_CRATES := phantom-admission phantom-controller phantom-probes phantom-runtime-proxy phantomctl
+generate: toolchain tools ## regenerate every checked-in artefact: CRD YAML (crds/yaml, chart/crds), chart/rendered.yaml, the flag references in docs/
+	PHANTOM_GENERATE=1 $(CARGO) test -q -p phantom-crds --test drift
+	PHANTOM_GENERATE=1 $(CARGO) test -q $(addprefix -p ,$(DOC_CRATES)) --test docs
+	PHANTOM_GENERATE=1 $(CARGO) test -q -p phantom-conformance --test chart -- the_chart_lints_strictly_and_its_rendered_output_is_checked_in
 
 toolchain: ## rustfmt and clippy for the active toolchain
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
@@ -41,7 +55,7 @@ static: toolchain tools ## static musl builds of phantom-proxy and phantom-exec:
 images: toolchain static ## build the node's base OCI images (pause, busybox) into ~/.cache/phantom/images; Phantom's own are packed from `make static` at node start
 	$(CARGO) run -q -p phantom-conformance --bin phantom-env -- images
 
-crds: ## regenerate crds/yaml from the Rust types
+crds: ## regenerate only the CRD YAML from the Rust types (part of `make generate`)
 	$(CARGO) run -q -p phantom-crds --bin crdgen
 
 env: toolchain tools ## start a local control plane + OpenBao for poking around (Ctrl-C stops it)

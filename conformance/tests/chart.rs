@@ -56,15 +56,8 @@ async fn lint_and_drift(env: Arc<Env>) -> anyhow::Result<()> {
     lint(tools, Some(&showcase_values())).context("the showcase values")?;
 
     let rendered = render(tools, "phantom", "phantom-system", Some(&showcase_values()))?;
-    let path = chart_dir().join("rendered.yaml");
-    if std::env::var_os("PHANTOM_UPDATE_CHART").is_some() {
-        std::fs::write(&path, &rendered)?;
-    }
-    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-    ensure!(
-        checked_in == rendered,
-        "chart/rendered.yaml drifted from the chart; regenerate with PHANTOM_UPDATE_CHART=1 cargo test -p phantom-conformance --test chart"
-    );
+    phantom_testkit::check_generated(&chart_dir().join("rendered.yaml"), &rendered)
+        .map_err(anyhow::Error::msg)?;
 
     // Managed-cluster add-on constraints: no hooks, no lookup.
     for entry in std::fs::read_dir(chart_dir().join("templates"))? {

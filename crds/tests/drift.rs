@@ -14,17 +14,13 @@ fn checked_in_crd_yaml_matches_the_types() {
     for dir in dirs() {
         for file in phantom_crds::all_crds() {
             let expected = phantom_crds::render_crd_yaml(&file.crd).expect("render CRD");
-            let path = dir.join(file.file_name);
-            let actual = std::fs::read_to_string(&path).unwrap_or_default();
-            if actual != expected {
-                drifted.push(path.display().to_string());
+            if let Err(why) = phantom_testkit::check_generated(&dir.join(file.file_name), &expected)
+            {
+                drifted.push(why);
             }
         }
     }
-    assert!(
-        drifted.is_empty(),
-        "CRD YAML drifted from crds/src: {drifted:?}\nregenerate with: cargo run -p phantom-crds --bin crdgen"
-    );
+    assert!(drifted.is_empty(), "{}", drifted.join("\n"));
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The policy sources as the API server holds them (feature `cluster`): reflectors on the three
 //! CRDs and plugin modules read from ConfigMaps. The admission webhook and the controller compile
-//! what these deliver into their own [`PolicyStore`](crate::store::PolicyStore), so the status the
+//! what these deliver into their own [`PolicyStore`], so the status the
 //! controller writes describes exactly what every webhook replica enforces.
 
 use std::collections::BTreeMap;
