@@ -8,14 +8,74 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointLabels {
-    pub endpoint: String,
+phantom_process::label_enum! {
+    /// The webhook's endpoints.
+    pub enum Endpoint {
+        Mutate => "mutate",
+        Validate => "validate",
+    }
+}
+
+phantom_process::label_enum! {
+    /// What admission did with a pod.
+    pub enum Outcome {
+        /// Injected: sidecar, wrapper and plan added.
+        Injected => "injected",
+        /// Matched and allowed, but not injected (no binding, or the policy does not inject).
+        NotInjected => "not-injected",
+        /// Left out of a canary rollout.
+        CanaryExcluded => "canary-excluded",
+        /// Refused by a policy rule or by what injection needs.
+        Denied => "denied",
+        /// The namespace carries no enable label.
+        NotSelected => "not-selected",
+        /// The namespace opted out.
+        OptedOut => "opted-out",
+        /// The namespace override: admitted without injection, recorded.
+        Bypassed => "bypassed",
+        /// Already carries Phantom's injection.
+        AlreadyInjected => "already-injected",
+        /// An operation admission does not evaluate.
+        OutOfScope => "out-of-scope",
+        /// Phantom could not decide: refused (fail closed).
+        Error => "error",
+    }
+}
+
+phantom_process::label_enum! {
+    /// A verdict on one of Phantom's own resources.
+    pub enum Validation {
+        Allowed => "allowed",
+        Denied => "denied",
+    }
+}
+
+phantom_process::label_enum! {
+    /// How a serving-certificate reload ended.
+    pub enum Reload {
+        Ok => "ok",
+        Error => "error",
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub outcome: String,
+pub struct EndpointLabels {
+    pub endpoint: Endpoint,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ValidationLabels {
+    pub outcome: Validation,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub outcome: Reload,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,9 +91,8 @@ pub struct Metrics {
     registry: Registry,
     /// Request latency by endpoint (`mutate`, `validate`).
     pub latency: HistogramFamily,
-    /// Pod decisions by outcome (`injected`, `denied`, `not-selected`, `opted-out`, `bypassed`,
-    /// `already-injected`, `out-of-scope`, `error`).
-    pub decisions: Family<OutcomeLabels, Counter>,
+    /// Pod decisions by [`Outcome`].
+    pub decisions: Family<DecisionLabels, Counter>,
     /// Injected pods by namespace.
     pub injections: Family<NamespaceLabels, Counter>,
     /// Pods admitted through the namespace override, by namespace.
@@ -41,7 +100,7 @@ pub struct Metrics {
     /// Requests answered 4xx (malformed AdmissionReviews), by endpoint.
     pub bad_requests: Family<EndpointLabels, Counter>,
     /// Validation verdicts on Phantom's resources by outcome (`allowed`, `denied`).
-    pub validations: Family<OutcomeLabels, Counter>,
+    pub validations: Family<ValidationLabels, Counter>,
     /// Generation of the policy set in force.
     pub policy_generation: Gauge,
     /// Objects whose current version does not compile.
@@ -49,7 +108,7 @@ pub struct Metrics {
     /// Objects enforced at a previous version because the current one does not compile.
     pub policies_held_back: Gauge,
     /// Serving-certificate reloads by outcome (`ok`, `error`).
-    pub certificate_reloads: Family<OutcomeLabels, Counter>,
+    pub certificate_reloads: Family<ReloadLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -125,11 +184,9 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts one decision.
-    pub fn decision(&self, outcome: &str) {
+    pub fn decision(&self, outcome: Outcome) {
         self.decisions
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_owned(),
-            })
+            .get_or_create(&DecisionLabels { outcome })
             .inc();
     }
 
@@ -149,10 +206,10 @@ mod tests {
     #[test]
     fn names_carry_the_phantom_prefix() {
         let m = Metrics::default();
-        m.decision("injected");
+        m.decision(Outcome::Injected);
         m.latency
             .get_or_create(&EndpointLabels {
-                endpoint: "mutate".into(),
+                endpoint: Endpoint::Mutate,
             })
             .observe(0.001);
         m.injections

@@ -28,6 +28,7 @@ use phantom_policies::Decision;
 use serde_json::json;
 
 use crate::config::{InjectConfig, resources};
+use crate::metrics::Outcome;
 use crate::{Error, Result};
 
 #[cfg(test)]
@@ -167,7 +168,7 @@ pub fn mutate(
         InjectionMode::Daemonset => unreachable!("refused above"),
     }
 
-    let mut recorded = decision_annotations(decision, "injected");
+    let mut recorded = decision_annotations(decision, Outcome::Injected);
     recorded.insert(INJECTED_ANNOTATION.into(), "true".into());
     out.metadata
         .annotations
@@ -188,10 +189,10 @@ pub fn annotate(pod: &Pod, annotations: BTreeMap<String, String>) -> Patch {
 
 /// The annotations recording `decision`: the outcome, the deciding policy and mode, the policy
 /// digest, the bindings and every canary outcome. Names and digests only.
-pub fn decision_annotations(decision: &Decision, outcome: &str) -> BTreeMap<String, String> {
+pub fn decision_annotations(decision: &Decision, outcome: Outcome) -> BTreeMap<String, String> {
     let mode = decision.injection.as_ref().map(|i| i.mode);
     let summary = json!({
-        "outcome": outcome,
+        "outcome": outcome.as_str(),
         "policy": decision.deciding_policy,
         "mode": mode,
         "matched": decision.matched.iter().map(|m| &m.policy).collect::<Vec<_>>(),

@@ -17,10 +17,13 @@ use phantom_crds::{
 };
 use phantom_policies::{AdmissionInput, Decision, DecisionPool, RequestInfo, UserInfo};
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use crate::cluster::ClusterView;
 use crate::config::{InjectConfig, Selection};
-use crate::metrics::{EndpointLabels, Metrics, NamespaceLabels, OutcomeLabels};
+use crate::metrics::{
+    Endpoint, EndpointLabels, Metrics, NamespaceLabels, Outcome, Validation, ValidationLabels,
+};
 use crate::mutate::{annotate, decision_annotations, is_injected, mutate};
 use crate::{Error, validate};
 use phantom_policies::store::PolicyStore;
@@ -81,6 +84,65 @@ enum Verdict {
     Deny(String),
 }
 
+/// What admission decided about a pod: the outcome (its metric label) and the answer.
+struct Admission {
+    outcome: Outcome,
+    verdict: Verdict,
+}
+
+impl Admission {
+    /// Admitted unchanged.
+    fn allow(outcome: Outcome) -> Self {
+        Self::patched(outcome, None, BTreeMap::new())
+    }
+
+    /// Admitted with a patch and audit annotations.
+    fn patched(
+        outcome: Outcome,
+        patch: Option<json_patch::Patch>,
+        audit: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            outcome,
+            verdict: Verdict::Allow { patch, audit },
+        }
+    }
+
+    /// Refused with `message` (a policy or what injection needs: [`Outcome::Denied`]).
+    fn deny(message: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::Denied,
+            verdict: Verdict::Deny(message.into()),
+        }
+    }
+
+    /// Refused because Phantom could not decide (fail closed).
+    fn error(message: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::Error,
+            verdict: Verdict::Deny(message.into()),
+        }
+    }
+}
+
+/// Who asked for which pod, for logs, Events and metrics.
+struct RequestContext<'a> {
+    namespace: &'a str,
+    pod_name: &'a str,
+    user: &'a str,
+    dry_run: bool,
+}
+
+/// Everything [`Admitter::apply`] acts on: the decision and what injection would hand the
+/// sidecar.
+struct InjectionPlan<'a> {
+    pod: &'a Pod,
+    decision: &'a Decision,
+    bindings: Vec<BindingPlan>,
+    key_release: Option<KeyReleasePlan>,
+    request: RequestContext<'a>,
+}
+
 fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
     let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)
         .map_err(|e| format!("the body is not an AdmissionReview: {e}"))?;
@@ -139,12 +201,23 @@ impl Admitter {
         let started = Instant::now();
         let reply = match parse(body) {
             Err(message) => {
-                self.bad_request("mutate");
+                self.bad_request(Endpoint::Mutate);
                 Reply::error(400, &message)
             }
             Ok(req) => {
                 let mut warnings = Vec::new();
-                let (outcome, verdict) = self.admit_pod(&req, &mut warnings).await;
+                let span = tracing::info_span!(
+                    "review",
+                    uid = %req.uid,
+                    namespace = req.namespace.as_deref().unwrap_or_default(),
+                    pod = req.name.as_str(),
+                    outcome = tracing::field::Empty,
+                );
+                let Admission { outcome, verdict } = self
+                    .admit_pod(&req, &mut warnings)
+                    .instrument(span.clone())
+                    .await;
+                span.record("outcome", outcome.as_str());
                 self.metrics.decision(outcome);
                 let mut response = AdmissionResponse::from(&req);
                 if !warnings.is_empty() {
@@ -168,7 +241,7 @@ impl Admitter {
                 }
             }
         };
-        self.observe("mutate", started);
+        self.observe(Endpoint::Mutate, started);
         reply
     }
 
@@ -177,43 +250,43 @@ impl Admitter {
         let started = Instant::now();
         let reply = match parse(body) {
             Err(message) => {
-                self.bad_request("validate");
+                self.bad_request(Endpoint::Validate);
                 Reply::error(400, &message)
             }
             Ok(req) => {
                 let response = AdmissionResponse::from(&req);
-                let (outcome, response) = match self.check_resource(&req).await {
-                    Ok(()) => ("allowed", response),
-                    Err(message) => ("denied", response.deny(message)),
+                let span = tracing::info_span!(
+                    "validate",
+                    uid = %req.uid,
+                    kind = req.kind.kind.as_str(),
+                    name = req.name.as_str(),
+                );
+                let (outcome, response) = match self.check_resource(&req).instrument(span).await {
+                    Ok(()) => (Validation::Allowed, response),
+                    Err(message) => (Validation::Denied, response.deny(message)),
                 };
                 self.metrics
                     .validations
-                    .get_or_create(&OutcomeLabels {
-                        outcome: outcome.into(),
-                    })
+                    .get_or_create(&ValidationLabels { outcome })
                     .inc();
                 answer(response)
             }
         };
-        self.observe("validate", started);
+        self.observe(Endpoint::Validate, started);
         reply
     }
 
-    fn observe(&self, endpoint: &str, started: Instant) {
+    fn observe(&self, endpoint: Endpoint, started: Instant) {
         self.metrics
             .latency
-            .get_or_create(&EndpointLabels {
-                endpoint: endpoint.into(),
-            })
+            .get_or_create(&EndpointLabels { endpoint })
             .observe(started.elapsed().as_secs_f64());
     }
 
-    fn bad_request(&self, endpoint: &str) {
+    fn bad_request(&self, endpoint: Endpoint) {
         self.metrics
             .bad_requests
-            .get_or_create(&EndpointLabels {
-                endpoint: endpoint.into(),
-            })
+            .get_or_create(&EndpointLabels { endpoint })
             .inc();
     }
 
@@ -221,46 +294,26 @@ impl Admitter {
         &self,
         req: &AdmissionRequest<DynamicObject>,
         warnings: &mut Vec<String>,
-    ) -> (&'static str, Verdict) {
-        let allow = Verdict::Allow {
-            patch: None,
-            audit: BTreeMap::new(),
-        };
+    ) -> Admission {
         if !req.kind.group.is_empty() || req.kind.kind != "Pod" {
-            return (
-                "error",
-                Verdict::Deny(format!(
-                    "Phantom's /mutate handles pods, not {}/{}; fix the rules of the MutatingWebhookConfiguration",
-                    req.kind.group, req.kind.kind
-                )),
-            );
+            return Admission::error(format!(
+                "Phantom's /mutate handles pods, not {}/{}; fix the rules of the MutatingWebhookConfiguration",
+                req.kind.group, req.kind.kind
+            ));
         }
         if req.operation != Operation::Create {
-            return ("out-of-scope", allow);
+            return Admission::allow(Outcome::OutOfScope);
         }
         let Some(object) = &req.object else {
-            return (
-                "error",
-                Verdict::Deny("the CREATE request carries no pod".into()),
-            );
+            return Admission::error("the CREATE request carries no pod");
         };
         let pod_value = match serde_json::to_value(object) {
             Ok(v) => v,
-            Err(e) => {
-                return (
-                    "error",
-                    Verdict::Deny(format!("the pod cannot be read: {e}")),
-                );
-            }
+            Err(e) => return Admission::error(format!("the pod cannot be read: {e}")),
         };
         let pod: Pod = match serde_json::from_value(pod_value.clone()) {
             Ok(p) => p,
-            Err(e) => {
-                return (
-                    "error",
-                    Verdict::Deny(format!("the object is not a valid pod: {e}")),
-                );
-            }
+            Err(e) => return Admission::error(format!("the object is not a valid pod: {e}")),
         };
         let namespace = req
             .namespace
@@ -269,26 +322,18 @@ impl Admitter {
             .unwrap_or_default();
         let namespace_object = match self.cluster.namespace(&namespace).await {
             Ok(Some(ns)) => ns,
-            Ok(None) => {
-                return (
-                    "error",
-                    Verdict::Deny(format!("namespace {namespace} does not exist")),
-                );
-            }
+            Ok(None) => return Admission::error(format!("namespace {namespace} does not exist")),
             Err(e) => {
-                return (
-                    "error",
-                    Verdict::Deny(format!(
-                        "Phantom cannot read namespace {namespace} ({e}); refusing the pod (fail closed)"
-                    )),
-                );
+                return Admission::error(format!(
+                    "Phantom cannot read namespace {namespace} ({e}); refusing the pod (fail closed)"
+                ));
             }
         };
         if has_label(&namespace_object, &self.selection.opt_out_label) {
-            return ("opted-out", allow);
+            return Admission::allow(Outcome::OptedOut);
         }
         if !has_label(&namespace_object, &self.selection.enable_label) {
-            return ("not-selected", allow);
+            return Admission::allow(Outcome::NotSelected);
         }
         let user = user_of(req);
         let pod_name = pod
@@ -298,10 +343,7 @@ impl Admitter {
             .or_else(|| pod.metadata.generate_name.clone().map(|g| format!("{g}*")))
             .unwrap_or_default();
         if label(&namespace_object, OVERRIDE_LABEL).as_deref() == Some(OVERRIDE_BYPASS) {
-            return (
-                "bypassed",
-                self.bypass(req, &pod, &namespace, &pod_name, &user.username),
-            );
+            return self.bypass(req, &pod, &namespace, &pod_name, &user.username);
         }
         if label(&pod_value, OVERRIDE_LABEL).is_some() {
             warnings.push(format!(
@@ -309,16 +351,13 @@ impl Admitter {
             ));
         }
         if is_injected(&pod) {
-            return ("already-injected", allow);
+            return Admission::allow(Outcome::AlreadyInjected);
         }
 
         let snapshot = self.store.snapshot();
         if !snapshot.synced {
-            return (
-                "error",
-                Verdict::Deny(
-                    "Phantom's policies are not loaded yet (the watches on PhantomPolicy, SecretBinding and AttestationRequirement have not synced); refusing the pod (fail closed). Retry in a moment; if it persists, check that the CRDs are installed and phantom-admission's logs".into(),
-                ),
+            return Admission::error(
+                "Phantom's policies are not loaded yet (the watches on PhantomPolicy, SecretBinding and AttestationRequirement have not synced); refusing the pod (fail closed). Retry in a moment; if it persists, check that the CRDs are installed and phantom-admission's logs",
             );
         }
         let input = AdmissionInput {
@@ -341,25 +380,19 @@ impl Admitter {
         let decision = match decided {
             Ok(Ok(decision)) => decision,
             Ok(Err(e)) => {
-                return (
-                    "error",
-                    Verdict::Deny(format!(
-                        "Phantom could not evaluate its policies ({e}); refusing the pod (fail closed). Retry; if it persists, see phantom-admission's logs and metrics"
-                    )),
-                );
+                return Admission::error(format!(
+                    "Phantom could not evaluate its policies ({e}); refusing the pod (fail closed). Retry; if it persists, see phantom-admission's logs and metrics"
+                ));
             }
             Err(_) => {
-                return (
-                    "error",
-                    Verdict::Deny(format!(
-                        "Phantom's policy evaluation took longer than {:?}; refusing the pod (fail closed)",
-                        self.evaluation_timeout
-                    )),
-                );
+                return Admission::error(format!(
+                    "Phantom's policy evaluation took longer than {:?}; refusing the pod (fail closed)",
+                    self.evaluation_timeout
+                ));
             }
         };
         warnings.extend(decision.warnings.iter().take(16).cloned());
-        let plan: Vec<BindingPlan> = decision
+        let bindings: Vec<BindingPlan> = decision
             .bindings
             .iter()
             .filter_map(|r| {
@@ -379,30 +412,35 @@ impl Admitter {
                 &stored_view(&pod, &namespace),
             )
         });
-        self.apply(
-            &pod,
-            &decision,
-            &plan,
-            key_release.as_ref(),
-            &namespace,
-            &pod_name,
-            &user.username,
-            req.dry_run,
-        )
+        self.apply(InjectionPlan {
+            pod: &pod,
+            decision: &decision,
+            bindings,
+            key_release,
+            request: RequestContext {
+                namespace: &namespace,
+                pod_name: &pod_name,
+                user: &user.username,
+                dry_run: req.dry_run,
+            },
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn apply(
-        &self,
-        pod: &Pod,
-        decision: &Decision,
-        plan: &[BindingPlan],
-        key_release: Option<&KeyReleasePlan>,
-        namespace: &str,
-        pod_name: &str,
-        user: &str,
-        dry_run: bool,
-    ) -> (&'static str, Verdict) {
+    /// Acts on a decision: refuse, annotate only, or inject.
+    fn apply(&self, plan: InjectionPlan<'_>) -> Admission {
+        let InjectionPlan {
+            pod,
+            decision,
+            bindings,
+            key_release,
+            request:
+                RequestContext {
+                    namespace,
+                    pod_name,
+                    user,
+                    dry_run,
+                },
+        } = plan;
         if !decision.allowed {
             let reasons: Vec<String> = decision
                 .denials
@@ -410,7 +448,7 @@ impl Admitter {
                 .map(|d| format!("{}/{}: {}", d.policy, d.rule, d.message))
                 .collect();
             tracing::info!(%namespace, pod = %pod_name, %user, policies = %reasons.len(), "pod denied by policy");
-            return ("denied", Verdict::Deny(reasons.join("; ")));
+            return Admission::deny(reasons.join("; "));
         }
         if !decision.inject {
             let outcome = if decision
@@ -418,20 +456,14 @@ impl Admitter {
                 .iter()
                 .any(|m| m.canary.as_ref().is_some_and(|c| !c.selected))
             {
-                "canary-excluded"
+                Outcome::CanaryExcluded
             } else {
-                "not-injected"
+                Outcome::NotInjected
             };
             let patch = annotate(pod, decision_annotations(decision, outcome));
-            return (
-                outcome,
-                Verdict::Allow {
-                    patch: Some(patch),
-                    audit: BTreeMap::new(),
-                },
-            );
+            return Admission::patched(outcome, Some(patch), BTreeMap::new());
         }
-        match mutate(pod, decision, plan, key_release, &self.inject) {
+        match mutate(pod, decision, &bindings, key_release.as_ref(), &self.inject) {
             Ok(patch) => {
                 if !dry_run {
                     self.metrics
@@ -442,21 +474,12 @@ impl Admitter {
                         .inc();
                 }
                 tracing::info!(%namespace, pod = %pod_name, %user, policy = ?decision.deciding_policy, digest = %decision.policy_digest, dry_run, "pod injected");
-                (
-                    "injected",
-                    Verdict::Allow {
-                        patch: Some(patch),
-                        audit: BTreeMap::new(),
-                    },
-                )
+                Admission::patched(Outcome::Injected, Some(patch), BTreeMap::new())
             }
-            Err(Error::Inject(message)) => ("denied", Verdict::Deny(message)),
-            Err(e) => (
-                "error",
-                Verdict::Deny(format!(
-                    "Phantom could not inject the pod ({e}); refusing (fail closed)"
-                )),
-            ),
+            Err(Error::Inject(message)) => Admission::deny(message),
+            Err(e) => Admission::error(format!(
+                "Phantom could not inject the pod ({e}); refusing (fail closed)"
+            )),
         }
     }
 
@@ -469,7 +492,7 @@ impl Admitter {
         namespace: &str,
         pod_name: &str,
         user: &str,
-    ) -> Verdict {
+    ) -> Admission {
         let record = format!("{OVERRIDE_BYPASS} by namespace {namespace}; pod created by {user}");
         tracing::warn!(%namespace, pod = %pod_name, %user, dry_run = req.dry_run, "namespace override: pod admitted without Phantom injection");
         if !req.dry_run {
@@ -489,10 +512,11 @@ impl Admitter {
             pod,
             BTreeMap::from([(OVERRIDE_ANNOTATION.to_owned(), record.clone())]),
         );
-        Verdict::Allow {
-            patch: Some(patch),
-            audit: BTreeMap::from([("override".to_owned(), record)]),
-        }
+        Admission::patched(
+            Outcome::Bypassed,
+            Some(patch),
+            BTreeMap::from([("override".to_owned(), record)]),
+        )
     }
 
     async fn check_resource(&self, req: &AdmissionRequest<DynamicObject>) -> Result<(), String> {

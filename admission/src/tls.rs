@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::metrics::{Metrics, OutcomeLabels};
+use crate::metrics::{Metrics, Reload, ReloadLabels};
 use crate::{Error, Result};
 
 /// A certificate/key pair read from PEM files and re-read when they change.
@@ -101,18 +101,16 @@ impl ReloadingCertificate {
                     Ok(false) => continue,
                     Ok(true) => {
                         tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
-                        "ok"
+                        Reload::Ok
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "serving certificate reload failed; the previous certificate stays in use");
-                        "error"
+                        Reload::Error
                     }
                 };
                 metrics
                     .certificate_reloads
-                    .get_or_create(&OutcomeLabels {
-                        outcome: outcome.into(),
-                    })
+                    .get_or_create(&ReloadLabels { outcome })
                     .inc();
             }
         })

@@ -342,9 +342,7 @@ async fn probe_loop(
                 metrics.breaker_open.set(i64::from(state == State::Open));
                 metrics
                     .breaker_transitions
-                    .get_or_create(&StateLabels {
-                        state: state.as_str().into(),
-                    })
+                    .get_or_create(&StateLabels { state })
                     .inc();
                 let (type_, reason, note) = match state {
                     State::Open => (

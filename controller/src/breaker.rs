@@ -6,21 +6,13 @@ use std::time::Duration;
 
 use crate::{Error, Result};
 
-/// Open or closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Admission answers: the configurations fail closed.
-    Closed,
-    /// Admission is down: non-critical namespaces fail open.
-    Open,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-        }
+phantom_process::label_enum! {
+    /// Open or closed.
+    pub enum State {
+        /// Admission answers: the configurations fail closed.
+        Closed => "closed",
+        /// Admission is down: non-critical namespaces fail open.
+        Open => "open",
     }
 }
 

@@ -25,9 +25,17 @@ use zeroize::Zeroizing;
 use crate::breaker::State;
 use crate::certs::{self, Material, Pair};
 use crate::config::Settings;
-use crate::metrics::{CertificateLabels, Metrics, RestorationLabels};
+use crate::metrics::{
+    Cause, Certificate, CertificateLabels, Configuration, Metrics, RestorationLabels,
+};
 use crate::webhooks::{self, MANAGED_BY};
 use crate::{Error, Result};
+
+mod classify;
+
+pub use classify::{
+    ConfigurationAction, MaterialSource, SecretWrite, SecretWrites, material_source, secret_writes,
+};
 
 const SUBJECT_ANNOTATION: &str = "phantom.dev/certificate-subject";
 
@@ -233,30 +241,25 @@ impl Manager {
 
     fn record_expiry(&self, m: &Material) {
         let now = unix_now();
-        for (certificate, pair) in [("ca", &m.ca), ("serving", &m.serving)] {
+        for (certificate, pair) in [(Certificate::Ca, &m.ca), (Certificate::Serving, &m.serving)] {
             self.metrics
                 .certificate_expiry_seconds
-                .get_or_create(&CertificateLabels {
-                    certificate: certificate.into(),
-                })
+                .get_or_create(&CertificateLabels { certificate })
                 .set(pair.not_after - now);
         }
     }
 
-    /// Renews what is due; returns the material and what changed (the CA Secret is written here,
-    /// the serving pair only after the configurations trust its CA).
-    async fn renew(&mut self) -> Result<(Material, certs::Renewal, bool)> {
-        // The Secrets are the truth (a previous leader may have rotated); when they are gone but
-        // this leader holds the material, they are written back like a deleted configuration
-        // rather than starting a new CA the running admission replicas do not serve yet.
-        let mut write_back = false;
-        match self.load().await? {
-            Some(stored) => self.material = Some(stored),
-            None if self.material.is_some() => {
-                write_back = true;
+    /// Renews what is due; returns the material and which Secrets to write (the CA Secret is
+    /// written here, the serving pair only after the configurations trust its CA).
+    async fn renew(&mut self) -> Result<(Material, SecretWrites)> {
+        let stored = self.load().await?;
+        let source = material_source(stored.is_some(), self.material.is_some());
+        match source {
+            MaterialSource::Stored => self.material = stored,
+            MaterialSource::WriteBack => {
                 tracing::warn!(namespace = %self.settings.namespace, "the webhook certificate Secrets were deleted or damaged: writing them back");
             }
-            None => {}
+            MaterialSource::Fresh => {}
         }
         let (dns, ips) = self.settings.webhooks.admission.subject_names();
         let (material, renewal) = certs::renew(
@@ -267,47 +270,53 @@ impl Manager {
             self.settings.certs.ca_validity,
             self.settings.certs.serving_validity,
         )?;
-        if renewal.ca_rotated {
-            self.write_ca(&material).await?;
-            self.metrics
-                .certificate_rotations
-                .get_or_create(&CertificateLabels {
-                    certificate: "ca".into(),
-                })
-                .inc();
-            tracing::info!(namespace = %self.settings.namespace, secret = %self.settings.certs.ca_secret, not_after = material.ca.not_after, "generated a new webhook CA");
-        } else if write_back {
-            self.write_ca(&material).await?;
+        let writes = secret_writes(source, renewal);
+        match writes.ca {
+            Some(SecretWrite::Rotated) => {
+                self.write_ca(&material).await?;
+                self.count_rotation(Certificate::Ca);
+                tracing::info!(namespace = %self.settings.namespace, secret = %self.settings.certs.ca_secret, not_after = material.ca.not_after, "generated a new webhook CA");
+            }
+            Some(SecretWrite::WrittenBack) => self.write_ca(&material).await?,
+            None => {}
         }
-        Ok((material, renewal, write_back))
+        Ok((material, writes))
+    }
+
+    fn count_rotation(&self, certificate: Certificate) {
+        self.metrics
+            .certificate_rotations
+            .get_or_create(&CertificateLabels { certificate })
+            .inc();
     }
 
     /// One pass: certificates, both configurations, then the serving pair.
     pub async fn reconcile(&mut self) -> Result<()> {
-        let (material, renewal, write_back) = self.renew().await?;
+        let (material, writes) = self.renew().await?;
         let bundle = material.bundle();
         let open = *self.breaker.borrow() == State::Open;
         let hooks = &self.settings.webhooks;
         let desired_mutating = webhooks::mutating(hooks, &bundle, open);
         let desired_validating = webhooks::validating(hooks, &bundle, open);
         let mut restored = false;
-        restored |= self.keep(Which::Mutating, desired_mutating).await?;
-        restored |= self.keep(Which::Validating, desired_validating).await?;
-        if renewal.serving_issued {
-            self.write_serving(&material).await?;
-            self.metrics
-                .certificate_rotations
-                .get_or_create(&CertificateLabels {
-                    certificate: "serving".into(),
-                })
-                .inc();
-            tracing::info!(namespace = %self.settings.namespace, secret = %self.settings.certs.serving_secret, subject = %material.subject, not_after = material.serving.not_after, "issued a new admission serving certificate");
-        } else if write_back {
-            self.write_serving(&material).await?;
-        } else if let Some(dir) = &self.settings.certs.write_dir
-            && !dir.join("tls.crt").exists()
-        {
-            write_files(dir, &material.serving, &bundle)?;
+        restored |= self.keep(Configuration::Mutating, desired_mutating).await?;
+        restored |= self
+            .keep(Configuration::Validating, desired_validating)
+            .await?;
+        match writes.serving {
+            Some(SecretWrite::Rotated) => {
+                self.write_serving(&material).await?;
+                self.count_rotation(Certificate::Serving);
+                tracing::info!(namespace = %self.settings.namespace, secret = %self.settings.certs.serving_secret, subject = %material.subject, not_after = material.serving.not_after, "issued a new admission serving certificate");
+            }
+            Some(SecretWrite::WrittenBack) => self.write_serving(&material).await?,
+            None => {
+                if let Some(dir) = &self.settings.certs.write_dir
+                    && !dir.join("tls.crt").exists()
+                {
+                    write_files(dir, &material.serving, &bundle)?;
+                }
+            }
         }
         self.record_expiry(&material);
         self.material = Some(material);
@@ -324,22 +333,29 @@ impl Manager {
 
     /// Applies `desired` when the configuration is missing or differs; `Ok(true)` when it had
     /// been deleted or altered by someone else (a restoration, with a log line and an Event).
-    async fn keep(&mut self, which: Which, desired: Value) -> Result<bool> {
+    async fn keep(&mut self, which: Configuration, desired: Value) -> Result<bool> {
         let manager = &self.settings.field_manager;
-        let (outcome, name) = match which {
-            Which::Mutating => (
-                keep(&mut self.mutating, desired, manager, &self.metrics).await?,
+        let (action, name) = match which {
+            Configuration::Mutating => (
+                keep(&mut self.mutating, desired, manager).await?,
                 &self.mutating.name,
             ),
-            Which::Validating => (
-                keep(&mut self.validating, desired, manager, &self.metrics).await?,
+            Configuration::Validating => (
+                keep(&mut self.validating, desired, manager).await?,
                 &self.validating.name,
             ),
         };
-        let (kind, reference) = which.reference(name, &self.settings.namespace);
-        match outcome {
-            Outcome::Restored { cause, paths } => {
-                let note = if cause == "deleted" {
+        let (kind, reference) = reference(which, name, &self.settings.namespace);
+        match action {
+            ConfigurationAction::Restore { cause, paths } => {
+                self.metrics
+                    .webhook_restorations
+                    .get_or_create(&RestorationLabels {
+                        configuration: which,
+                        cause,
+                    })
+                    .inc();
+                let note = if cause == Cause::Deleted {
                     format!(
                         "{kind} {name} was deleted; re-created it (the controller owns it: change the controller's settings instead)"
                     )
@@ -349,7 +365,7 @@ impl Manager {
                         paths.join(", ")
                     )
                 };
-                tracing::warn!(%kind, %name, %cause, "webhook configuration restored");
+                tracing::warn!(%kind, %name, cause = cause.as_str(), "webhook configuration restored");
                 tokio::spawn(publish(
                     self.recorder.clone(),
                     reference,
@@ -359,11 +375,11 @@ impl Manager {
                 ));
                 Ok(true)
             }
-            Outcome::Created => {
+            ConfigurationAction::Create => {
                 tracing::info!(%kind, %name, "webhook configuration created");
                 Ok(false)
             }
-            Outcome::Updated | Outcome::Unchanged => Ok(false),
+            ConfigurationAction::Update | ConfigurationAction::Unchanged => Ok(false),
         }
     }
 }
@@ -388,52 +404,35 @@ pub async fn publish(
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Which {
-    Mutating,
-    Validating,
+/// Events about these cluster-scoped objects are recorded in the controller's namespace, with the
+/// reference naming that namespace too: API servers before 1.22 refuse an Event whose
+/// `regarding.namespace` differs from its own, and operators find them with
+/// `kubectl get events -n <controller namespace>`.
+fn reference(
+    which: Configuration,
+    name: &str,
+    events_namespace: &str,
+) -> (&'static str, ObjectReference) {
+    let kind = which.as_str();
+    (
+        kind,
+        ObjectReference {
+            api_version: Some("admissionregistration.k8s.io/v1".into()),
+            kind: Some(kind.into()),
+            name: Some(name.into()),
+            namespace: Some(events_namespace.into()),
+            ..ObjectReference::default()
+        },
+    )
 }
 
-impl Which {
-    /// Events about these cluster-scoped objects are recorded in the controller's namespace, with
-    /// the reference naming that namespace too: API servers before 1.22 refuse an Event whose
-    /// `regarding.namespace` differs from its own, and operators find them with
-    /// `kubectl get events -n <controller namespace>`.
-    fn reference(self, name: &str, events_namespace: &str) -> (&'static str, ObjectReference) {
-        let kind = match self {
-            Self::Mutating => "MutatingWebhookConfiguration",
-            Self::Validating => "ValidatingWebhookConfiguration",
-        };
-        (
-            kind,
-            ObjectReference {
-                api_version: Some("admissionregistration.k8s.io/v1".into()),
-                kind: Some(kind.into()),
-                name: Some(name.into()),
-                namespace: Some(events_namespace.into()),
-                ..ObjectReference::default()
-            },
-        )
-    }
-}
-
-enum Outcome {
-    Unchanged,
-    Created,
-    /// Our own change (breaker, certificate).
-    Updated,
-    Restored {
-        cause: &'static str,
-        paths: Vec<String>,
-    },
-}
-
+/// Reads the configuration, classifies it against `desired`, and applies `desired` unless it is
+/// unchanged.
 async fn keep<K>(
     owned: &mut Owned<K>,
     desired: Value,
     field_manager: &str,
-    metrics: &Metrics,
-) -> Result<Outcome>
+) -> Result<ConfigurationAction>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
@@ -444,52 +443,20 @@ where
         .await
         .map_err(Error::kube(format!("reading {kind} {}", owned.name)))?
         .map(|o| serde_json::to_value(o).unwrap_or_default());
-    let outcome = match &observed {
-        None if owned.last_applied.is_some() => Outcome::Restored {
-            cause: "deleted",
-            paths: Vec::new(),
-        },
-        None => Outcome::Created,
-        Some(observed) => {
-            let paths = webhooks::drift(&desired, observed);
-            if paths.is_empty() {
-                owned.last_applied = Some(desired);
-                return Ok(Outcome::Unchanged);
-            }
-            let ours = owned
-                .last_applied
-                .as_ref()
-                .is_some_and(|last| webhooks::drift(last, observed).is_empty());
-            if ours || owned.last_applied.is_none() {
-                Outcome::Updated
-            } else {
-                Outcome::Restored {
-                    cause: "altered",
-                    paths,
-                }
-            }
-        }
-    };
-    owned
-        .api
-        .patch(
-            &owned.name,
-            &PatchParams::apply(field_manager).force(),
-            &Patch::Apply(&desired),
-        )
-        .await
-        .map_err(Error::kube(format!("applying {kind} {}", owned.name)))?;
-    owned.last_applied = Some(desired);
-    if let Outcome::Restored { cause, .. } = &outcome {
-        metrics
-            .webhook_restorations
-            .get_or_create(&RestorationLabels {
-                configuration: kind,
-                cause: (*cause).into(),
-            })
-            .inc();
+    let action = classify::configuration(observed.as_ref(), &desired, owned.last_applied.as_ref());
+    if action != ConfigurationAction::Unchanged {
+        owned
+            .api
+            .patch(
+                &owned.name,
+                &PatchParams::apply(field_manager).force(),
+                &Patch::Apply(&desired),
+            )
+            .await
+            .map_err(Error::kube(format!("applying {kind} {}", owned.name)))?;
     }
-    Ok(outcome)
+    owned.last_applied = Some(desired);
+    Ok(action)
 }
 
 /// Writes `tls.key`, `tls.crt` and `ca.crt` into `dir` (each atomically, the key 0600), for an
@@ -575,5 +542,5 @@ impl Manager {
 
 /// The Event reference of the MutatingWebhookConfiguration `name` (breaker transitions).
 pub fn mutating_reference(name: &str, events_namespace: &str) -> ObjectReference {
-    Which::Mutating.reference(name, events_namespace).1
+    reference(Configuration::Mutating, name, events_namespace).1
 }

@@ -19,23 +19,46 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+phantom_process::label_enum! {
+    /// The webhook configurations the controller owns.
+    pub enum Configuration {
+        Mutating => "MutatingWebhookConfiguration",
+        Validating => "ValidatingWebhookConfiguration",
+    }
+}
+
+phantom_process::label_enum! {
+    /// Why a configuration was put back.
+    pub enum Cause {
+        /// Someone deleted it.
+        Deleted => "deleted",
+        /// Someone changed a field the controller sets.
+        Altered => "altered",
+    }
+}
+
+phantom_process::label_enum! {
+    /// The two certificates the controller issues.
+    pub enum Certificate {
+        Ca => "ca",
+        Serving => "serving",
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RestorationLabels {
-    /// `MutatingWebhookConfiguration` or `ValidatingWebhookConfiguration`.
-    pub configuration: String,
-    /// `deleted` or `altered`.
-    pub cause: String,
+    pub configuration: Configuration,
+    pub cause: Cause,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    pub state: String,
+    pub state: crate::breaker::State,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabels {
-    /// `ca` or `serving`.
-    pub certificate: String,
+    pub certificate: Certificate,
 }
 
 type DurationFamily = Family<KindLabels, Histogram, fn() -> Histogram>;
@@ -196,8 +219,8 @@ mod tests {
         m.breaker_open.set(1);
         m.webhook_restorations
             .get_or_create(&RestorationLabels {
-                configuration: "MutatingWebhookConfiguration".into(),
-                cause: "deleted".into(),
+                configuration: Configuration::Mutating,
+                cause: Cause::Deleted,
             })
             .inc();
         let text = m.encode();

@@ -2,11 +2,12 @@
 //! stderr, filtered by `PHANTOM_LOG` (tracing's `EnvFilter` syntax), as text or one JSON object
 //! per line ([`logging`]); it shuts down on SIGTERM or SIGINT and says which arrived
 //! ([`signal`]); and it answers `/metrics`, `/healthz` and `/readyz` on a plain-HTTP status port
-//! ([`status`]).
+//! ([`status`]). Metric label values are enums declared with [`label_enum!`].
 //!
 //! This crate knows nothing about Phantom's resources or OpenBao: it may depend on no other
 //! Phantom crate (docs/architecture.md, "Crates and their dependencies").
 
+pub mod labels;
 pub mod logging;
 pub mod signal;
 pub mod status;

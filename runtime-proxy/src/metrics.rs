@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use phantom_openbao::{Observer, Operation, RequestOutcome};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -24,23 +24,11 @@ pub struct RequestLabels {
     pub result: RequestOutcome,
 }
 
-/// How a refresh round ended.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum RefreshResult {
-    Ok,
-    Error,
-}
-
-impl EncodeLabelValue for RefreshResult {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-    ) -> std::fmt::Result {
-        use std::fmt::Write as _;
-        encoder.write_str(match self {
-            Self::Ok => "ok",
-            Self::Error => "error",
-        })
+phantom_process::label_enum! {
+    /// How a refresh round ended.
+    pub enum RefreshResult {
+        Ok => "ok",
+        Error => "error",
     }
 }
 

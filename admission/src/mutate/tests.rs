@@ -347,7 +347,10 @@ fn annotate_records_a_decision_without_touching_the_spec() {
     let original = web();
     let mut d = decision(InjectionMode::Sidecar);
     d.inject = false;
-    let patch = annotate(&original, decision_annotations(&d, "not-selected"));
+    let patch = annotate(
+        &original,
+        decision_annotations(&d, crate::metrics::Outcome::NotSelected),
+    );
     let out = apply(&original, &patch);
     assert_eq!(out.spec, original.spec);
     let summary: Value =
