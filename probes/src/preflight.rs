@@ -13,6 +13,10 @@ use serde_json::{Value, json};
 
 use crate::{Error, Result};
 
+mod steps;
+
+pub use steps::{Failure, StepResult};
+
 /// What to check.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -139,16 +143,11 @@ struct Steps {
 }
 
 impl Steps {
-    fn record(
-        &mut self,
-        name: &'static str,
-        started: Instant,
-        outcome: Result<String, (String, String)>,
-    ) -> bool {
+    fn record(&mut self, name: &'static str, started: Instant, outcome: StepResult) -> bool {
         let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (status, detail, fix) = match outcome {
             Ok(detail) => (Status::Pass, detail, None),
-            Err((detail, fix)) => {
+            Err(Failure { detail, fix }) => {
                 self.failed.get_or_insert(name);
                 (Status::Fail, detail, Some(fix))
             }
@@ -185,7 +184,8 @@ impl Steps {
     }
 }
 
-/// Runs every step against `target`.
+/// Runs every step against `target`, in order; a step whose premise failed is skipped, naming
+/// the failed step.
 pub async fn run(target: &Target) -> Report {
     let mut steps = Steps {
         checks: Vec::new(),
@@ -198,10 +198,10 @@ pub async fn run(target: &Target) -> Report {
             steps.record(
                 "address",
                 Instant::now(),
-                Err((
-                    e.to_string(),
-                    "set --openbao-addr (PHANTOM_OPENBAO_ADDR) to https://host:port".into(),
-                )),
+                Err(Failure {
+                    detail: e.to_string(),
+                    fix: "set --openbao-addr (PHANTOM_OPENBAO_ADDR) to https://host:port".into(),
+                }),
             );
             return Report {
                 addr: target.addr.clone(),
@@ -211,109 +211,46 @@ pub async fn run(target: &Target) -> Report {
         }
     };
 
-    // DNS
     let started = Instant::now();
-    let resolved = tokio::time::timeout(
-        target.timeout,
-        tokio::net::lookup_host((host.as_str(), port)),
-    )
-    .await;
-    let (addrs, resolve_error): (Vec<std::net::SocketAddr>, Option<String>) = match resolved {
-        Ok(Ok(found)) => (found.collect(), None),
-        Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
-        Err(_) => (Vec::new(), None),
-    };
-    steps.record(
-        "dns",
-        started,
-        match (addrs.first(), resolve_error) {
-            (Some(_), _) => Ok(format!(
-                "{host} → {}",
-                addrs.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ")
-            )),
-            (None, Some(e)) => Err((
-                format!("{host} does not resolve: {e}"),
-                "check the OpenBao host name and the cluster's DNS (and egress to port 53)".into(),
-            )),
-            (None, None) => Err((
-                format!("{host} gave no address within {:?}", target.timeout),
-                "check the cluster DNS, the host name's records and the NetworkPolicy's egress to DNS".into(),
-            )),
-        },
-    );
+    let (resolved, addrs) = steps::dns(&host, port, target.timeout).await;
+    steps.record("dns", started, resolved);
 
-    // TCP
     if steps.runs("tcp") {
         let started = Instant::now();
-        let mut connected = None;
-        let mut last = String::new();
-        for a in &addrs {
-            match tokio::time::timeout(target.timeout, tokio::net::TcpStream::connect(a)).await {
-                Ok(Ok(_)) => {
-                    connected = Some(*a);
-                    break;
-                }
-                Ok(Err(e)) => last = format!("{a}: {e}"),
-                Err(_) => last = format!("{a}: no answer within {:?}", target.timeout),
-            }
-        }
-        steps.record(
-            "tcp",
-            started,
-            connected.map(|a| format!("connected to {a}")).ok_or_else(|| {
-                (
-                    format!("cannot connect to port {port} ({last})"),
-                    "check that OpenBao listens there and that the NetworkPolicy allows egress to it (the chart's networkPolicy.openbao values)".into(),
-                )
-            }),
-        );
+        let outcome = steps::tcp(&addrs, port, target.timeout).await;
+        steps.record("tcp", started, outcome);
     }
 
-    // TLS
-    if https {
-        if steps.runs("tls") {
-            let started = Instant::now();
-            let outcome = handshake(target, &host, port).await;
-            steps.record("tls", started, outcome);
-        }
-    } else {
+    if !https {
         steps.skip(
             "tls",
             "plain http:// — no TLS (development only; never in production)".into(),
         );
+    } else if steps.runs("tls") {
+        let started = Instant::now();
+        let outcome = steps::tls(target, &host, port).await;
+        steps.record("tls", started, outcome);
     }
 
     let client = OpenBaoClient::with_tls(target.addr.clone(), &target.tls);
 
-    // Health
     if steps.runs("health") {
         let started = Instant::now();
         let outcome = match &client {
-            Err(e) => Err((e.to_string(), "fix the TLS settings".into())),
-            Ok(client) => match client.health(target.namespace.as_deref()).await {
-                Ok(h) if !h.initialized => Err((
-                    "OpenBao is not initialized".to_owned(),
-                    "initialize it (bao operator init) and unseal it".to_owned(),
-                )),
-                Ok(h) if h.sealed => Err((
-                    format!("OpenBao {} is sealed", h.version),
-                    "unseal it (bao operator unseal) or check its auto-unseal".to_owned(),
-                )),
-                Ok(h) => {
-                    version = Some(h.version.clone());
-                    Ok(format!(
-                        "initialized, unsealed, version {}{}",
-                        h.version,
-                        if h.standby { " (standby)" } else { "" }
-                    ))
-                }
-                Err(e) => Err((e.to_string(), "see the message".to_owned())),
-            },
+            Err(e) => Err(Failure {
+                detail: e.to_string(),
+                fix: "fix the TLS settings".into(),
+            }),
+            Ok(client) => {
+                let (outcome, seen) = steps::health(client, target).await;
+                version = seen;
+                outcome
+            }
         };
         steps.record("health", started, outcome);
     }
 
-    // Role (needs an operator token)
+    // Reading the role needs an operator token; without one the login proves the role.
     let bootstrap = target.bootstrap_token.as_ref().map(|token| Session {
         token: token.clone(),
         lease_duration: Duration::ZERO,
@@ -328,74 +265,24 @@ pub async fn run(target: &Target) -> Report {
         ),
         (Some(session), Ok(client)) if steps.runs("role") => {
             let started = Instant::now();
-            let outcome = match client
-                .role_exists(session, &target.auth_mount, &target.role)
-                .await
-            {
-                Ok(true) => Ok(format!(
-                    "role {} exists at auth/{}",
-                    target.role, target.auth_mount
-                )),
-                Ok(false) => Err((
-                    format!(
-                        "role {} does not exist at auth/{}",
-                        target.role, target.auth_mount
-                    ),
-                    format!(
-                        "create it: bao write auth/{}/role/{} bound_service_account_names=… bound_service_account_namespaces=… audience=openbao policies=…",
-                        target.auth_mount, target.role
-                    ),
-                )),
-                Err(e) => Err((
-                    e.to_string(),
-                    "give the bootstrap token read on the auth mount's roles, or leave it out"
-                        .into(),
-                )),
-            };
+            let outcome = steps::role(client, session, target).await;
             steps.record("role", started, outcome);
         }
         _ => {}
     }
 
-    // Login with our own ServiceAccount token
     if let Ok(client) = &client
         && steps.runs("login")
     {
         let started = Instant::now();
-        let outcome = match client
-            .login_kubernetes_in(
-                target.namespace.as_deref(),
-                &target.auth_mount,
-                &target.role,
-                &target.token_path,
-            )
-            .await
-        {
-            Ok(session) => {
-                // Only a check: give the token back at once.
-                let _ = client.revoke_self(&session).await;
-                Ok(format!(
-                    "logged in as role {} with this pod's ServiceAccount token",
-                    target.role
-                ))
-            }
-            Err(e) => Err((
-                e.to_string(),
-                "bind the role to this Job's namespace and ServiceAccount, with audience openbao"
-                    .into(),
-            )),
-        };
+        let outcome = steps::login(client, target).await;
         steps.record("login", started, outcome);
     }
 
     // The bootstrap token is single-use: revoke it whatever happened.
     if let (Some(session), Ok(client), true) = (&bootstrap, &client, target.revoke_bootstrap) {
         let started = Instant::now();
-        let outcome = client
-            .revoke_self(session)
-            .await
-            .map(|()| "the bootstrap token is revoked: copies of it (the Job spec, Helm's release record) are worthless".to_owned())
-            .map_err(|e| (e.to_string(), "revoke it by hand: bao token revoke -self".to_owned()));
+        let outcome = steps::revoke(client, session).await;
         steps.record("revoke", started, outcome);
     }
 
@@ -404,55 +291,6 @@ pub async fn run(target: &Target) -> Report {
         checks: steps.checks,
         openbao_version: version,
     }
-}
-
-async fn handshake(target: &Target, host: &str, port: u16) -> Result<String, (String, String)> {
-    let fix = "check PHANTOM_OPENBAO_CA_FILE and PHANTOM_OPENBAO_SPKI_SHA256 against OpenBao's certificate (openssl s_client -connect host:port | openssl x509 -pubkey)".to_owned();
-    let config = phantom_openbao::tls::client_config(&target.tls)
-        .map_err(|e| (e.to_string(), fix.clone()))?;
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
-        (
-            format!("{host} is not a valid TLS server name: {e}"),
-            fix.clone(),
-        )
-    })?;
-    let tcp = tokio::time::timeout(target.timeout, tokio::net::TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| {
-            (
-                format!("no connection within {:?}", target.timeout),
-                fix.clone(),
-            )
-        })?
-        .map_err(|e| (e.to_string(), fix.clone()))?;
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let stream = tokio::time::timeout(target.timeout, connector.connect(name, tcp))
-        .await
-        .map_err(|_| {
-            (
-                format!("no TLS handshake within {:?}", target.timeout),
-                fix.clone(),
-            )
-        })?
-        .map_err(|e| (format!("handshake refused: {e}"), fix.clone()))?;
-    let (_, session) = stream.get_ref();
-    let presented = session
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|leaf| phantom_openbao::tls::spki_sha256(leaf))
-        .map(|digest| phantom_openbao::tls::format_pin(&digest))
-        .unwrap_or_else(|| "unknown".into());
-    let how = if target.tls.spki_pins.is_empty() {
-        "the CA"
-    } else {
-        "the pin"
-    };
-    Ok(format!(
-        "{} verified by {how}; key {presented}",
-        session
-            .protocol_version()
-            .map_or("TLS".into(), |v| format!("{v:?}"))
-    ))
 }
 
 /// The ConfigMap holding a report (`results.json` and the rendered `summary`).
