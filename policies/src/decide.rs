@@ -399,7 +399,7 @@ impl PolicySet {
 }
 
 fn match_conditions(policy: &CompiledPolicy, ctx: &cel::Context) -> Result<bool, Denial> {
-    for (name, expr) in &policy.match_conditions {
+    for crate::compile::MatchCondition { name, expr } in &policy.match_conditions {
         match expr.eval_bool(ctx) {
             Ok(true) => {}
             Ok(false) => return Ok(false),

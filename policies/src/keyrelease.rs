@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::compile::{
-    CompiledRequirement, PolicySet, ReleaseRules, Rule, compile_key_release_plan,
+    CompiledKeyRelease, CompiledRequirement, PolicySet, ReleaseRules, Rule, compile_plan,
 };
 use crate::decide::rule_failure;
 use crate::expr::{Limits, check_input_bounds, context};
@@ -128,8 +128,10 @@ impl KeyReleaseSet {
     /// cannot check.
     pub fn compile(plan: &KeyReleasePlan, pod_name: Option<&str>) -> crate::Result<Self> {
         let limits = Limits::default();
-        let (policies, requirements) =
-            compile_key_release_plan(plan, &limits).map_err(crate::Error::Compile)?;
+        let CompiledKeyRelease {
+            policies,
+            requirements,
+        } = compile_plan(plan, &limits).map_err(crate::Error::Compile)?;
         let mut pod = plan.pod.clone();
         if let (Some(name), Some(metadata)) = (
             pod_name,
@@ -148,7 +150,7 @@ impl KeyReleaseSet {
 
     /// Names of the policies whose conditions are checked.
     pub fn policy_names(&self) -> Vec<&str> {
-        self.policies.iter().map(|(n, _, _)| n.as_str()).collect()
+        self.policies.iter().map(|p| p.policy.as_str()).collect()
     }
 
     /// Checks every policy's conditions for releasing `binding`'s values (`binding` as the
@@ -162,7 +164,12 @@ impl KeyReleaseSet {
         let policies: Vec<_> = self
             .policies
             .iter()
-            .map(|(n, rules, req)| (n.as_str(), Some((rules.as_slice(), req.as_deref()))))
+            .map(|p| {
+                (
+                    p.policy.as_str(),
+                    Some((p.rules.as_slice(), p.requirement.as_deref())),
+                )
+            })
             .collect();
         check(
             &policies,
