@@ -10,6 +10,7 @@
 //!   metrics on a separate plain-HTTP port.
 
 pub mod app;
+pub mod args;
 pub mod cluster;
 pub mod config;
 pub mod metrics;
