@@ -25,6 +25,8 @@ pub mod gaps;
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]
+pub mod args;
+#[cfg(feature = "server")]
 pub mod breaker;
 #[cfg(feature = "server")]
 pub mod certs;
