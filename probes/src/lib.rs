@@ -7,6 +7,7 @@
 //!
 //! The eBPF memory-access monitor will live here too.
 
+pub mod args;
 pub mod preflight;
 
 /// Errors of the probes library.
@@ -15,6 +16,10 @@ pub enum Error {
     /// The OpenBao address cannot be used.
     #[error("the OpenBao address {addr:?} is not usable: {why}; expected https://host:port")]
     Address { addr: String, why: String },
+
+    /// The flags cannot be used; the message names which.
+    #[error("{0}")]
+    Config(String),
 
     /// Writing the results to the API server failed.
     #[error("writing the results into ConfigMap {namespace}/{name}: {source}")]

@@ -5,6 +5,7 @@
 //! [`SecretValue`] (zeroized on drop, never printed) carries every value. See
 //! `docs/architecture.md`, "The runtime".
 
+pub mod args;
 pub mod exec;
 pub mod files;
 pub mod harden;
@@ -22,6 +23,9 @@ pub enum Error {
     /// unreadable ServiceAccount token.
     #[error(transparent)]
     OpenBao(#[from] phantom_openbao::Error),
+    /// The flags or the plans admission wrote cannot be used; the message names which.
+    #[error("{0}")]
+    Config(String),
     /// Delivery to the application failed (`phantom-exec` could not get its variables, a file
     /// could not be written); the message names the path or socket and what to check.
     #[error("{0}")]

@@ -12,6 +12,7 @@ use phantom_crds::{BindingPlan, DeliveryKind, RotationNotice};
 use phantom_openbao::OpenBaoClient;
 use phantom_openbao::tls::TlsSettings;
 use phantom_policies::KeyReleaseSet;
+use tracing::Instrument as _;
 
 use crate::files::{parse_mode, write_atomic};
 use crate::metrics::ProxyMetrics;
@@ -263,6 +264,7 @@ pub async fn refresh_loop(
 ) {
     let revoke = config.revoke_on_shutdown;
     let mut last_success = Instant::now();
+    let mut round: u64 = 0;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -274,49 +276,55 @@ pub async fn refresh_loop(
                 return;
             }
         }
-        match fetch(&mut provider, &config, Some(&current)).await {
-            Ok(next) => {
-                if let Err(e) = write_files(&config, &next, Some(&current)) {
-                    tracing::error!(error = %e, "writing secret files failed");
+        round += 1;
+        let span = tracing::info_span!("refresh", round, bindings = config.plan.len());
+        async {
+            match fetch(&mut provider, &config, Some(&current)).await {
+                Ok(next) => {
+                    if let Err(e) = write_files(&config, &next, Some(&current)) {
+                        tracing::error!(error = %e, "writing secret files failed");
+                    }
+                    let changed: Vec<&String> = next
+                        .secrets
+                        .iter()
+                        .filter(|(n, d)| {
+                            current
+                                .secrets
+                                .get(*n)
+                                .is_none_or(|o| o.version != d.version)
+                        })
+                        .map(|(n, _)| n)
+                        .collect();
+                    config.metrics.fetched(next.secrets.len());
+                    config.metrics.degraded.set(0);
+                    if !changed.is_empty() {
+                        config.metrics.rotations.inc_by(changed.len() as u64);
+                        tracing::info!(secrets = ?changed, "new versions delivered");
+                        notify_applications(&config, &state, &changed);
+                    }
+                    last_success = Instant::now();
+                    state.publish(next.clone());
+                    current = next;
                 }
-                let changed: Vec<&String> = next
-                    .secrets
-                    .iter()
-                    .filter(|(n, d)| {
-                        current
-                            .secrets
-                            .get(*n)
-                            .is_none_or(|o| o.version != d.version)
-                    })
-                    .map(|(n, _)| n)
-                    .collect();
-                config.metrics.fetched(next.secrets.len());
-                config.metrics.degraded.set(0);
-                if !changed.is_empty() {
-                    config.metrics.rotations.inc_by(changed.len() as u64);
-                    tracing::info!(secrets = ?changed, "new versions delivered");
-                    notify_applications(&config, &state, &changed);
-                }
-                last_success = Instant::now();
-                state.publish(next.clone());
-                current = next;
-            }
-            Err(e) => {
-                // OpenBao refusing the session (revoked, expired, role changed): log in afresh next
-                // time. An outage keeps the sessions: they are still valid, and so are the
-                // leases of dynamic secrets read with them.
-                if matches!(&e, Error::OpenBao(e) if e.is_session_refused()) {
-                    provider.reset();
-                }
-                config.metrics.failed(refusing_policy(&e));
-                let degraded = last_success.elapsed() > config.grace;
-                config.metrics.degraded.set(i64::from(degraded));
-                tracing::warn!(error = %e, degraded, "refresh failed; serving the last good values");
-                if degraded != current.degraded {
-                    current.degraded = degraded;
-                    state.publish(current.clone());
+                Err(e) => {
+                    // OpenBao refusing the session (revoked, expired, role changed): log in afresh next
+                    // time. An outage keeps the sessions: they are still valid, and so are the
+                    // leases of dynamic secrets read with them.
+                    if matches!(&e, Error::OpenBao(e) if e.is_session_refused()) {
+                        provider.reset();
+                    }
+                    config.metrics.failed(refusing_policy(&e));
+                    let degraded = last_success.elapsed() > config.grace;
+                    config.metrics.degraded.set(i64::from(degraded));
+                    tracing::warn!(error = %e, degraded, "refresh failed; serving the last good values");
+                    if degraded != current.degraded {
+                        current.degraded = degraded;
+                        state.publish(current.clone());
+                    }
                 }
             }
         }
+        .instrument(span)
+        .await;
     }
 }
