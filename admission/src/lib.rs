@@ -30,6 +30,8 @@ pub enum Error {
         what: &'static str,
         path: String,
         message: String,
+        #[source]
+        source: Option<Box<TlsSource>>,
     },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}; pick a free address with --listen/--health-listen")]
@@ -57,6 +59,15 @@ pub enum Error {
     /// Configuration is inconsistent.
     #[error("configuration: {0}")]
     Config(String),
+}
+
+/// Why a serving certificate or key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSource {
+    #[error(transparent)]
+    Pem(rustls::pki_types::pem::Error),
+    #[error(transparent)]
+    Rustls(rustls::Error),
 }
 
 /// Result with this crate's [`Error`].

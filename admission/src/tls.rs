@@ -12,6 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::TlsSource;
 use crate::metrics::{Metrics, Reload, ReloadLabels};
 use crate::{Error, Result};
 
@@ -30,20 +31,33 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey> {
-    let tls = |what, path: &Path, message: String| Error::Tls {
+    let tls = |what, path: &Path, message: String, source: Option<TlsSource>| Error::Tls {
         what,
         path: path.display().to_string(),
         message,
+        source: source.map(Box::new),
+    };
+    let pem = |what: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |e: rustls::pki_types::pem::Error| {
+            tls(what, &path, e.to_string(), Some(TlsSource::Pem(e)))
+        }
     };
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| tls("certificate", cert, e.to_string()))?
+        .map_err(pem("certificate", cert))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls("certificate", cert, e.to_string()))?;
+        .map_err(pem("certificate", cert))?;
     if chain.is_empty() {
-        return Err(tls("certificate", cert, "no CERTIFICATE block".into()));
+        return Err(tls(
+            "certificate",
+            cert,
+            "no CERTIFICATE block".into(),
+            None,
+        ));
     }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| tls("key", key, e.to_string()))?;
-    CertifiedKey::from_der(chain, private, provider).map_err(|e| tls("key", key, e.to_string()))
+    let private = PrivateKeyDer::from_pem_file(key).map_err(pem("key", key))?;
+    CertifiedKey::from_der(chain, private, provider)
+        .map_err(|e| tls("key", key, e.to_string(), Some(TlsSource::Rustls(e))))
 }
 
 impl ReloadingCertificate {

@@ -65,20 +65,17 @@ impl Breaker {
 
 /// An HTTPS client trusting `ca_bundle_pem` only.
 pub fn client(ca_bundle_pem: &str, timeout: Duration) -> Result<reqwest::Client> {
-    let bad = |message: String| Error::Certificate {
-        what: "the probe's trust anchors".into(),
-        message,
-    };
+    let what = "the probe's trust anchors";
     let mut builder = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .timeout(timeout)
         .connect_timeout(timeout);
     for cert in reqwest::Certificate::from_pem_bundle(ca_bundle_pem.as_bytes())
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| Error::certificate(what, e))?
     {
         builder = builder.add_root_certificate(cert);
     }
-    builder.build().map_err(|e| bad(e.to_string()))
+    builder.build().map_err(|e| Error::certificate(what, e))
 }
 
 /// One probe: `Ok(())` when `<base>/readyz` answers 200, else what went wrong (for the log).

@@ -39,18 +39,13 @@ impl std::fmt::Debug for Pair {
 }
 
 fn cert_error(what: &str) -> impl FnOnce(rcgen::Error) -> Error + '_ {
-    move |e| Error::Certificate {
-        what: what.into(),
-        message: e.to_string(),
-    }
+    move |e| Error::certificate(what, e)
 }
 
 fn window(now: i64, validity: Duration) -> Result<(time::OffsetDateTime, time::OffsetDateTime)> {
     let at = |secs: i64| {
-        time::OffsetDateTime::from_unix_timestamp(secs).map_err(|e| Error::Certificate {
-            what: "validity".into(),
-            message: e.to_string(),
-        })
+        time::OffsetDateTime::from_unix_timestamp(secs)
+            .map_err(|e| Error::certificate("validity", e))
     };
     // Backdated a little (clocks of the API server and the controller's node differ), by at most
     // a tenth of the validity so that short-lived certificates are not born due.
@@ -121,13 +116,12 @@ pub fn pair(cert_pem: String, key_pem: Zeroizing<String>) -> Result<Pair> {
 
 /// `(notBefore, notAfter)` in unix seconds of the first certificate in `pem`.
 pub fn validity(pem: &str) -> Result<(i64, i64)> {
-    let bad = |message: String| Error::Certificate {
-        what: "reading a certificate".into(),
-        message,
-    };
-    let (_, block) =
-        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
-    let cert = block.parse_x509().map_err(|e| bad(e.to_string()))?;
+    let what = "reading a certificate";
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| Error::certificate(what, e))?;
+    let cert = block
+        .parse_x509()
+        .map_err(|e| Error::certificate(what, e))?;
     let v = cert.validity();
     Ok((v.not_before.timestamp(), v.not_after.timestamp()))
 }

@@ -17,7 +17,12 @@ pub enum Error {
 
     /// Generating, parsing or storing a certificate failed.
     #[error("webhook certificate ({what}): {message}")]
-    Certificate { what: String, message: String },
+    Certificate {
+        what: String,
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 
     /// The settings contradict each other or name something unusable.
     #[error("configuration: {0}")]
@@ -38,6 +43,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// A certificate error caused by `source` while doing `what`.
+    pub fn certificate(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Certificate {
+            what: what.into(),
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+
     /// A closure wrapping a [`kube::Error`] with what was being done.
     pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
         let action = action.into();
