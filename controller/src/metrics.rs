@@ -14,9 +14,35 @@ use prometheus_client::registry::Registry;
 
 use crate::Result;
 
+phantom_process::label_enum! {
+    /// The resources the controller reconciles.
+    pub enum Kind {
+        PhantomPolicy => "PhantomPolicy",
+        SecretBinding => "SecretBinding",
+        AttestationRequirement => "AttestationRequirement",
+    }
+}
+
+/// A resource the controller reconciles, with its metric label.
+pub trait Reconciled {
+    const KIND: Kind;
+}
+
+impl Reconciled for phantom_crds::PhantomPolicy {
+    const KIND: Kind = Kind::PhantomPolicy;
+}
+
+impl Reconciled for phantom_crds::SecretBinding {
+    const KIND: Kind = Kind::SecretBinding;
+}
+
+impl Reconciled for phantom_crds::AttestationRequirement {
+    const KIND: Kind = Kind::AttestationRequirement;
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
-    pub kind: String,
+    pub kind: Kind,
 }
 
 phantom_process::label_enum! {

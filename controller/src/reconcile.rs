@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::instrument;
 
-use crate::metrics::{KindLabels, Metrics};
+use crate::metrics::{KindLabels, Metrics, Reconciled};
 use crate::status::{binding_status, policy_status, requirement_status, same};
 use crate::{Error, Result};
 
@@ -174,7 +174,7 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-async fn timed<K: Resource<DynamicType = ()>>(
+async fn timed<K: Reconciled>(
     ctx: &Context,
     work: impl std::future::Future<Output = Result<Action>>,
 ) -> Result<Action> {
@@ -182,9 +182,7 @@ async fn timed<K: Resource<DynamicType = ()>>(
     let result = work.await;
     ctx.metrics
         .reconcile_duration
-        .get_or_create(&KindLabels {
-            kind: K::kind(&()).into(),
-        })
+        .get_or_create(&KindLabels { kind: K::KIND })
         .observe(started.elapsed().as_secs_f64());
     result
 }
@@ -276,7 +274,7 @@ pub async fn reconcile_binding(binding: Arc<SecretBinding>, ctx: Arc<Context>) -
 }
 
 /// Requeues a failed object with exponential backoff (1 s doubling to 5 min) and counts it.
-pub fn error_policy<K: Resource<DynamicType = ()>>(
+pub fn error_policy<K: Resource<DynamicType = ()> + Reconciled>(
     obj: Arc<K>,
     error: &Error,
     ctx: Arc<Context>,
@@ -285,9 +283,7 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
     let failures = ctx.failed(&key);
     ctx.metrics
         .reconcile_errors
-        .get_or_create(&KindLabels {
-            kind: K::kind(&()).into(),
-        })
+        .get_or_create(&KindLabels { kind: K::KIND })
         .inc();
     let delay = Duration::from_secs(1u64 << failures.min(9).saturating_sub(1))
         .min(Duration::from_secs(300));
