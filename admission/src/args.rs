@@ -113,19 +113,6 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
-/// `namespace/name`, or `None` for an empty value.
-fn published_set(value: &str) -> Result<Option<(String, String)>> {
-    match value.split_once('/') {
-        _ if value.is_empty() => Ok(None),
-        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
-            Ok(Some((namespace.to_owned(), name.to_owned())))
-        }
-        _ => Err(Error::Config(format!(
-            "PHANTOM_PUBLISHED_POLICY_SET (--published-policy-set) must be namespace/name or empty, got {value:?}"
-        ))),
-    }
-}
-
 /// The CA bundle file's PEM, checked to hold a certificate (handed to every sidecar inline).
 fn ca_pem(path: &std::path::Path) -> Result<String> {
     let pem = std::fs::read_to_string(path).map_err(|e| {
@@ -180,7 +167,14 @@ impl TryFrom<Args> for Settings {
             enable_label: args.enable_label,
             opt_out_label: args.opt_out_label,
         };
-        settings.published_set = published_set(&args.published_policy_set)?;
+        settings.published_set = phantom_crds::wellknown::parse_object_name(
+            &args.published_policy_set,
+        )
+        .map_err(|why| {
+            Error::Config(format!(
+                "PHANTOM_PUBLISHED_POLICY_SET (--published-policy-set): {why}"
+            ))
+        })?;
         settings.concurrency = usize::try_from(args.concurrency)
             .map_err(|_| Error::Config("PHANTOM_CONCURRENCY does not fit this platform".into()))?;
         settings.evaluation_timeout = Duration::from_millis(args.evaluation_timeout_ms);

@@ -69,6 +69,38 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Parses `namespace/name` of an object a flag names; empty means none.
+pub fn parse_object_name(s: &str) -> Result<Option<(String, String)>, String> {
+    match s.split_once('/') {
+        _ if s.is_empty() => Ok(None),
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok(Some((namespace.to_owned(), name.to_owned())))
+        }
+        _ => Err(format!("expected namespace/name or nothing, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_namespace_slash_name_or_nothing() {
+        assert_eq!(parse_object_name(""), Ok(None));
+        assert_eq!(
+            parse_object_name("phantom-system/phantom-policy-set"),
+            Ok(Some(("phantom-system".into(), "phantom-policy-set".into())))
+        );
+        for bad in ["name", "/name", "namespace/", "a/b/c"] {
+            assert!(parse_object_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_label("a=b"), Ok(("a".into(), "b".into())));
+        assert!(parse_label("=b").is_err());
+    }
+}
+
 /// Names of the objects admission adds to a pod.
 pub mod injected {
     /// Init container copying `phantom-exec` into [`BIN_VOLUME`].

@@ -69,18 +69,12 @@ impl Settings {
     /// The settings `args` describe, with the bootstrap token (read from
     /// `PHANTOM_BOOTSTRAP_TOKEN` by the binary: a flag would show in `ps`).
     pub fn new(args: Args, bootstrap_token: Option<String>) -> Result<Self> {
-        let results_configmap = match args.results_configmap.split_once('/') {
-            _ if args.results_configmap.is_empty() => None,
-            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
-                Some((namespace.to_owned(), name.to_owned()))
-            }
-            _ => {
-                return Err(Error::Config(format!(
-                    "PHANTOM_RESULTS_CONFIGMAP (--results-configmap) must be namespace/name or empty, got {:?}",
-                    args.results_configmap
-                )));
-            }
-        };
+        let results_configmap = phantom_crds::wellknown::parse_object_name(&args.results_configmap)
+            .map_err(|why| {
+                Error::Config(format!(
+                    "PHANTOM_RESULTS_CONFIGMAP (--results-configmap): {why}"
+                ))
+            })?;
         let tls = args
             .tls
             .settings()

@@ -66,6 +66,19 @@ pub fn help(binary: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The argument vector `program fixed… --flag=value…` for a map of flags to values: binaries'
+/// settings are unit-tested over such maps (as linkerd2-proxy tests its environment config).
+pub fn argv(program: &str, fixed: &[&str], flags: &[(&str, &str)]) -> Vec<String> {
+    std::iter::once(program.to_owned())
+        .chain(fixed.iter().map(|f| (*f).to_owned()))
+        .chain(
+            flags
+                .iter()
+                .map(|(flag, value)| format!("--{flag}={value}")),
+        )
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,7 @@ use clap::Parser;
 
 use super::*;
 
-/// Parses flags given as a map of flag names to values (linkerd2-proxy tests its env config the
-/// same way), always with the two required certificate paths.
+/// Parses a map of flags, always with the two required certificate paths.
 fn parse(flags: &[(&str, &str)]) -> std::result::Result<Args, clap::Error> {
     let mut argv = vec![
         "phantom-admission".to_owned(),
