@@ -189,7 +189,7 @@ pub struct Delivery {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Refresh {
-    /// Interval between re-reads, e.g. `4m`.
+    /// Interval between re-reads, e.g. `4m`; at least `1s`.
     #[serde(default = "default_refresh_interval")]
     pub interval: Duration,
     /// Random jitter added to each interval, as a percentage of it.
@@ -206,6 +206,10 @@ impl Default for Refresh {
         }
     }
 }
+
+/// The shortest refresh interval a binding may ask for: below it a pod would poll OpenBao in a
+/// hot loop. Checked by validation and compilation, and floored (with a warning) by the sidecar.
+pub const MIN_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn default_refresh_interval() -> Duration {
     Duration::from(std::time::Duration::from_secs(240))

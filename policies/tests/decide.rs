@@ -496,3 +496,25 @@ fn bindings_are_admitted_by_the_policies_covering_their_namespace() {
     );
     assert!(set.policies_admitting(&ns(json!({}))).is_empty());
 }
+
+#[test]
+fn a_refresh_interval_below_one_second_does_not_compile() {
+    let host = PluginHost::new().expect("host");
+    for interval in ["0s", "500ms"] {
+        let mut hot = binding();
+        hot.spec.refresh.interval = serde_json::from_value(json!(interval)).expect("duration");
+        let (_, errors) = PolicySet::compile(
+            &Sources {
+                bindings: vec![hot],
+                ..Sources::default()
+            },
+            &host,
+            &Modules::default(),
+        );
+        let text = errors.iter().map(ToString::to_string).collect::<String>();
+        assert!(
+            text.contains("spec.refresh.interval") && text.contains("at least 1s"),
+            "{interval}: {text}"
+        );
+    }
+}

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use phantom_crds::{BindingPlan, DeliveryKind, RotationNotice};
+use phantom_crds::{BindingPlan, DeliveryKind, MIN_REFRESH_INTERVAL, RotationNotice};
 use phantom_openbao::OpenBaoClient;
 use phantom_openbao::tls::TlsSettings;
 use phantom_policies::KeyReleaseSet;
@@ -157,11 +157,27 @@ pub fn write_files(
 }
 
 fn refresh_interval(config: &ProxyConfig) -> Duration {
-    if let Some(d) = config.refresh_override {
+    // Spread renewals of many pods: up to `jitter` percent added, from a per-process random seed.
+    let random = {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    next_interval(&config.plan, config.refresh_override, random)
+}
+
+/// The wait before the next round: the override, or the shortest binding interval (never below
+/// [`MIN_REFRESH_INTERVAL`]) plus up to its jitter percentage, picked by `random`.
+fn next_interval(
+    plan: &[BindingPlan],
+    refresh_override: Option<Duration>,
+    random: u64,
+) -> Duration {
+    if let Some(d) = refresh_override {
         return d;
     }
-    let (interval, jitter) = config
-        .plan
+    let (interval, jitter) = plan
         .iter()
         .map(|b| {
             (
@@ -171,13 +187,9 @@ fn refresh_interval(config: &ProxyConfig) -> Duration {
         })
         .min_by_key(|(d, _)| *d)
         .unwrap_or((Duration::from_secs(240), 10));
-    // Spread renewals of many pods: up to `jitter` percent added, from a per-process random seed.
-    let random = {
-        use std::hash::{BuildHasher, Hasher};
-        std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish()
-    };
+    // Admission only hands over bindings that compiled (and so respect the floor); a plan from
+    // elsewhere still never makes this a hot loop. `start` warns about it once.
+    let interval = interval.max(MIN_REFRESH_INTERVAL);
     let extra = interval.as_millis() as u64 * u64::from(jitter) / 100;
     interval + Duration::from_millis(if extra == 0 { 0 } else { random % extra })
 }
@@ -220,6 +232,12 @@ fn notify_applications(config: &ProxyConfig, state: &SocketState, changed: &[&St
 /// First fetch: files written (only onto a memory-backed volume) and the socket published, or
 /// the error that keeps the pod in Init.
 pub async fn start(config: &ProxyConfig, state: &SocketState) -> Result<(Provider, Contents)> {
+    for binding in &config.plan {
+        let interval = Duration::from(binding.spec.refresh.interval);
+        if interval < MIN_REFRESH_INTERVAL {
+            tracing::warn!(binding = %binding.name, ?interval, minimum = ?MIN_REFRESH_INTERVAL, "the binding's refresh interval is below the minimum; refreshing at the minimum");
+        }
+    }
     let has_files = config.plan.iter().any(|b| {
         b.spec
             .secrets
@@ -326,5 +344,48 @@ pub async fn refresh_loop(
         }
         .instrument(span)
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(interval: &str, jitter: u8) -> Vec<BindingPlan> {
+        serde_json::from_value(serde_json::json!([{
+            "name": "app",
+            "spec": {
+                "selector": {"serviceAccountName": "app"},
+                "openbao": {"role": "app"},
+                "secrets": [],
+                "refresh": {"interval": interval, "jitterPercent": jitter}
+            }
+        }]))
+        .expect("plan")
+    }
+
+    #[test]
+    fn a_zero_interval_never_becomes_a_hot_loop() {
+        assert_eq!(next_interval(&plan("0s", 0), None, 7), MIN_REFRESH_INTERVAL);
+        assert_eq!(
+            next_interval(&plan("10ms", 50), None, 0),
+            MIN_REFRESH_INTERVAL
+        );
+    }
+
+    #[test]
+    fn the_shortest_interval_gets_at_most_its_jitter() {
+        let plan = plan("10s", 10);
+        for random in [0, 1, 999, u64::MAX] {
+            let wait = next_interval(&plan, None, random);
+            assert!(
+                (Duration::from_secs(10)..Duration::from_secs(11)).contains(&wait),
+                "{wait:?}"
+            );
+        }
+        assert_eq!(
+            next_interval(&plan, Some(Duration::from_secs(2)), 5),
+            Duration::from_secs(2)
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use phantom_crds::{CompileError, DeliveryKind, Engine, SecretBinding};
+use phantom_crds::{CompileError, DeliveryKind, Engine, MIN_REFRESH_INTERVAL, SecretBinding};
 
 use super::errors::Errors;
 use crate::selector;
@@ -22,6 +22,15 @@ pub(super) fn compile(b: &SecretBinding) -> Result<(), Vec<CompileError>> {
         && let Err(e) = selector::validate(sel)
     {
         errors.push("spec.selector.podSelector", e);
+    }
+    let interval = std::time::Duration::from(spec.refresh.interval);
+    if interval < MIN_REFRESH_INTERVAL {
+        errors.push(
+            "spec.refresh.interval",
+            format!(
+                "{interval:?} is shorter than the minimum of {MIN_REFRESH_INTERVAL:?}: every pod would poll OpenBao in a loop; use at least 1s (the default is 4m)"
+            ),
+        );
     }
     let (mut names, mut envs, mut files) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for (i, secret) in spec.secrets.iter().enumerate() {
