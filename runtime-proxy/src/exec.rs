@@ -42,7 +42,11 @@ Usage: phantom-exec --container <name> -- <command> [args...]
 
 Environment:
   PHANTOM_SOCKET             the sidecar's socket [default: /phantom/secrets/.phantom/proxy.sock]
-  PHANTOM_EXEC_WAIT_SECONDS  how long to wait for the sidecar [default: 120]
+  PHANTOM_EXEC_WAIT_SECONDS  how long to wait for the sidecar, 1-86400 [default: 120]; once
+                             connected it must answer within this or 30 s, whichever is less
+
+Before the command runs, core dumps are switched off (RLIMIT_CORE 0, soft and hard): the
+application's environment holds its secrets.
 
 Exit codes (before the command runs): 64 bad arguments, 70 the sidecar could not deliver,
 127 the command cannot be executed.
@@ -78,6 +82,27 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation> {
     }
 }
 
+/// The longest `PHANTOM_EXEC_WAIT_SECONDS` accepted.
+pub const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
+/// How long to wait for the sidecar, from `PHANTOM_EXEC_WAIT_SECONDS` (`None`: unset).
+pub fn wait_from(value: Option<&str>) -> Result<Duration> {
+    let Some(value) = value else {
+        return Ok(Duration::from_secs(120));
+    };
+    match value.trim().parse::<u64>() {
+        Ok(secs) if (1..=MAX_WAIT.as_secs()).contains(&secs) => Ok(Duration::from_secs(secs)),
+        _ => Err(Error::Delivery(format!(
+            "PHANTOM_EXEC_WAIT_SECONDS must be a whole number of seconds from 1 to {}, got {value:?}",
+            MAX_WAIT.as_secs()
+        ))),
+    }
+}
+
+/// How long the sidecar may take to answer once connected, at most: it answers from memory.
+/// A shorter wait shortens it too.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Copies the running binary to `dest` (mode 0755) through a temporary file and a rename, so a
 /// half-written wrapper is never executed.
 pub fn install(dest: &Path) -> Result<()> {
@@ -108,7 +133,10 @@ pub async fn fetch_env(
     container: &str,
     wait: Duration,
 ) -> Result<BTreeMap<String, SecretValue>> {
-    let deadline = Instant::now() + wait;
+    // A wait beyond any real deadline (refused by `wait_from`) cannot overflow the clock either.
+    let deadline = Instant::now()
+        .checked_add(wait.min(MAX_WAIT))
+        .unwrap_or_else(Instant::now);
     let stream = loop {
         match tokio::net::UnixStream::connect(socket).await {
             Ok(s) => break s,
@@ -121,6 +149,22 @@ pub async fn fetch_env(
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
+    let answer_timeout = ANSWER_TIMEOUT.min(wait);
+    tokio::time::timeout(answer_timeout, ask(stream, container))
+        .await
+        .map_err(|_| {
+            Error::Delivery(format!(
+                "the Phantom sidecar accepted the connection on {} but did not answer within {answer_timeout:?}; check the phantom-proxy container's log",
+                socket.display()
+            ))
+        })?
+}
+
+/// `GET /v1/env?container=<container>` on a connected socket.
+async fn ask(
+    stream: tokio::net::UnixStream,
+    container: &str,
+) -> Result<BTreeMap<String, SecretValue>> {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Error::Delivery(format!("talking to the sidecar: {e}")))?;
@@ -178,6 +222,16 @@ mod tests {
 
     fn os(args: &[&str]) -> Vec<OsString> {
         args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn wait_values_are_checked_not_guessed() {
+        assert_eq!(wait_from(None).expect("default"), Duration::from_secs(120));
+        assert_eq!(wait_from(Some("5")).expect("five"), Duration::from_secs(5));
+        for bad in ["0", "-1", "soon", "", "18446744073709551615", "86401"] {
+            let err = wait_from(Some(bad)).expect_err(bad).to_string();
+            assert!(err.contains("PHANTOM_EXEC_WAIT_SECONDS"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //!
 //! * `PR_SET_DUMPABLE=0`: no core dumps of the process, and `/proc/<pid>/mem` and ptrace are
 //!   closed to other processes of the same uid (the application included).
+//! * `RLIMIT_CORE` 0 (soft and hard): no core file even on nodes with `suid_dumpable=2`, and —
+//!   set by `phantom-exec` before it `exec`s — none of the application either, whose environment
+//!   holds its env-delivered secrets (`PR_SET_DUMPABLE` does not survive `exec`; the limit does,
+//!   and an unprivileged application cannot raise the hard limit again).
 //! * `mlockall`: best effort — without `CAP_IPC_LOCK` only `RLIMIT_MEMLOCK` bytes can be locked,
 //!   so the outcome is reported, not required.
 //! * Secret files are written only when their directory is on a `tmpfs` (the memory-backed
@@ -15,8 +19,17 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hardening {
     pub dumpable_off: bool,
+    /// `RLIMIT_CORE` is 0, soft and hard.
+    pub core_dumps_off: bool,
     /// `Ok` when all memory is locked, otherwise why not.
     pub memory_locked: std::result::Result<(), String>,
+}
+
+/// Sets `RLIMIT_CORE` to 0, soft and hard; whether it is 0 afterwards.
+pub fn disable_core_dumps() -> bool {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+    getrlimit(Resource::RLIMIT_CORE) == Ok((0, 0))
 }
 
 /// `MCL_ONFAULT` (Linux 4.4+), which nix does not name: lock pages as they are touched.
@@ -32,6 +45,7 @@ pub fn harden_process() -> Hardening {
     use nix::sys::mman::{MlockAllFlags, mlockall};
     let dumpable_off = nix::sys::prctl::set_dumpable(false).is_ok()
         && nix::sys::prctl::get_dumpable().is_ok_and(|d| !d);
+    let core_dumps_off = disable_core_dumps();
     let plain = MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE;
     let memory_locked = match mlockall(plain | MlockAllFlags::from_bits_retain(MCL_ONFAULT)) {
         Err(nix::errno::Errno::EINVAL) => mlockall(plain),
@@ -42,6 +56,7 @@ pub fn harden_process() -> Hardening {
     });
     Hardening {
         dumpable_off,
+        core_dumps_off,
         memory_locked,
     }
 }
@@ -119,6 +134,11 @@ mod tests {
         // Runs in its own process state: the test binary becomes non-dumpable, which is harmless.
         let outcome = harden_process();
         assert!(outcome.dumpable_off);
+        assert!(outcome.core_dumps_off);
+        assert_eq!(
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CORE),
+            Ok((0, 0))
+        );
         if let Err(why) = &outcome.memory_locked {
             assert!(why.contains("CAP_IPC_LOCK"), "{why}");
         }

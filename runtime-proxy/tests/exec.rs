@@ -133,12 +133,81 @@ fn refusals_and_a_missing_sidecar_fail_with_a_message() {
         .expect("phantom-exec");
     assert_eq!(bad.status.code(), Some(64));
 
+    // A wait that would overflow the clock is refused with a message, not a panic.
+    for wait in ["18446744073709551615", "soon"] {
+        let huge = Command::new(EXEC)
+            .args(["--container", "app", "--", "/bin/true"])
+            .env("PHANTOM_SOCKET", &socket)
+            .env("PHANTOM_EXEC_WAIT_SECONDS", wait)
+            .output()
+            .expect("phantom-exec");
+        let stderr = String::from_utf8_lossy(&huge.stderr);
+        assert_eq!(huge.status.code(), Some(64), "{wait}: {stderr}");
+        assert!(stderr.contains("PHANTOM_EXEC_WAIT_SECONDS"), "{stderr}");
+    }
+
     let not_found = Command::new(EXEC)
         .args(["--container", "app", "--", "/nonexistent/app"])
         .env("PHANTOM_SOCKET", &socket)
         .output()
         .expect("phantom-exec");
     assert_eq!(not_found.status.code(), Some(127));
+}
+
+#[test]
+fn the_application_runs_with_core_dumps_off() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("proxy.sock");
+    serve_env(&socket, random());
+    let out = Command::new(EXEC)
+        .args([
+            "--container",
+            "app",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo soft=$(ulimit -c) hard=$(ulimit -H -c)",
+        ])
+        .env("PHANTOM_SOCKET", &socket)
+        .output()
+        .expect("phantom-exec");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "soft=0 hard=0");
+}
+
+/// A sidecar that accepts the connection and never answers: `phantom-exec` gives up with a
+/// message instead of hanging the container's start for ever.
+#[test]
+fn a_sidecar_that_never_answers_is_a_bounded_failure() {
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("proxy.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let silent = std::thread::spawn(move || {
+        let held = listener.accept().expect("accept");
+        std::thread::sleep(std::time::Duration::from_secs(10));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    let out = Command::new(EXEC)
+        .args(["--container", "app", "--", "/bin/true"])
+        .env("PHANTOM_SOCKET", &socket)
+        .env("PHANTOM_EXEC_WAIT_SECONDS", "2")
+        .output()
+        .expect("phantom-exec");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{stderr}");
+    assert!(stderr.contains("did not answer"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(9),
+        "bounded by the wait: {:?}",
+        started.elapsed()
+    );
+    drop(silent);
 }
 
 #[test]

@@ -5,9 +5,9 @@
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use phantom_runtime_proxy::exec::{Invocation, command, fetch_env, install, parse};
+use phantom_runtime_proxy::exec::{Invocation, command, fetch_env, install, parse, wait_from};
+use phantom_runtime_proxy::harden::disable_core_dumps;
 
 fn main() -> ExitCode {
     let invocation = match parse(std::env::args_os().skip(1).collect()) {
@@ -30,15 +30,26 @@ fn main() -> ExitCode {
             }
         },
         Invocation::Run { container, argv } => {
+            // Before any secret is in this process, and kept across exec: no core file of the
+            // application, whose environ holds the secrets, even where suid_dumpable=2 would
+            // write one.
+            if !disable_core_dumps() {
+                eprintln!(
+                    "phantom-exec: cannot switch core dumps off (RLIMIT_CORE); refusing to hand secrets to a process that may dump them"
+                );
+                return ExitCode::from(70);
+            }
             let socket = PathBuf::from(
                 std::env::var_os("PHANTOM_SOCKET")
                     .unwrap_or_else(|| "/phantom/secrets/.phantom/proxy.sock".into()),
             );
-            let wait = std::env::var("PHANTOM_EXEC_WAIT_SECONDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .map(Duration::from_secs)
-                .unwrap_or(Duration::from_secs(120));
+            let wait = match wait_from(std::env::var("PHANTOM_EXEC_WAIT_SECONDS").ok().as_deref()) {
+                Ok(wait) => wait,
+                Err(e) => {
+                    eprintln!("phantom-exec: {e}");
+                    return ExitCode::from(64);
+                }
+            };
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -33,10 +33,11 @@ async fn main() -> anyhow::Result<()> {
     match &hardening.memory_locked {
         Ok(()) => tracing::info!(
             dumpable_off = hardening.dumpable_off,
+            core_dumps_off = hardening.core_dumps_off,
             "process hardened; memory locked"
         ),
         Err(why) => {
-            tracing::warn!(dumpable_off = hardening.dumpable_off, reason = %why, "process hardened; memory not locked")
+            tracing::warn!(dumpable_off = hardening.dumpable_off, core_dumps_off = hardening.core_dumps_off, reason = %why, "process hardened; memory not locked")
         }
     }
     let key_release = match &settings.key_release {
