@@ -48,9 +48,9 @@ plugins: toolchain ## build the example WASM policy plugins (wasm32-unknown-unkn
 	$(CARGO) build -q --release --target wasm32-unknown-unknown $(addprefix -p ,$(PLUGINS))
 
 STATIC_TARGET := x86_64-unknown-linux-musl
-static: toolchain tools ## static musl builds of phantom-proxy and phantom-exec: what the images ship
+static: toolchain tools ## static musl builds (profile `image`: fat LTO) of phantom-proxy and phantom-exec: what the images ship
 	@rustup target list --installed | grep -q '^$(STATIC_TARGET)$$' || rustup target add $(STATIC_TARGET)
-	$(CARGO) build -q --release --target $(STATIC_TARGET) -p phantom-runtime-proxy --bins
+	$(CARGO) build -q --profile image --target $(STATIC_TARGET) -p phantom-runtime-proxy --bins
 
 images: toolchain static ## build the node's base OCI images (pause, busybox) into ~/.cache/phantom/images; Phantom's own are packed from `make static` at node start
 	$(CARGO) run -q -p phantom-conformance --bin phantom-env -- images

@@ -15,7 +15,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
-use phantom_conformance::bins::{build_release, status_kib, target_dir};
+use phantom_conformance::bins::{build_release, measured_copy, status_kib, target_dir};
 use phantom_conformance::{Env, random_hex};
 use phantom_crds::{PhantomPolicy, SecretBinding};
 use phantom_policies::wasm::module_digest;
@@ -77,7 +77,13 @@ fn main() {
         build_release(&["-p", "phantom-admission", "--bin", "phantom-admission"]),
         "building phantom-admission failed"
     );
-    let binary = target_dir().join("release/phantom-admission");
+    // Measure a copy, not the linker's fresh output (see `measured_copy`).
+    let copies = tempfile::tempdir().expect("a directory for the measured binary");
+    let binary = measured_copy(
+        &target_dir().join("release/phantom-admission"),
+        copies.path(),
+    )
+    .expect("copy of phantom-admission");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

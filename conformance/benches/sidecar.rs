@@ -5,12 +5,18 @@
 //! Prints figures; asserts nothing.
 //!
 //! `cargo bench -p phantom-conformance --bench sidecar`
+//!
+//! With `PHANTOM_BENCH_BASELINE_PROXY=<older static phantom-proxy>[,<another>…]` the idle RSS of
+//! those binaries and of this tree's static build are also sampled side by side, three rounds,
+//! in KiB: before/after figures from one run on one machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use phantom_conformance::bins::{build_release, status_kib, target_dir};
+use phantom_conformance::bins::{
+    STATIC_TARGET, build_release, build_static, measured_copy, static_built, status_kib, target_dir,
+};
 use phantom_conformance::{Env, KubernetesRole, random_hex};
 use serde_json::json;
 
@@ -80,10 +86,17 @@ fn main() {
     let proxy_bin = target_dir().join("release/phantom-proxy");
     let exec_bin = target_dir().join("release/phantom-exec");
     // What the container images ship: static musl, no dynamic relocations to apply at start.
-    let musl = "x86_64-unknown-linux-musl";
-    let static_built = build_release(&["--target", musl, "-p", "phantom-runtime-proxy", "--bins"]);
-    let static_proxy =
-        static_built.then(|| target_dir().join(format!("{musl}/release/phantom-proxy")));
+    let musl = STATIC_TARGET;
+    let static_proxy = build_static("phantom-runtime-proxy")
+        .then(|| static_built("phantom-proxy"))
+        .flatten();
+    // Measure copies, not the linker's fresh output (see `measured_copy`).
+    let copies = tempfile::tempdir().expect("a directory for the measured binaries");
+    let static_dir = copies.path().join("static");
+    std::fs::create_dir_all(&static_dir).expect("static dir");
+    let proxy_bin = measured_copy(&proxy_bin, copies.path()).expect("copy of phantom-proxy");
+    let static_proxy = static_proxy
+        .map(|bin| measured_copy(&bin, &static_dir).expect("copy of the static phantom-proxy"));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -255,6 +268,47 @@ fn main() {
         _ => println!(
             "static musl build skipped: `rustup target add {musl}` and `apt-get install musl-tools`"
         ),
+    }
+    let baselines: Vec<PathBuf> = std::env::var("PHANTOM_BENCH_BASELINE_PROXY")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if let (false, Some(current)) = (baselines.is_empty(), &static_proxy) {
+        let mut measured = Vec::new();
+        for (i, bin) in baselines.iter().enumerate() {
+            let dir = copies.path().join(format!("baseline-{i}"));
+            std::fs::create_dir_all(&dir).expect("baseline dir");
+            measured.push(measured_copy(bin, &dir).expect("copy of a baseline"));
+        }
+        measured.push(current.clone());
+        let mut samples = vec![Vec::new(); measured.len()];
+        for round in 0..3 {
+            let children: Vec<Child> = measured
+                .iter()
+                .enumerate()
+                .map(|(i, bin)| {
+                    let dir = work.path().join(format!("compare-{round}-{i}"));
+                    let started = Instant::now();
+                    let mut child = proxy_with(bin, &dir);
+                    wait_for_files(&files(&dir), started, &mut child);
+                    child
+                })
+                .collect();
+            std::thread::sleep(IDLE);
+            for (i, child) in children.into_iter().enumerate() {
+                samples[i].push(status_kib(child.id(), "VmRSS:"));
+                stop(child);
+            }
+        }
+        println!("idle RSS, static builds side by side (3 rounds, KiB):");
+        for (i, bin) in measured.iter().enumerate() {
+            let label = baselines
+                .get(i)
+                .map_or("this tree".to_owned(), |b| b.display().to_string());
+            println!("  {label}: {:?}, binary {}", samples[i], size(bin));
+        }
     }
     println!(
         "binaries (release): phantom-proxy {}; phantom-exec {}; bao {}",

@@ -33,6 +33,9 @@ pub fn built(name: &str) -> Result<PathBuf> {
 /// The target triple of Phantom's image binaries: static, so they run in an empty image.
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 
+/// The cargo profile of the image binaries (`[profile.image]`: release with fat LTO).
+pub const IMAGE_PROFILE: &str = "image";
+
 /// The workspace's target directory (`CARGO_TARGET_DIR`, or `target/` beside the workspace).
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -40,17 +43,33 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-/// `phantom-proxy` or `phantom-exec` from the static release build (`make static`), if built.
+/// `phantom-proxy` or `phantom-exec` from the static image build (`make static`), if built.
 pub fn static_built(name: &str) -> Option<PathBuf> {
-    let path = target_dir().join(STATIC_TARGET).join("release").join(name);
+    let path = target_dir()
+        .join(STATIC_TARGET)
+        .join(IMAGE_PROFILE)
+        .join(name);
     path.is_file().then_some(path)
 }
 
 /// Runs `cargo build --release <args>` (benches measure release binaries as their own
 /// processes); whether it succeeded.
 pub fn build_release(args: &[&str]) -> bool {
+    cargo_build(&["--release"], args)
+}
+
+/// Builds the static image binaries of `package` as `make static` does; whether it succeeded.
+pub fn build_static(package: &str) -> bool {
+    cargo_build(
+        &["--profile", IMAGE_PROFILE, "--target", STATIC_TARGET],
+        &["-p", package, "--bins"],
+    )
+}
+
+fn cargo_build(profile: &[&str], args: &[&str]) -> bool {
     std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release"])
+        .arg("build")
+        .args(profile)
         .args(args)
         .status()
         .is_ok_and(|s| s.success())
@@ -66,4 +85,19 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// A fresh copy of `binary` in `dir`, for memory measurements. The linker's output sits in the
+/// page cache in large folios, and a process mapping it faults in whole folios: the same bytes
+/// measured 9.7 MiB of RSS run from `target/` right after linking and 6.5 MiB from a copy (or
+/// after dropping the caches), as a binary unpacked from an image starts. Benches run copies.
+pub fn measured_copy(binary: &std::path::Path, dir: &std::path::Path) -> Result<PathBuf> {
+    let name = binary.file_name().unwrap_or_default();
+    let copy = dir.join(name);
+    std::fs::copy(binary, &copy).map_err(Error::io(format!(
+        "copying {} to {} for measuring",
+        binary.display(),
+        copy.display()
+    )))?;
+    Ok(copy)
 }
