@@ -104,16 +104,11 @@ mod tests {
     use super::*;
 
     fn parse(flags: &[(&str, &str)]) -> std::result::Result<Args, clap::Error> {
-        let mut argv = vec![
-            "phantom-preflight".to_owned(),
-            "--openbao-addr=https://openbao.example:8200/".to_owned(),
-        ];
-        argv.extend(
-            flags
-                .iter()
-                .map(|(flag, value)| format!("--{flag}={value}")),
-        );
-        Args::try_parse_from(argv)
+        Args::try_parse_from(phantom_testkit::argv(
+            "phantom-preflight",
+            &["--openbao-addr=https://openbao.example:8200/"],
+            flags,
+        ))
     }
 
     #[test]

@@ -6,17 +6,11 @@ use super::*;
 
 /// Parses a map of flags, always with the two required certificate paths.
 fn parse(flags: &[(&str, &str)]) -> std::result::Result<Args, clap::Error> {
-    let mut argv = vec![
-        "phantom-admission".to_owned(),
-        "--tls-cert=/tls/tls.crt".to_owned(),
-        "--tls-key=/tls/tls.key".to_owned(),
-    ];
-    argv.extend(
-        flags
-            .iter()
-            .map(|(flag, value)| format!("--{flag}={value}")),
-    );
-    Args::try_parse_from(argv)
+    Args::try_parse_from(phantom_testkit::argv(
+        "phantom-admission",
+        &["--tls-cert=/tls/tls.crt", "--tls-key=/tls/tls.key"],
+        flags,
+    ))
 }
 
 fn settings(flags: &[(&str, &str)]) -> Result<Settings> {

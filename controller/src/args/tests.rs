@@ -5,15 +5,9 @@ use clap::Parser;
 use super::*;
 use crate::config::AdmissionEndpoint;
 
-/// Parses flags given as a map of flag names to values, like linkerd2-proxy's env-config tests.
+/// Parses a map of flags (linkerd2-proxy tests its environment config the same way).
 fn parse(flags: &[(&str, &str)]) -> std::result::Result<Args, clap::Error> {
-    let mut argv = vec!["phantom-controller".to_owned()];
-    argv.extend(
-        flags
-            .iter()
-            .map(|(flag, value)| format!("--{flag}={value}")),
-    );
-    Args::try_parse_from(argv)
+    Args::try_parse_from(phantom_testkit::argv("phantom-controller", &[], flags))
 }
 
 fn settings(flags: &[(&str, &str)]) -> Result<Settings> {

@@ -6,22 +6,14 @@ use super::*;
 
 const PLAN: &str = r#"[{"name":"app","spec":{"selector":{"serviceAccountName":"app"},"openbao":{"role":"app"},"secrets":[]}}]"#;
 
-/// Parses flags given as a map of flag names to values, like linkerd2-proxy's env-config tests;
-/// the plan admission always writes is included unless the map names one.
+/// Parses a map of flags; the plan admission always writes is included unless the map names one.
 fn parse(flags: &[(&str, &str)]) -> std::result::Result<Args, clap::Error> {
-    let mut argv = vec![
-        "phantom-proxy".to_owned(),
-        "--openbao-addr=https://openbao.example:8200".to_owned(),
-    ];
+    let plan = format!("--plan={PLAN}");
+    let mut fixed = vec!["--openbao-addr=https://openbao.example:8200"];
     if !flags.iter().any(|(f, _)| *f == "plan") {
-        argv.push(format!("--plan={PLAN}"));
+        fixed.push(&plan);
     }
-    argv.extend(
-        flags
-            .iter()
-            .map(|(flag, value)| format!("--{flag}={value}")),
-    );
-    Args::try_parse_from(argv)
+    Args::try_parse_from(phantom_testkit::argv("phantom-proxy", &fixed, flags))
 }
 
 fn settings(flags: &[(&str, &str)]) -> Result<Settings> {
