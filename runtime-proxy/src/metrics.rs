@@ -193,11 +193,8 @@ pub fn serve_status(
         Arc::new(move || metrics.encode()),
         Arc::new(readiness),
     )
-    .map_err(|e| {
-        Error::Delivery(format!(
-            "binding the status port {addr}: {e}; choose another PHANTOM_STATUS_ADDR"
-        ))
-    })
+    // The shared error already names the address and the cure; only the variable is ours.
+    .map_err(|e| Error::Config(format!("{e} (PHANTOM_STATUS_ADDR)")))
 }
 
 #[cfg(test)]
