@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -74,6 +74,19 @@ impl ClusterView {
             .await
             .map_err(|e| format!("reading namespace {name}: {e}"))?
             .map(|ns| serde_json::to_value(ns).map_err(|e| e.to_string()))
+            .transpose()
+    }
+
+    /// The stored pod `namespace/name`, `Ok(None)` when it does not exist (always, offline).
+    pub async fn pod(&self, namespace: &str, name: &str) -> Result<Option<Value>, String> {
+        let Some(client) = &self.client else {
+            return Ok(None);
+        };
+        Api::<Pod>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading pod {namespace}/{name}: {e}"))?
+            .map(|pod| serde_json::to_value(pod).map_err(|e| e.to_string()))
             .transpose()
     }
 

@@ -15,9 +15,11 @@ pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod mutate;
+pub mod reserved;
 pub mod review;
 pub mod server;
 pub mod tls;
+pub mod update;
 pub mod validate;
 pub mod watch;
 

@@ -33,8 +33,8 @@ phantom_process::label_enum! {
         OptedOut => "opted-out",
         /// The namespace override: admitted without injection, recorded.
         Bypassed => "bypassed",
-        /// Already carries Phantom's injection.
-        AlreadyInjected => "already-injected",
+        /// An UPDATE of a stored pod (or a new ephemeral container) that Phantom lets through.
+        Updated => "update-allowed",
         /// An operation admission does not evaluate.
         OutOfScope => "out-of-scope",
         /// Phantom could not decide: refused (fail closed).

@@ -24,17 +24,19 @@ use phantom_crds::wellknown::{
 use phantom_crds::{
     BindingPlan, DeliveryKind, InjectionMode, KEY_RELEASE_ENV, KeyReleasePlan, PLAN_ENV,
 };
-use phantom_policies::Decision;
+use phantom_policies::{Decision, check_deliveries};
 use serde_json::json;
 
 use crate::config::{InjectConfig, resources};
 use crate::metrics::Outcome;
+use crate::reserved;
 use crate::{Error, Result};
 
 #[cfg(test)]
 mod tests;
 
-/// Whether admission already injected this pod (an UPDATE, or a re-invocation by the API server).
+/// Whether admission injected this pod, judged from the pod as stored (an UPDATE's old object).
+/// Never asked of a pod being created: there, Phantom's names are refused ([`reserved::find`]).
 pub fn is_injected(pod: &Pod) -> bool {
     let annotated = pod
         .metadata
@@ -45,16 +47,16 @@ pub fn is_injected(pod: &Pod) -> bool {
         s.containers
             .iter()
             .chain(s.init_containers.iter().flatten())
-            .any(|c| c.name == PROXY_CONTAINER || c.name == INIT_CONTAINER)
+            .any(|c| c.name == PROXY_CONTAINER)
     });
-    annotated || has_proxy
+    annotated && has_proxy
 }
 
 /// The patch injecting Phantom into `pod` as `decision` says (`decision.inject` must be true);
 /// `plan` holds the specs of the SecretBindings the decision names, handed to the sidecar.
-/// An already injected pod gets an empty patch. A pod that cannot be injected (a container without
-/// a command and no `phantom.dev/command` annotation, a name clash, an unavailable mode) is an
-/// [`Error::Inject`] whose message says what to change.
+/// A pod that cannot be injected (one carrying Phantom's reserved names, a container without a
+/// command and no `phantom.dev/command` annotation, bindings whose deliveries collide, an
+/// unavailable mode) is an [`Error::Inject`] whose message says what to change.
 pub fn mutate(
     pod: &Pod,
     decision: &Decision,
@@ -62,8 +64,8 @@ pub fn mutate(
     key_release: Option<&KeyReleasePlan>,
     config: &InjectConfig,
 ) -> Result<Patch> {
-    if is_injected(pod) {
-        return Ok(Patch(Vec::new()));
+    if let Some(reserved) = reserved::find(pod) {
+        return Err(Error::Inject(reserved.to_string()));
     }
     let injection = decision.injection.clone().unwrap_or_default();
     let policy = decision.deciding_policy.as_deref().unwrap_or("-");
@@ -75,7 +77,6 @@ pub fn mutate(
     let mut out = pod.clone();
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let spec = out.spec.get_or_insert_with(PodSpec::default);
-    check_name_clashes(spec)?;
     let targets = target_containers(spec, injection.containers.as_deref(), policy)?;
 
     // init-only: the sidecar writes the files and exits before the application starts, so there
@@ -84,6 +85,7 @@ pub fn mutate(
     if init_only {
         refuse_live_deliveries(plan, policy)?;
     }
+    check_deliveries(plan, &targets).map_err(|conflict| Error::Inject(conflict.to_string()))?;
     let mut run_as_user = None;
     for c in spec
         .containers
@@ -241,22 +243,6 @@ fn refuse_live_deliveries(plan: &[BindingPlan], policy: &str) -> Result<()> {
                 )));
             }
         }
-    }
-    Ok(())
-}
-
-fn check_name_clashes(spec: &PodSpec) -> Result<()> {
-    let ours = [BIN_VOLUME, SECRETS_VOLUME, TOKEN_VOLUME, CLIENT_CERT_VOLUME];
-    if let Some(v) = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| ours.contains(&v.name.as_str()))
-    {
-        return Err(Error::Inject(format!(
-            "the pod already has a volume named {}, which Phantom reserves for its injection; rename it",
-            v.name
-        )));
     }
     Ok(())
 }

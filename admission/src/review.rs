@@ -2,7 +2,7 @@
 //! bodies get a 400 with a message; every well-formed request gets an answer, and any failure to
 //! evaluate is a deny (fail closed). No secret value passes through here: pods carry names only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use phantom_crds::wellknown::{OVERRIDE_ANNOTATION, OVERRIDE_BYPASS, OVERRIDE_LABEL};
+use phantom_crds::wellknown::{
+    BINDINGS_ANNOTATION, OVERRIDE_ANNOTATION, OVERRIDE_BYPASS, OVERRIDE_LABEL,
+};
 use phantom_crds::{
     AttestationRequirement, BindingPlan, KeyReleasePlan, PhantomPolicy, SecretBinding,
 };
@@ -25,8 +27,10 @@ use crate::metrics::{
     Endpoint, EndpointLabels, Metrics, NamespaceLabels, Outcome, Validation, ValidationLabels,
 };
 use crate::mutate::{annotate, decision_annotations, is_injected, mutate};
+use crate::reserved;
+use crate::update::{self, Change};
 use crate::{Error, validate};
-use phantom_policies::store::PolicyStore;
+use phantom_policies::store::{PolicyStore, Snapshot};
 
 /// The pod as it will be stored: a ReplicaSet's pods arrive without `metadata.namespace` (the
 /// API server fills it in from the request), yet key-release conditions compare it.
@@ -141,6 +145,27 @@ struct InjectionPlan<'a> {
     bindings: Vec<BindingPlan>,
     key_release: Option<KeyReleasePlan>,
     request: RequestContext<'a>,
+}
+
+/// A namespace Phantom acts in.
+struct Scope {
+    namespace: String,
+    namespace_object: Value,
+    /// The namespace carries the break-glass label.
+    bypass: bool,
+}
+
+/// A pod being created, as the review holds it.
+struct Created<'a> {
+    pod: &'a Pod,
+    object: Value,
+    scope: Scope,
+    user: UserInfo,
+}
+
+fn typed_pod(object: Value) -> Result<Pod, Admission> {
+    serde_json::from_value(object)
+        .map_err(|e| Admission::error(format!("the object is not a valid pod: {e}")))
 }
 
 fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
@@ -262,7 +287,11 @@ impl Admitter {
                     name = req.name.as_str(),
                 );
                 let (outcome, response) = match self.check_resource(&req).instrument(span).await {
-                    Ok(()) => (Validation::Allowed, response),
+                    Ok(warnings) => {
+                        let mut response = response;
+                        response.warnings = (!warnings.is_empty()).then_some(warnings);
+                        (Validation::Allowed, response)
+                    }
                     Err(message) => (Validation::Denied, response.deny(message)),
                 };
                 self.metrics
@@ -295,75 +324,132 @@ impl Admitter {
         req: &AdmissionRequest<DynamicObject>,
         warnings: &mut Vec<String>,
     ) -> Admission {
-        if !req.kind.group.is_empty() || req.kind.kind != "Pod" {
+        if !req.kind.group.is_empty()
+            || !matches!(req.kind.kind.as_str(), "Pod" | "EphemeralContainers")
+        {
             return Admission::error(format!(
                 "Phantom's /mutate handles pods, not {}/{}; fix the rules of the MutatingWebhookConfiguration",
                 req.kind.group, req.kind.kind
             ));
         }
-        if req.operation != Operation::Create {
-            return Admission::allow(Outcome::OutOfScope);
-        }
         let Some(object) = &req.object else {
-            return Admission::error("the CREATE request carries no pod");
+            return Admission::error(format!("the {:?} request carries no object", req.operation));
         };
-        let pod_value = match serde_json::to_value(object) {
+        let object = match serde_json::to_value(object) {
             Ok(v) => v,
             Err(e) => return Admission::error(format!("the pod cannot be read: {e}")),
-        };
-        let pod: Pod = match serde_json::from_value(pod_value.clone()) {
-            Ok(p) => p,
-            Err(e) => return Admission::error(format!("the object is not a valid pod: {e}")),
         };
         let namespace = req
             .namespace
             .clone()
-            .or_else(|| pod.metadata.namespace.clone())
+            .or_else(|| {
+                object
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .unwrap_or_default();
-        let namespace_object = match self.cluster.namespace(&namespace).await {
+        let scope = match self.scope(&namespace).await {
+            Ok(scope) => scope,
+            Err(admission) => return admission,
+        };
+        let user = user_of(req);
+        match (&req.operation, req.sub_resource.as_deref()) {
+            (Operation::Create, None) => {
+                let pod = match typed_pod(object.clone()) {
+                    Ok(pod) => pod,
+                    Err(admission) => return admission,
+                };
+                self.admit_created(
+                    req,
+                    Created {
+                        pod: &pod,
+                        object,
+                        scope,
+                        user,
+                    },
+                    warnings,
+                )
+                .await
+            }
+            // The break-glass label switches Phantom off for the namespace, UPDATE checks
+            // included (the webhook configuration does not even send them).
+            (Operation::Update, _) if scope.bypass => Admission::allow(Outcome::Bypassed),
+            (Operation::Update, None) => {
+                self.admit_updated(req, object, scope, user, warnings).await
+            }
+            (Operation::Update, Some("ephemeralcontainers")) => {
+                self.admit_ephemeral(req, &object, &scope.namespace).await
+            }
+            _ => Admission::allow(Outcome::OutOfScope),
+        }
+    }
+
+    /// Whether Phantom acts in `namespace`; `Err` is the answer when it does not (or cannot tell).
+    async fn scope(&self, namespace: &str) -> Result<Scope, Admission> {
+        let namespace_object = match self.cluster.namespace(namespace).await {
             Ok(Some(ns)) => ns,
-            Ok(None) => return Admission::error(format!("namespace {namespace} does not exist")),
+            Ok(None) => {
+                return Err(Admission::error(format!(
+                    "namespace {namespace} does not exist"
+                )));
+            }
             Err(e) => {
-                return Admission::error(format!(
+                return Err(Admission::error(format!(
                     "Phantom cannot read namespace {namespace} ({e}); refusing the pod (fail closed)"
-                ));
+                )));
             }
         };
         if has_label(&namespace_object, &self.selection.opt_out_label) {
-            return Admission::allow(Outcome::OptedOut);
+            return Err(Admission::allow(Outcome::OptedOut));
         }
         if !has_label(&namespace_object, &self.selection.enable_label) {
-            return Admission::allow(Outcome::NotSelected);
+            return Err(Admission::allow(Outcome::NotSelected));
         }
-        let user = user_of(req);
+        let bypass = label(&namespace_object, OVERRIDE_LABEL).as_deref() == Some(OVERRIDE_BYPASS);
+        Ok(Scope {
+            namespace: namespace.to_owned(),
+            namespace_object,
+            bypass,
+        })
+    }
+
+    /// A pod CREATE: the policies decide, always (nothing on the pod can mean "already decided").
+    async fn admit_created(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+        created: Created<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Admission {
+        let Created {
+            pod,
+            object,
+            scope,
+            user,
+        } = created;
+        let namespace = scope.namespace;
         let pod_name = pod
             .metadata
             .name
             .clone()
             .or_else(|| pod.metadata.generate_name.clone().map(|g| format!("{g}*")))
             .unwrap_or_default();
-        if label(&namespace_object, OVERRIDE_LABEL).as_deref() == Some(OVERRIDE_BYPASS) {
-            return self.bypass(req, &pod, &namespace, &pod_name, &user.username);
+        if let Some(reserved) = reserved::find(pod) {
+            tracing::info!(%namespace, pod = %pod_name, user = %user.username, %reserved, "pod refused: it carries Phantom's reserved names");
+            return Admission::deny(reserved.to_string());
         }
-        if label(&pod_value, OVERRIDE_LABEL).is_some() {
+        if scope.bypass {
+            return self.bypass(req, pod, &namespace, &pod_name, &user.username);
+        }
+        if label(&object, OVERRIDE_LABEL).is_some() {
             warnings.push(format!(
                 "the label {OVERRIDE_LABEL} is honoured on namespaces only; it has no effect on a pod"
             ));
         }
-        if is_injected(&pod) {
-            return Admission::allow(Outcome::AlreadyInjected);
-        }
-
-        let snapshot = self.store.snapshot();
-        if !snapshot.synced {
-            return Admission::error(
-                "Phantom's policies are not loaded yet (the watches on PhantomPolicy, SecretBinding and AttestationRequirement have not synced); refusing the pod (fail closed). Retry in a moment; if it persists, check that the CRDs are installed and phantom-admission's logs",
-            );
-        }
         let input = AdmissionInput {
-            object: pod_value,
+            object,
             old_object: None,
-            namespace_object: Some(namespace_object),
+            namespace_object: Some(scope.namespace_object),
             request: RequestInfo {
                 operation: "CREATE".into(),
                 namespace: namespace.clone(),
@@ -372,24 +458,9 @@ impl Admitter {
                 dry_run: req.dry_run,
             },
         };
-        let decided = tokio::time::timeout(
-            self.evaluation_timeout,
-            self.pool.decide(&snapshot.set, input),
-        )
-        .await;
-        let decision = match decided {
-            Ok(Ok(decision)) => decision,
-            Ok(Err(e)) => {
-                return Admission::error(format!(
-                    "Phantom could not evaluate its policies ({e}); refusing the pod (fail closed). Retry; if it persists, see phantom-admission's logs and metrics"
-                ));
-            }
-            Err(_) => {
-                return Admission::error(format!(
-                    "Phantom's policy evaluation took longer than {:?}; refusing the pod (fail closed)",
-                    self.evaluation_timeout
-                ));
-            }
+        let (snapshot, decision) = match self.evaluate(input).await {
+            Ok(decided) => decided,
+            Err(admission) => return admission,
         };
         warnings.extend(decision.warnings.iter().take(16).cloned());
         let bindings: Vec<BindingPlan> = decision
@@ -409,11 +480,11 @@ impl Admitter {
         let key_release = (!decision.key_release_policies.is_empty()).then(|| {
             snapshot.set.key_release_plan(
                 &decision.key_release_policies,
-                &stored_view(&pod, &namespace),
+                &stored_view(pod, &namespace),
             )
         });
         self.apply(InjectionPlan {
-            pod: &pod,
+            pod,
             decision: &decision,
             bindings,
             key_release,
@@ -424,6 +495,177 @@ impl Admitter {
                 dry_run: req.dry_run,
             },
         })
+    }
+
+    /// Runs the policies on the bounded pool within the evaluation budget (fail closed).
+    async fn evaluate(
+        &self,
+        input: AdmissionInput,
+    ) -> Result<(Arc<Snapshot>, Decision), Admission> {
+        let snapshot = self.store.snapshot();
+        if !snapshot.synced {
+            return Err(Admission::error(
+                "Phantom's policies are not loaded yet (the watches on PhantomPolicy, SecretBinding and AttestationRequirement have not synced); refusing the pod (fail closed). Retry in a moment; if it persists, check that the CRDs are installed and phantom-admission's logs",
+            ));
+        }
+        let decided = tokio::time::timeout(
+            self.evaluation_timeout,
+            self.pool.decide(&snapshot.set, input),
+        )
+        .await;
+        match decided {
+            Ok(Ok(decision)) => Ok((snapshot, decision)),
+            Ok(Err(e)) => Err(Admission::error(format!(
+                "Phantom could not evaluate its policies ({e}); refusing the pod (fail closed). Retry; if it persists, see phantom-admission's logs and metrics"
+            ))),
+            Err(_) => Err(Admission::error(format!(
+                "Phantom's policy evaluation took longer than {:?}; refusing the pod (fail closed)",
+                self.evaluation_timeout
+            ))),
+        }
+    }
+
+    /// A pod UPDATE: Phantom's own annotations and containers stay as admission wrote them, and
+    /// new images are put to the policies again.
+    async fn admit_updated(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+        object: Value,
+        scope: Scope,
+        user: UserInfo,
+        warnings: &mut Vec<String>,
+    ) -> Admission {
+        let Some(old_object) = req
+            .old_object
+            .as_ref()
+            .and_then(|o| serde_json::to_value(o).ok())
+        else {
+            return Admission::error("the UPDATE request carries no old object");
+        };
+        let (old, new) = match (typed_pod(old_object.clone()), typed_pod(object.clone())) {
+            (Ok(old), Ok(new)) => (old, new),
+            (Err(admission), _) | (_, Err(admission)) => return admission,
+        };
+        let images = match update::classify(&old, &new) {
+            Change::Unguarded => return Admission::allow(Outcome::Updated),
+            Change::Annotation(key) => {
+                return Admission::deny(format!(
+                    "annotation {key} records what Phantom's admission decided when the pod was created; an UPDATE may not add, change or remove it. Leave it as it is (other annotations may change)"
+                ));
+            }
+            Change::PhantomImage { container } => {
+                return Admission::deny(format!(
+                    "container {container} is Phantom's and its image is set by phantom-admission; it may not change on a stored pod. Recreate the pod (roll its Deployment) to get the current Phantom images"
+                ));
+            }
+            Change::Images(images) => images,
+        };
+        let namespace = scope.namespace;
+        let input = AdmissionInput {
+            object,
+            old_object: Some(old_object),
+            namespace_object: Some(scope.namespace_object),
+            request: RequestInfo {
+                operation: "UPDATE".into(),
+                namespace: namespace.clone(),
+                name: req.name.clone(),
+                user_info: user.clone(),
+                dry_run: req.dry_run,
+            },
+        };
+        let decision = match self.evaluate(input).await {
+            Ok((_, decision)) => decision,
+            Err(admission) => return admission,
+        };
+        warnings.extend(decision.warnings.iter().take(16).cloned());
+        let changed = images.join(", ");
+        if !decision.allowed {
+            let reasons: Vec<String> = decision
+                .denials
+                .iter()
+                .map(|d| format!("{}/{}: {}", d.policy, d.rule, d.message))
+                .collect();
+            tracing::info!(%namespace, pod = %req.name, user = %user.username, containers = %changed, "image update denied by policy");
+            return Admission::deny(format!(
+                "the new image of container(s) {changed}: {}",
+                reasons.join("; ")
+            ));
+        }
+        if !is_injected(&old) {
+            if decision.inject {
+                warnings.push(format!(
+                    "pod {} runs without Phantom; the policies would inject it now: recreate it (roll its Deployment) to get its secrets",
+                    req.name
+                ));
+            }
+            return Admission::allow(Outcome::Updated);
+        }
+        let recorded: BTreeSet<&str> = old
+            .annotations()
+            .get(BINDINGS_ANNOTATION)
+            .map(|b| b.split(',').filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        let now: BTreeSet<&str> = decision.bindings.iter().map(|b| b.name.as_str()).collect();
+        if !decision.inject || recorded != now {
+            let wanted = if decision.inject {
+                format!(
+                    "injected with SecretBindings [{}]",
+                    now.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            } else {
+                "not injected".to_owned()
+            };
+            return Admission::deny(format!(
+                "with the new image of container(s) {changed}, the policies would have this pod {wanted}, but it was injected with SecretBindings [{}]; a stored pod's injection cannot change. Recreate the pod (roll its Deployment) instead of updating its image",
+                recorded.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        tracing::info!(%namespace, pod = %req.name, user = %user.username, containers = %changed, "image update of an injected pod allowed by policy");
+        Admission::allow(Outcome::Updated)
+    }
+
+    /// `pods/ephemeralcontainers`: a debug container may not reach what Phantom delivered.
+    async fn admit_ephemeral(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+        object: &Value,
+        namespace: &str,
+    ) -> Admission {
+        // From 1.22 the body is the pod; before, an EphemeralContainers object without it.
+        let pod = if object.get("spec").is_some() {
+            typed_pod(object.clone())
+        } else {
+            match self.cluster.pod(namespace, &req.name).await {
+                Ok(Some(pod)) => typed_pod(pod),
+                Ok(None) => {
+                    return Admission::error(format!(
+                        "pod {namespace}/{} does not exist",
+                        req.name
+                    ));
+                }
+                Err(e) => {
+                    return Admission::error(format!(
+                        "Phantom cannot read pod {namespace}/{} ({e}) to judge its new ephemeral containers; refusing them (fail closed)",
+                        req.name
+                    ));
+                }
+            }
+        };
+        let pod = match pod {
+            Ok(pod) => pod,
+            Err(admission) => return admission,
+        };
+        let old = req
+            .old_object
+            .as_ref()
+            .and_then(|o| serde_json::to_value(o).ok())
+            .map(|o| update::ephemeral_containers(&o))
+            .unwrap_or_default();
+        let facts = update::PodFacts::of(&pod, is_injected(&pod));
+        match update::ephemeral_refusal(&facts, &old, &update::ephemeral_containers(object)) {
+            Some(message) => Admission::deny(message),
+            None => Admission::allow(Outcome::Updated),
+        }
     }
 
     /// Acts on a decision: refuse, annotate only, or inject.
@@ -519,9 +761,13 @@ impl Admitter {
         )
     }
 
-    async fn check_resource(&self, req: &AdmissionRequest<DynamicObject>) -> Result<(), String> {
+    /// Admits or refuses one of Phantom's resources; `Ok` carries warnings for its author.
+    async fn check_resource(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+    ) -> Result<Vec<String>, String> {
         if matches!(req.operation, Operation::Delete | Operation::Connect) {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let Some(object) = &req.object else {
             return Err("the request carries no object".into());
@@ -534,7 +780,7 @@ impl Admitter {
                 let policy: PhantomPolicy = serde_json::from_value(value)
                     .map_err(|e| typed("PhantomPolicy") + &e.to_string())?;
                 let modules = self.cluster.modules(std::slice::from_ref(&policy)).await;
-                validate::policy(&policy, &snapshot, &modules)
+                validate::policy(&policy, &snapshot, &modules).map(|()| Vec::new())
             }
             ("phantom.dev", "AttestationRequirement") => {
                 let requirement: AttestationRequirement = serde_json::from_value(value)
@@ -544,6 +790,7 @@ impl Admitter {
                     &snapshot,
                     &phantom_policies::Modules::default(),
                 )
+                .map(|()| Vec::new())
             }
             ("phantom.dev", "SecretBinding") => {
                 let binding: SecretBinding = serde_json::from_value(value)
@@ -559,8 +806,8 @@ impl Admitter {
                     &ns,
                     &snapshot,
                     &phantom_policies::Modules::default(),
-                )
-                .map(|_| ())
+                )?;
+                Ok(validate::binding_conflicts(&binding, &snapshot))
             }
             (group, kind) => Err(format!(
                 "Phantom's /validate handles phantom.dev resources, not {group}/{kind}; fix the rules of the ValidatingWebhookConfiguration"

@@ -117,8 +117,9 @@ impl Webhook {
         base64::engine::general_purpose::STANDARD.encode(&self.ca_pem)
     }
 
-    /// Registers (server-side apply) a MutatingWebhookConfiguration `name` for pod CREATE in the
-    /// namespaces `namespace_selector` selects, failing closed.
+    /// Registers (server-side apply) a MutatingWebhookConfiguration `name` with the controller's
+    /// pod rules (CREATE, UPDATE, ephemeral containers) in the namespaces `namespace_selector`
+    /// selects, failing closed.
     pub async fn register_mutating(
         &self,
         env: &Env,
@@ -132,8 +133,7 @@ impl Webhook {
             "webhooks": [{
                 "name": "inject.phantom.dev",
                 "clientConfig": {"url": self.url("/mutate"), "caBundle": self.ca_bundle()},
-                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                           "resources": ["pods"], "scope": "Namespaced"}],
+                "rules": phantom_controller::webhooks::pod_rules(),
                 "namespaceSelector": namespace_selector,
                 "failurePolicy": "Fail",
                 "sideEffects": "NoneOnDryRun",

@@ -160,8 +160,13 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
     let mut settings = env.controller_settings("rbac", &enable_key)?;
     settings.namespace = ns.clone();
     settings.webhooks.excluded_namespaces.push(ns.clone());
+    // The chart grants the webhook configurations by name: the controller's default names.
+    let defaults =
+        phantom_controller::config::WebhookSettings::new(settings.webhooks.admission.clone());
+    settings.webhooks.mutating_name = defaults.mutating_name;
+    settings.webhooks.validating_name = defaults.validating_name;
     let controller = env
-        .start_controller_as(controller_client, settings.clone())
+        .start_controller_as(controller_client.clone(), settings.clone())
         .await?;
     let mut leading = controller.leading.clone();
     tokio::time::timeout(Duration::from_secs(20), leading.wait_for(|l| *l))
@@ -264,6 +269,35 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
         Err(kube::Error::Api(s)) if s.code == 403 => {}
         other => bail!("admission's ServiceAccount reading the CA Secret: {other:?}"),
     }
+
+    // Least privilege: the controller may not read or edit another product's webhooks.
+    let foreign = format!("other-product-{id}");
+    Api::<MutatingWebhookConfiguration>::all(env.client())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": foreign}, "webhooks": []
+            }))?,
+        )
+        .await?;
+    let as_controller = Api::<MutatingWebhookConfiguration>::all(controller_client.clone());
+    match as_controller.get(&foreign).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => bail!("the controller's ServiceAccount reading {foreign}: {other:?}"),
+    }
+    let edit = kube::api::Patch::Merge(json!({"metadata": {"labels": {"taken": "over"}}}));
+    match as_controller
+        .patch(&foreign, &kube::api::PatchParams::default(), &edit)
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => bail!("the controller's ServiceAccount editing {foreign}: {other:?}"),
+    }
+    let _ = Api::<MutatingWebhookConfiguration>::all(env.client())
+        .delete(&foreign, &kube::api::DeleteParams::default())
+        .await;
 
     controller.shutdown().await;
     hook.launched.shutdown().await;

@@ -13,7 +13,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -444,16 +444,44 @@ where
         .map_err(Error::kube(format!("reading {kind} {}", owned.name)))?
         .map(|o| serde_json::to_value(o).unwrap_or_default());
     let action = classify::configuration(observed.as_ref(), &desired, owned.last_applied.as_ref());
-    if action != ConfigurationAction::Unchanged {
-        owned
-            .api
-            .patch(
-                &owned.name,
-                &PatchParams::apply(field_manager).force(),
-                &Patch::Apply(&desired),
-            )
-            .await
-            .map_err(Error::kube(format!("applying {kind} {}", owned.name)))?;
+    match (&action, &observed) {
+        (ConfigurationAction::Unchanged, _) => {}
+        // Replaced whole, not applied: an apply keeps fields other managers own, and a selector
+        // term or match condition someone added is exactly what must go.
+        (ConfigurationAction::Update | ConfigurationAction::Restore { .. }, Some(observed)) => {
+            let mut replacement = desired.clone();
+            replacement["metadata"]["resourceVersion"] =
+                observed["metadata"]["resourceVersion"].clone();
+            let replacement: K = serde_json::from_value(replacement).map_err(|e| {
+                Error::Config(format!(
+                    "the desired {kind} {} is not a valid object: {e}",
+                    owned.name
+                ))
+            })?;
+            owned
+                .api
+                .replace(
+                    &owned.name,
+                    &PostParams {
+                        field_manager: Some(field_manager.to_owned()),
+                        ..PostParams::default()
+                    },
+                    &replacement,
+                )
+                .await
+                .map_err(Error::kube(format!("replacing {kind} {}", owned.name)))?;
+        }
+        _ => {
+            owned
+                .api
+                .patch(
+                    &owned.name,
+                    &PatchParams::apply(field_manager).force(),
+                    &Patch::Apply(&desired),
+                )
+                .await
+                .map_err(Error::kube(format!("applying {kind} {}", owned.name)))?;
+        }
     }
     owned.last_applied = Some(desired);
     Ok(action)

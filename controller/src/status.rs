@@ -3,9 +3,12 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
-use phantom_crds::{AttestationRequirement, PhantomPolicy, SecretBinding, SecretBindingStatus};
+use phantom_crds::{
+    AttestationRequirement, BindingPlan, PhantomPolicy, SecretBinding, SecretBindingStatus,
+};
 use phantom_crds::{CommonStatus, CompileError, condition_types};
 use phantom_policies::store::Snapshot;
+use phantom_policies::{DeliveryConflict, may_collide};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -18,6 +21,8 @@ pub mod reasons {
     pub const NOT_ENFORCED: &str = "NotEnforced";
     pub const ADMITTED: &str = "AdmittedByPolicy";
     pub const NOT_ADMITTED: &str = "NoPolicyAdmits";
+    pub const DISTINCT: &str = "NoConflict";
+    pub const CONFLICTS: &str = "ConflictsWithBinding";
 }
 
 /// `sha256:` of a spec (what `compiledDigest` reports for the version in force).
@@ -247,10 +252,38 @@ pub fn binding_status(
         prior,
         now,
     ));
+    let conflict = first_conflict(binding, snapshot);
+    common.conditions.push(condition(
+        condition_types::DELIVERIES_DISTINCT,
+        conflict.is_none(),
+        if conflict.is_some() { reasons::CONFLICTS } else { reasons::DISTINCT },
+        match &conflict {
+            Some(conflict) => format!("a pod both bindings select is refused at admission: {conflict}"),
+            None => format!("no other SecretBinding of namespace {namespace} delivers a secret, variable or file of the same name to the same pods"),
+        },
+        binding.metadata.generation,
+        prior,
+        now,
+    ));
     SecretBindingStatus {
         common,
         admitted_by,
     }
+}
+
+/// The first collision of `binding` with another SecretBinding in force in its namespace.
+fn first_conflict(binding: &SecretBinding, snapshot: &Snapshot) -> Option<DeliveryConflict> {
+    let plan = |b: &SecretBinding| BindingPlan {
+        name: b.name_any(),
+        spec: b.spec.clone(),
+    };
+    let this = plan(binding);
+    snapshot
+        .sources
+        .bindings
+        .iter()
+        .filter(|other| other.namespace() == binding.namespace() && other.name_any() != this.name)
+        .find_map(|other| may_collide(&plan(other), &this))
 }
 
 /// Whether two statuses say the same (conditions compared without their times), so an

@@ -62,16 +62,27 @@ fn namespace_selector(settings: &WebhookSettings, critical: bool) -> Value {
     ]})
 }
 
-/// The MutatingWebhookConfiguration: pod CREATE in covered namespaces, failing closed, except
+/// What the injector is sent: pod CREATE (policy and injection), pod UPDATE (Phantom's
+/// annotations and containers stay as written, new images go to the policies again) and new
+/// ephemeral containers (none may reach what Phantom delivered). `pods/ephemeralcontainers` is
+/// served from Kubernetes 1.16 (alpha, feature gate `EphemeralContainers`; GA in 1.25): an API
+/// server without it accepts the rule and never sends such a request.
+pub fn pod_rules() -> Value {
+    json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+            "resources": ["pods", "pods/ephemeralcontainers"], "scope": "Namespaced"}])
+}
+
+/// The MutatingWebhookConfiguration: pod CREATE and UPDATE in covered namespaces, failing closed, except
 /// that non-critical namespaces fail open while the breaker is open.
 pub fn mutating(settings: &WebhookSettings, ca_bundle_pem: &str, breaker_open: bool) -> Value {
     let webhook = |name: &str, critical: bool| {
         json!({
             "name": name,
             "clientConfig": client_config(&settings.admission, "/mutate", ca_bundle_pem),
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
+            "rules": pod_rules(),
             "namespaceSelector": namespace_selector(settings, critical),
+            "objectSelector": {},
+            "matchPolicy": "Equivalent",
             "failurePolicy": failure_policy(breaker_open && !critical),
             "sideEffects": "NoneOnDryRun",
             "admissionReviewVersions": ["v1"],
@@ -102,6 +113,9 @@ pub fn validating(settings: &WebhookSettings, ca_bundle_pem: &str, breaker_open:
                        "operations": ["CREATE", "UPDATE"],
                        "resources": ["phantompolicies", "secretbindings", "attestationrequirements"],
                        "scope": "*"}],
+            "namespaceSelector": {},
+            "objectSelector": {},
+            "matchPolicy": "Equivalent",
             "failurePolicy": failure_policy(breaker_open),
             "sideEffects": "None",
             "admissionReviewVersions": ["v1"],
@@ -111,12 +125,57 @@ pub fn validating(settings: &WebhookSettings, ca_bundle_pem: &str, breaker_open:
 }
 
 /// The fields of `desired` whose value differs in `observed`, as JSON paths. Fields the
-/// controller does not set (API server defaults, other managers' labels) are not compared;
-/// lists must match element by element (an extra webhook is drift).
+/// controller does not set are not compared (API server defaults, other managers' labels),
+/// except what narrows the requests a webhook sees: its selectors must be exactly as desired
+/// (an added term or `matchLabels` is drift), and `matchConditions`, which the controller never
+/// sets, must be absent or empty. Lists match element by element (an extra webhook is drift).
 pub fn drift(desired: &Value, observed: &Value) -> Vec<String> {
     let mut out = Vec::new();
     compare(desired, observed, String::new(), &mut out);
+    let (Some(want), Some(have)) = (
+        desired["webhooks"].as_array(),
+        observed["webhooks"].as_array(),
+    ) else {
+        return out;
+    };
+    for (i, (w, h)) in want.iter().zip(have).enumerate() {
+        for selector in NARROWING_SELECTORS {
+            let path = format!(".webhooks[{i}].{selector}");
+            if !out.contains(&path) && significant(&w[selector]) != significant(&h[selector]) {
+                out.push(path);
+            }
+        }
+        if significant(&h["matchConditions"]).is_some() {
+            out.push(format!(".webhooks[{i}].matchConditions"));
+        }
+    }
     out
+}
+
+/// Selectors compared exactly: anything extra in them hides requests from the webhook.
+const NARROWING_SELECTORS: [&str; 2] = ["namespaceSelector", "objectSelector"];
+
+/// `value` without empty maps, empty lists and nulls (how the API server may store "nothing"),
+/// `None` when nothing is left.
+fn significant(value: &Value) -> Option<Value> {
+    match value {
+        Value::Null => None,
+        Value::Object(map) => {
+            let kept: serde_json::Map<String, Value> = map
+                .iter()
+                .filter_map(|(k, v)| significant(v).map(|v| (k.clone(), v)))
+                .collect();
+            (!kept.is_empty()).then_some(Value::Object(kept))
+        }
+        Value::Array(items) if items.is_empty() => None,
+        Value::Array(items) => Some(Value::Array(
+            items
+                .iter()
+                .map(|v| significant(v).unwrap_or(Value::Null))
+                .collect(),
+        )),
+        other => Some(other.clone()),
+    }
 }
 
 fn compare(desired: &Value, observed: &Value, path: String, out: &mut Vec<String>) {
@@ -126,6 +185,7 @@ fn compare(desired: &Value, observed: &Value, path: String, out: &mut Vec<String
                 let child = format!("{path}.{key}");
                 match have.get(key) {
                     Some(found) => compare(value, found, child, out),
+                    None if significant(value).is_none() => {}
                     None => out.push(child),
                 }
             }
@@ -231,8 +291,7 @@ mod tests {
         let mut observed = desired.clone();
         observed["metadata"]["uid"] = json!("1234");
         observed["metadata"]["labels"]["team"] = json!("x");
-        observed["webhooks"][0]["matchPolicy"] = json!("Equivalent");
-        observed["webhooks"][0]["objectSelector"] = json!({});
+        observed["webhooks"][0]["matchConditions"] = json!([]);
         assert!(drift(&desired, &observed).is_empty());
 
         observed["webhooks"][0]["failurePolicy"] = json!("Ignore");
@@ -246,5 +305,49 @@ mod tests {
         fewer["webhooks"].as_array_mut().unwrap().pop();
         assert_eq!(drift(&desired, &fewer), [".webhooks"]);
         assert_eq!(drift(&desired, &Value::Null), ["."]);
+    }
+
+    #[test]
+    fn whatever_narrows_what_a_webhook_sees_is_drift() {
+        let desired = mutating(&settings(), "PEM", false);
+        let narrowed = |edit: &dyn Fn(&mut Value)| {
+            let mut observed = desired.clone();
+            edit(&mut observed["webhooks"][0]);
+            drift(&desired, &observed)
+        };
+        assert_eq!(
+            narrowed(&|w| w["objectSelector"] = json!({"matchLabels": {"skip": "no"}})),
+            [".webhooks[0].objectSelector"]
+        );
+        assert_eq!(
+            narrowed(&|w| w["namespaceSelector"]["matchLabels"] = json!({"team": "a"})),
+            [".webhooks[0].namespaceSelector"]
+        );
+        assert_eq!(
+            narrowed(&|w| w["matchConditions"] = json!([{"name": "skip", "expression": "false"}])),
+            [".webhooks[0].matchConditions"]
+        );
+        assert_eq!(
+            narrowed(&|w| w["matchPolicy"] = json!("Exact")),
+            [".webhooks[0].matchPolicy"]
+        );
+        assert_eq!(
+            narrowed(&|w| w["rules"][0]["operations"] = json!(["CREATE"])),
+            [".webhooks[0].rules[0].operations"]
+        );
+        // Stored as nothing is the same as nothing.
+        assert!(
+            narrowed(&|w| {
+                w.as_object_mut().unwrap().remove("objectSelector");
+            })
+            .is_empty()
+        );
+        let validating = validating(&settings(), "PEM", false);
+        let mut observed = validating.clone();
+        observed["webhooks"][0]["namespaceSelector"] = json!({"matchLabels": {"x": "y"}});
+        assert_eq!(
+            drift(&validating, &observed),
+            [".webhooks[0].namespaceSelector"]
+        );
     }
 }

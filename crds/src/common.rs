@@ -76,6 +76,9 @@ pub mod condition_types {
     pub const READY: &str = "Ready";
     /// A SecretBinding is admitted by at least one PhantomPolicy.
     pub const ADMITTED: &str = "Admitted";
+    /// A SecretBinding's deliveries collide with no other binding of its namespace (a pod both
+    /// select is refused at admission while they do).
+    pub const DELIVERIES_DISTINCT: &str = "DeliveriesDistinct";
 }
 
 /// Status common to the three resources.

@@ -6,6 +6,7 @@
 //!   position.
 //! * [`PolicySet::decide`] answers an admission question (pure: no Kubernetes client, no I/O).
 //! * [`PolicySet::check_key_release`] is the sidecar's last gate before releasing a value.
+//! * [`check_deliveries`] says whether the bindings that apply to one pod can be delivered together.
 //! * [`DecisionPool`] runs decisions off an async runtime, bounded, refusing when saturated.
 
 mod error;
@@ -18,6 +19,7 @@ mod canary;
 pub mod cluster;
 mod compile;
 mod decide;
+mod deliveries;
 mod input;
 mod keyrelease;
 mod pool;
@@ -27,6 +29,7 @@ pub mod store;
 pub use canary::{bucket as canary_bucket, default_key as default_canary_key};
 pub use compile::{ModuleResolver, Modules, ObjectErrors, PolicySet, Sources};
 pub use decide::{BindingRef, CanaryOutcome, Decision, Denial, MonitoringScope, PolicyOutcome};
+pub use deliveries::{DeliveryConflict, Source as DeliverySource, check_deliveries, may_collide};
 pub use input::{AdmissionInput, KeyReleaseInput, RequestInfo, UserInfo, key_release_pod_view};
 pub use keyrelease::{KeyReleaseRefusal, KeyReleaseSet};
 pub use pool::DecisionPool;

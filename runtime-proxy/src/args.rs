@@ -129,6 +129,15 @@ impl TryFrom<Args> for Settings {
                     "PHANTOM_KEY_RELEASE is not the key-release plan admission writes ({e}); is phantom-proxy older than phantom-admission?"
                 ))
             })?;
+        let wrapped_containers: Vec<String> = args
+            .wrapped_containers
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        // Admission refuses such a pod; a plan written by an older admission is refused here.
+        phantom_policies::check_deliveries(&plan, &wrapped_containers)
+            .map_err(|conflict| config(format!("PHANTOM_PLAN cannot be delivered: {conflict}")))?;
         Ok(Self {
             openbao_addr: args.openbao_addr.unwrap_or_default(),
             tls: args.tls.settings()?,
@@ -136,12 +145,7 @@ impl TryFrom<Args> for Settings {
             secrets_dir: args.secrets_dir,
             socket: args.socket,
             plan,
-            wrapped_containers: args
-                .wrapped_containers
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            wrapped_containers,
             grace: Duration::from_secs(args.grace_seconds),
             refresh_override: args.refresh_seconds.map(Duration::from_secs),
             pod_namespace: args.pod_namespace,

@@ -90,12 +90,6 @@ pub async fn fetch<P: SecretProvider>(
         for item in &binding.spec.secrets {
             let held = previous.and_then(|p| p.secrets.get(&item.name));
             let delivered = provider.read(binding, item, held).await?;
-            if contents.secrets.contains_key(&item.name) {
-                return Err(Error::Delivery(format!(
-                    "two SecretBindings of this pod deliver a secret named {}; rename one (spec.secrets[].name)",
-                    item.name
-                )));
-            }
             for delivery in &item.delivery {
                 if delivery.kind == DeliveryKind::Env {
                     let var = delivery.name.clone().unwrap_or_default();

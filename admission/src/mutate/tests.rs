@@ -245,7 +245,7 @@ fn daemonset_mode_is_refused_with_what_to_change() {
 }
 
 #[test]
-fn injection_is_idempotent() {
+fn a_pod_that_arrives_injected_is_refused_not_passed_through() {
     let original = web();
     let d = decision(InjectionMode::Sidecar);
     let once = apply(
@@ -253,10 +253,10 @@ fn injection_is_idempotent() {
         &mutate(&original, &d, &[], None, &InjectConfig::default()).expect("once"),
     );
     assert!(is_injected(&once));
-    let again = mutate(&once, &d, &[], None, &InjectConfig::default()).expect("again");
+    let err = mutate(&once, &d, &[], None, &InjectConfig::default()).expect_err("a copy");
     assert!(
-        again.0.is_empty(),
-        "an injected pod is left as it is: {again:?}"
+        err.to_string().contains("annotation phantom.dev/"),
+        "a copied injection is named: {err}"
     );
 }
 

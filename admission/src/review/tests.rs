@@ -31,10 +31,18 @@ fn admitter(synced: bool) -> Admitter {
                  "secrets": [{"name": "pw", "path": "shop/db", "key": "password", "delivery": [{"kind": "env", "name": "PW"}]}]}
     }))
     .expect("binding");
+    // Two bindings of namespace twins deliver a secret of one name to every pod.
+    let twin = |name: &str| -> SecretBinding {
+        let mut b = binding.clone();
+        b.metadata.name = Some(name.into());
+        b.metadata.namespace = Some("twins".into());
+        b.spec.secrets[0].delivery[0].name = Some(format!("{}_PW", name.to_uppercase()));
+        b
+    };
     let snapshot = store.update(
         &Sources {
             policies: vec![policy],
-            bindings: vec![binding],
+            bindings: vec![binding.clone(), twin("db"), twin("legacy")],
             ..Default::default()
         },
         &Modules::default(),
@@ -46,6 +54,7 @@ fn admitter(synced: bool) -> Admitter {
         store,
         cluster: ClusterView::offline(BTreeMap::from([
             namespace("shop", enabled.clone()),
+            namespace("twins", enabled.clone()),
             namespace("plain", json!({})),
             namespace("out", json!({"phantom.dev/inject": "disabled"})),
             namespace(
@@ -328,4 +337,168 @@ async fn key_release_conditions_see_the_namespace_a_replicaset_pod_will_be_store
         .expect("the condition holds for the pod's own namespace");
     let other = json!({"metadata": {"name": "db", "namespace": "elsewhere"}, "spec": {}});
     assert!(set.check(&other, None).is_err());
+}
+
+fn stored_after(a: &Admitter, created: &Value) -> Value {
+    let mut pod = created["request"]["object"].clone();
+    let ops: json_patch::Patch =
+        serde_json::from_value(Value::Array(patch_of(&response_blocking(a, created))))
+            .expect("patch");
+    json_patch::patch(&mut pod, &ops).expect("the patch applies");
+    pod
+}
+
+fn response_blocking(a: &Admitter, body: &Value) -> Value {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(mutate_json(a, body.clone()))
+    })
+}
+
+fn update(namespace: &str, old: &Value, new: &Value, sub_resource: Option<&str>) -> Value {
+    let mut body = review(namespace, "unused");
+    let request = &mut body["request"];
+    request["operation"] = json!("UPDATE");
+    request["name"] = json!("web");
+    request["oldObject"] = old.clone();
+    request["object"] = new.clone();
+    if let Some(sub) = sub_resource {
+        request["subResource"] = json!(sub);
+    }
+    body
+}
+
+fn message(response: &Value) -> String {
+    response["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_created_looking_injected_is_refused_and_policy_runs_on_every_create() {
+    let a = admitter(true);
+    let stored = stored_after(&a, &review("shop", "web:1"));
+    // `kubectl get pod -o yaml` of an injected pod, created again (say, in a Deployment).
+    let mut copy = review("shop", "web:1");
+    copy["request"]["object"] = stored.clone();
+    let refused = mutate_json(&a, copy).await;
+    assert_eq!(refused["allowed"], false);
+    assert!(message(&refused).contains("phantom.dev/"), "{refused}");
+    // A plain pod that only claims to be injected, with an image policy forbids.
+    let mut forged = review("shop", "web:latest");
+    forged["request"]["object"]["metadata"]["annotations"] =
+        json!({"phantom.dev/injected": "true", "phantom.dev/decision": "{}"});
+    let refused = mutate_json(&a, forged).await;
+    assert!(
+        message(&refused).contains("annotation phantom.dev/"),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_of_injected_pods_keep_phantoms_parts_and_put_new_images_to_the_policies() {
+    let a = admitter(true);
+    let stored = stored_after(&a, &review("shop", "web:1"));
+    let edited = |edit: &dyn Fn(&mut Value)| {
+        let mut new = stored.clone();
+        edit(&mut new);
+        new
+    };
+    let relabelled = edited(&|p| p["metadata"]["labels"] = json!({"rev": "2"}));
+    assert_eq!(
+        mutate_json(&a, update("shop", &stored, &relabelled, None)).await["allowed"],
+        true
+    );
+
+    let pinned = edited(&|p| p["spec"]["containers"][0]["image"] = json!("web:2"));
+    let allowed = mutate_json(&a, update("shop", &stored, &pinned, None)).await;
+    assert_eq!(allowed["allowed"], true, "{allowed}");
+    assert!(patch_of(&allowed).is_empty(), "an UPDATE is never patched");
+
+    let latest = edited(&|p| p["spec"]["containers"][0]["image"] = json!("web:latest"));
+    let denied = mutate_json(&a, update("shop", &stored, &latest, None)).await;
+    assert_eq!(denied["allowed"], false);
+    assert!(
+        message(&denied).contains("container(s) app")
+            && message(&denied).contains("pin image tags"),
+        "{denied}"
+    );
+
+    let proxy = stored["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|c| c["name"] == "phantom-proxy")
+        .expect("the sidecar");
+    let swapped = edited(&|p| p["spec"]["containers"][proxy]["image"] = json!("evil/proxy:1"));
+    let denied = mutate_json(&a, update("shop", &stored, &swapped, None)).await;
+    assert!(
+        message(&denied).contains("container phantom-proxy is Phantom's"),
+        "{denied}"
+    );
+
+    let hidden = edited(&|p| {
+        p["metadata"]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove("phantom.dev/decision");
+    });
+    let denied = mutate_json(&a, update("shop", &stored, &hidden, None)).await;
+    assert!(
+        message(&denied).contains("annotation phantom.dev/decision"),
+        "{denied}"
+    );
+    let metrics = a.metrics.encode();
+    assert!(
+        metrics.contains(r#"phantom_admission_decisions_total{outcome="update-allowed"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debug_container_may_not_target_a_wrapped_container_of_an_injected_pod() {
+    let a = admitter(true);
+    let stored = stored_after(&a, &review("shop", "web:1"));
+    let with_debug = |target: Option<&str>| {
+        let mut new = stored.clone();
+        let mut debug = json!({"name": "debug", "image": "busybox:1"});
+        if let Some(target) = target {
+            debug["targetContainerName"] = json!(target);
+        }
+        new["spec"]["ephemeralContainers"] = json!([debug]);
+        new
+    };
+    let review = |new: &Value| update("shop", &stored, new, Some("ephemeralcontainers"));
+    let denied = mutate_json(&a, review(&with_debug(Some("app")))).await;
+    assert_eq!(denied["allowed"], false);
+    assert!(
+        message(&denied).contains("targets container app"),
+        "{denied}"
+    );
+    let allowed = mutate_json(&a, review(&with_debug(None))).await;
+    assert_eq!(allowed["allowed"], true, "{allowed}");
+    // The alpha API of 1.16-1.21 sends an EphemeralContainers object, not the pod: offline,
+    // the pod cannot be read, and the container is refused (fail closed).
+    let mut alpha = review(&with_debug(None));
+    alpha["request"]["kind"]["kind"] = json!("EphemeralContainers");
+    alpha["request"]["object"] = json!({"kind": "EphemeralContainers", "apiVersion": "v1",
+        "metadata": {"name": "web"}, "ephemeralContainers": [{"name": "debug", "image": "busybox:1"}]});
+    alpha["request"]["oldObject"] = json!({"kind": "EphemeralContainers", "apiVersion": "v1",
+        "metadata": {"name": "web"}, "ephemeralContainers": []});
+    let refused = mutate_json(&a, alpha).await;
+    assert_eq!(refused["allowed"], false);
+    assert!(message(&refused).contains("does not exist"), "{refused}");
+}
+
+#[tokio::test]
+async fn two_bindings_delivering_one_secret_name_refuse_the_pod_naming_both() {
+    let a = admitter(true);
+    let refused = mutate_json(&a, review("twins", "web:1")).await;
+    assert_eq!(refused["allowed"], false);
+    let text = message(&refused);
+    assert!(
+        text.contains("SecretBinding db (secret pw)")
+            && text.contains("SecretBinding legacy (secret pw)"),
+        "{text}"
+    );
 }

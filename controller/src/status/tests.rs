@@ -137,3 +137,42 @@ fn a_binding_is_admitted_by_the_policies_selecting_its_namespace() {
     assert_eq!(c.reason, reasons::NOT_ADMITTED);
     assert!(c.message.contains("namespace shop"), "{}", c.message);
 }
+
+#[test]
+fn bindings_delivering_one_secret_name_to_the_same_pods_flag_each_other() {
+    let store = PolicyStore::new(PluginHost::new().expect("host"));
+    let db = binding();
+    let mut legacy = binding();
+    legacy.metadata.name = Some("legacy".into());
+    legacy.spec.secrets[0].delivery[0].path = Some("legacy-db".into());
+    let mut elsewhere = binding();
+    elsewhere.metadata.namespace = Some("other".into());
+    let snap = store.update(
+        &Sources {
+            policies: vec![policy("team-a", 1, "true")],
+            bindings: vec![db.clone(), legacy.clone(), elsewhere.clone()],
+            ..Default::default()
+        },
+        &Modules::default(),
+        true,
+    );
+    let ns = json!({"metadata": {"name": "shop", "labels": {"team": "a"}}});
+    for (b, other) in [(&db, "legacy"), (&legacy, "db")] {
+        let status = binding_status(b, &snap, &ns, &at(1));
+        let c = find(&status.common, condition_types::DELIVERIES_DISTINCT);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::CONFLICTS)
+        );
+        assert!(
+            c.message
+                .contains(&format!("SecretBinding {other} (secret password)"))
+                && c.message
+                    .contains(&format!("SecretBinding {} (secret password)", b.name_any())),
+            "{}",
+            c.message
+        );
+    }
+    let apart = binding_status(&elsewhere, &snap, &ns, &at(1));
+    assert!(apart.common.is_true(condition_types::DELIVERIES_DISTINCT));
+}

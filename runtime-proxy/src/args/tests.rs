@@ -79,3 +79,29 @@ fn plans_that_are_not_admissions_are_refused_by_name() {
         .to_string();
     assert!(err.contains("not a sha256 digest"), "{err}");
 }
+
+#[test]
+fn a_plan_whose_deliveries_collide_is_refused_naming_both_bindings() {
+    let item = |var: &str| {
+        serde_json::json!({"name": "password", "path": "app/db", "key": "password",
+                           "delivery": [{"kind": "env", "name": var}]})
+    };
+    let binding = |name: &str, var: &str| {
+        serde_json::json!({"name": name, "spec": {"selector": {"podSelector": {}},
+                           "openbao": {"role": "app"}, "secrets": [item(var)]}})
+    };
+    let plan = serde_json::json!([
+        binding("db", "DB_PASSWORD"),
+        binding("legacy", "OLD_PASSWORD")
+    ])
+    .to_string();
+    let err = settings(&[("plan", &plan), ("wrapped-containers", "app")])
+        .expect_err("two secrets named password")
+        .to_string();
+    assert!(
+        err.contains("PHANTOM_PLAN cannot be delivered")
+            && err.contains("SecretBinding db (secret password)")
+            && err.contains("SecretBinding legacy (secret password)"),
+        "{err}"
+    );
+}
