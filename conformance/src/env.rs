@@ -182,6 +182,8 @@ impl Env {
             "--service-account-signing-key-file=sa.key".into(),
             "--api-audiences=https://kubernetes.default.svc".into(),
             "--authorization-mode=Node,RBAC".into(),
+            // Debug containers (alpha in 1.20): admission's guard against them is tested here.
+            "--feature-gates=EphemeralContainers=true".into(),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
             "--allow-privileged=true".into(),
             "--profiling=false".into(),

@@ -10,7 +10,7 @@ use anyhow::{Context, bail, ensure};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use phantom_conformance::harness::{Case, run};
 use phantom_conformance::webhook::Webhook;
@@ -54,6 +54,10 @@ fn main() {
             Case::new(
                 "validate_rejects_broken_policies_and_unadmitted_bindings",
                 validate_rejects,
+            ),
+            Case::new(
+                "copies_forgeries_updates_and_debug_containers_cannot_undo_an_injection",
+                injected_pods_stay_as_admission_decided,
             ),
         ],
     )
@@ -658,5 +662,194 @@ async fn validate_rejects(env: Arc<Env>) -> anyhow::Result<()> {
     // Once a policy covers the namespace, the same binding is admitted.
     create_policy(&env, hook, &format!("covers-{case}"), &case, json!({})).await?;
     create_binding(&env, hook, &ns).await?;
+    Ok(())
+}
+
+/// The message of the API server's refusal, or a failure when it admitted the request.
+fn refusal<T>(what: &str, result: kube::Result<T>) -> anyhow::Result<String> {
+    match result {
+        Ok(_) => bail!("{what} was admitted"),
+        Err(e) => Ok(e.to_string()),
+    }
+}
+
+async fn patch_pod(api: &Api<Pod>, name: &str, ops: Value) -> kube::Result<Pod> {
+    let patch: json_patch::Patch = serde_json::from_value(ops).expect("a JSON patch");
+    api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+}
+
+async fn injected_pods_stay_as_admission_decided(env: Arc<Env>) -> anyhow::Result<()> {
+    let hook = webhook(&env).await?;
+    let case = random_hex(4);
+    let ns = namespace(&env, &case, &[(INJECT_LABEL, INJECT_ENABLED)]).await?;
+    create_policy(
+        &env,
+        hook,
+        &format!("guard-{case}"),
+        &case,
+        json!({"rules": {"validations": [{"name": "pinned",
+            "expression": "object.spec.containers.all(c, !c.image.endsWith(':latest'))",
+            "message": "pin image tags"}]}}),
+    )
+    .await?;
+    create_binding(&env, hook, &ns).await?;
+    let api: Api<Pod> = Api::namespaced(env.client(), &ns);
+    let stored = create_and_read(&env, &ns, &pod("web", Some(&["/bin/web"]))).await?;
+    ensure!(
+        phantom_annotations(&stored).contains_key(INJECTED_ANNOTATION),
+        "injected first"
+    );
+
+    // CREATE: a copy of the stored, injected pod, and a plain pod claiming to be injected.
+    let mut copy = stored.clone();
+    copy.metadata = kube::core::ObjectMeta {
+        name: Some("copy".into()),
+        annotations: stored.metadata.annotations.clone(),
+        ..Default::default()
+    };
+    let message = refusal(
+        "a copy of an injected pod",
+        api.create(&PostParams::default(), &copy).await,
+    )?;
+    ensure!(message.contains("phantom.dev/"), "{message}");
+    let mut forged = pod("forged", Some(&["/bin/web"]));
+    forged.metadata.annotations = Some(BTreeMap::from([
+        (INJECTED_ANNOTATION.to_owned(), "true".to_owned()),
+        (
+            "phantom.dev/decision".to_owned(),
+            r#"{"outcome":"injected"}"#.to_owned(),
+        ),
+    ]));
+    let message = refusal(
+        "a pod claiming to be injected",
+        api.create(&PostParams::default(), &forged).await,
+    )?;
+    ensure!(
+        message.contains("reserves it for its injection"),
+        "{message}"
+    );
+    let mut mounting = pod("mounting", Some(&["/bin/web"]));
+    let spec = mounting.spec.as_mut().context("spec")?;
+    spec.containers.push(serde_json::from_value(json!({
+        "name": "thief", "image": "phantom.local/busybox:1", "command": ["/bin/sh"],
+        "volumeMounts": [{"name": "phantom-secrets", "mountPath": "/stolen"}]}))?);
+    let message = refusal(
+        "a pod mounting Phantom's secrets volume",
+        api.create(&PostParams::default(), &mounting).await,
+    )?;
+    ensure!(
+        message.contains("container thief mounts volume phantom-secrets"),
+        "{message}"
+    );
+
+    // UPDATE: `kubectl set image` to an image the policy refuses, then to one it allows.
+    let message = refusal(
+        "an image swap to :latest",
+        patch_pod(&api, "web", json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "phantom.local/busybox:latest"}])).await,
+    )?;
+    ensure!(message.contains("pin image tags"), "{message}");
+    let updated = patch_pod(&api, "web", json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "phantom.local/busybox:2"}]))
+        .await
+        .context("an image swap the policy allows")?;
+    ensure!(
+        updated.spec.as_ref().context("spec")?.containers[0]
+            .image
+            .as_deref()
+            == Some("phantom.local/busybox:2")
+    );
+    let proxy = updated
+        .spec
+        .as_ref()
+        .context("spec")?
+        .containers
+        .iter()
+        .position(|c| c.name == "phantom-proxy")
+        .context("the sidecar")?;
+    let message = refusal(
+        "a swap of the sidecar's image",
+        patch_pod(&api, "web", json!([{"op": "replace", "path": format!("/spec/containers/{proxy}/image"), "value": "evil/proxy:1"}])).await,
+    )?;
+    ensure!(
+        message.contains("container phantom-proxy is Phantom's"),
+        "{message}"
+    );
+    let message = refusal(
+        "removing the decision annotation",
+        patch_pod(
+            &api,
+            "web",
+            json!([{"op": "remove", "path": "/metadata/annotations/phantom.dev~1decision"}]),
+        )
+        .await,
+    )?;
+    ensure!(
+        message.contains("annotation phantom.dev/decision"),
+        "{message}"
+    );
+    patch_pod(
+        &api,
+        "web",
+        json!([{"op": "add", "path": "/metadata/labels", "value": {"rev": "2"}}]),
+    )
+    .await
+    .context("a label change is not Phantom's business")?;
+
+    // A debug container (1.20: the alpha EphemeralContainers API, feature gate on in this
+    // environment) may not share a wrapped container's processes or mount Phantom's volumes.
+    let path = format!("/api/v1/namespaces/{ns}/pods/web/ephemeralcontainers");
+    let current: Value = env
+        .client()
+        .request(http::Request::get(&path).body(Vec::new())?)
+        .await
+        .context("reading the pod's ephemeral containers")?;
+    let with = |debug: Value| {
+        let mut body = current.clone();
+        body["ephemeralContainers"] = json!([debug]);
+        body
+    };
+    let put = |body: Value| {
+        let client = env.client();
+        let path = path.clone();
+        async move {
+            let request = http::Request::put(&path)
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body).expect("json"))
+                .expect("a request");
+            client.request::<Value>(request).await
+        }
+    };
+    let debug = json!({"name": "debug", "image": "phantom.local/busybox:1", "command": ["/bin/sh"],
+                       "targetContainerName": "app", "terminationMessagePolicy": "File",
+                       "imagePullPolicy": "IfNotPresent"});
+    let message = refusal(
+        "a debug container targeting the app",
+        put(with(debug.clone())).await,
+    )?;
+    ensure!(message.contains("targets container app"), "{message}");
+    let mut mounting = debug.clone();
+    mounting
+        .as_object_mut()
+        .context("object")?
+        .remove("targetContainerName");
+    mounting["volumeMounts"] = json!([{"name": "phantom-token", "mountPath": "/t"}]);
+    let message = refusal(
+        "a debug container mounting the token",
+        put(with(mounting)).await,
+    )?;
+    ensure!(message.contains("phantom-token"), "{message}");
+    let mut harmless = debug;
+    harmless
+        .as_object_mut()
+        .context("object")?
+        .remove("targetContainerName");
+    put(with(harmless))
+        .await
+        .context("a debug container that reaches nothing of Phantom's")?;
+    let metrics = hook.metrics().await?;
+    ensure!(
+        metrics.contains("phantom_admission_decisions_total{outcome=\"update-allowed\"}"),
+        "{metrics}"
+    );
     Ok(())
 }
