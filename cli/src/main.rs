@@ -3,6 +3,7 @@
 //! and `status`, what Phantom does in a cluster right now.
 
 mod diff;
+mod lint;
 mod load;
 mod status;
 mod suite;
@@ -90,7 +91,8 @@ fn cluster_status(target: status::Target, json: bool) -> anyhow::Result<bool> {
 
 #[derive(Subcommand, Debug)]
 enum PolicyCommand {
-    /// Compile policies and print every error with its field and position; exit 1 on errors.
+    /// Compile policies and print every error with its field and position, and a warning for
+    /// each canary key that fails on common pods (refusing them); exit 1 on errors.
     Lint {
         /// YAML files or directories.
         #[arg(required = true)]
@@ -169,6 +171,9 @@ fn lint(files: &[PathBuf]) -> anyhow::Result<bool> {
     let total = loaded.sources.policies.len()
         + loaded.sources.bindings.len()
         + loaded.sources.requirements.len();
+    for warning in lint::canary_key_warnings(&set) {
+        println!("{warning}");
+    }
     if errors.is_empty() {
         println!("ok: {total} object(s) compile; policy set {}", set.digest());
     } else {

@@ -185,3 +185,38 @@ fn diff_takes_the_base_from_a_git_revision() {
         "{text}"
     );
 }
+
+#[test]
+fn the_shipped_examples_lint_clean_and_a_fragile_canary_key_is_warned_about() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/examples");
+    // The dry-run example loads its plugin from a ConfigMap, which offline lint cannot read.
+    let payments = format!("{examples}/phantompolicy-payments.yaml");
+    let (code, out) = phantomctl(&["policy", "lint", &payments]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("warning:"),
+        "examples are what users copy: {out}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fragile = std::fs::read_to_string(&payments)
+        .expect("the example")
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("key:") {
+                "      key: \"object.metadata.labels['app.kubernetes.io/name']\"".to_owned()
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let file = dir.path().join("fragile.yaml");
+    std::fs::write(&file, fragile).expect("write");
+    let (code, out) = phantomctl(&["policy", "lint", &file.display().to_string()]);
+    assert_eq!(code, 0, "a warning does not fail the lint: {out}");
+    assert!(
+        out.contains("warning: PhantomPolicy payments-injection: spec.injection.canary.key fails on a Deployment's pod"),
+        "{out}"
+    );
+}

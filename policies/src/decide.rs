@@ -240,6 +240,36 @@ impl PolicySet {
         decision
     }
 
+    /// The canary key expressions that fail on `input`, as (policy, error) — for
+    /// `phantomctl policy lint`, which asks about common pod shapes. Selectors and match
+    /// conditions are not applied: a key must hold on every pod its policy could match, and a
+    /// failing key refuses the pod.
+    pub fn failing_canary_keys(&self, input: &AdmissionInput) -> Vec<(String, String)> {
+        let null = Value::Null;
+        let request = serde_json::to_value(&input.request).unwrap_or_default();
+        let Ok(ctx) = context(&[
+            ("object", &input.object),
+            ("oldObject", input.old_object.as_ref().unwrap_or(&null)),
+            (
+                "namespaceObject",
+                input.namespace_object.as_ref().unwrap_or(&null),
+            ),
+            ("request", &request),
+        ]) else {
+            return Vec::new();
+        };
+        self.inner
+            .policies
+            .iter()
+            .filter_map(|policy| {
+                let expr = policy.canary_key.as_ref()?;
+                expr.eval_string(&ctx)
+                    .err()
+                    .map(|e| (policy.name.clone(), e.to_string()))
+            })
+            .collect()
+    }
+
     fn run_plugins(
         &self,
         policy: &CompiledPolicy,
