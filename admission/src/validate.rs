@@ -35,6 +35,7 @@ pub fn policy(
         policies: vec![policy.clone()],
         requirements: snapshot.sources.requirements.clone(),
         bindings: Vec::new(),
+        unreadable: Vec::new(),
     };
     compile_errors(&sources, snapshot, modules)
 }

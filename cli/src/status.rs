@@ -9,6 +9,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ListParams;
+use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client, ResourceExt};
 use phantom_controller::config::{AdmissionEndpoint, WebhookSettings};
 use phantom_controller::gaps::{self, GapPod};
@@ -262,42 +263,33 @@ pub async fn gather(client: &Client, target: &Target) -> anyhow::Result<Report> 
     let mut objects = Vec::new();
     let crd_hint =
         "listing Phantom's resources (are the CRDs installed? kubectl apply -f crds/yaml/)";
-    for p in Api::<PhantomPolicy>::all(client.clone())
-        .list(&lp)
-        .await
-        .context(crd_hint)?
-        .items
-    {
-        objects.push(object_state(
-            "PhantomPolicy",
-            p.name_any(),
-            p.status.as_ref(),
-        ));
-    }
-    for b in Api::<SecretBinding>::all(client.clone())
-        .list(&lp)
-        .await
-        .context(crd_hint)?
-        .items
-    {
-        let name = format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any());
-        objects.push(object_state(
-            "SecretBinding",
-            name,
-            b.status.as_ref().map(|s| &s.common),
-        ));
-    }
-    for r in Api::<AttestationRequirement>::all(client.clone())
-        .list(&lp)
-        .await
-        .context(crd_hint)?
-        .items
-    {
-        objects.push(object_state(
+    // Listed untyped: an object that does not read as its type (its status says why) must not
+    // take the whole report down; only the status is read here.
+    for (kind, resource) in [
+        ("PhantomPolicy", ApiResource::erase::<PhantomPolicy>(&())),
+        ("SecretBinding", ApiResource::erase::<SecretBinding>(&())),
+        (
             "AttestationRequirement",
-            r.name_any(),
-            r.status.as_ref(),
-        ));
+            ApiResource::erase::<AttestationRequirement>(&()),
+        ),
+    ] {
+        for object in Api::<DynamicObject>::all_with(client.clone(), &resource)
+            .list(&lp)
+            .await
+            .context(crd_hint)?
+            .items
+        {
+            let name = match object.namespace() {
+                Some(namespace) => format!("{namespace}/{}", object.name_any()),
+                None => object.name_any(),
+            };
+            let status: Option<CommonStatus> = object
+                .data
+                .get("status")
+                .cloned()
+                .and_then(|s| serde_json::from_value(s).ok());
+            objects.push(object_state(kind, name, status.as_ref()));
+        }
     }
 
     let mut settings = WebhookSettings::new(AdmissionEndpoint::Url(String::new()));

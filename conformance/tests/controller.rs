@@ -51,6 +51,10 @@ fn main() {
                 "gap_pods_with_an_owner_are_evicted_and_return_through_the_webhook",
                 gap_eviction,
             ),
+            Case::new(
+                "an_object_the_types_refuse_is_reported_and_skipped_never_fatal",
+                unreadable_object,
+            ),
         ],
     )
 }
@@ -835,6 +839,155 @@ async fn gap_eviction(env: Arc<Env>) -> anyhow::Result<()> {
         controller.metrics.encode()
     );
 
+    controller.shutdown().await;
+    hook.launched.shutdown().await;
+    s.remove_configurations(&env).await;
+    Ok(())
+}
+
+/// A SecretBinding the API server stored but Phantom's types refuse (`refresh.interval: soon`).
+/// The CRD schema refuses it now, so it is written while the schema's pattern is taken out (as
+/// an older CRD version, or an edit while validation was off, would let it in), then put back.
+async fn unreadable_object(env: Arc<Env>) -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let s = setup(&env, "unr", |_| {}).await?;
+    let ns = s.covered_namespace(&env, &[]).await?;
+    let resource = kube::core::ApiResource::erase::<phantom_crds::SecretBinding>(&());
+    let bindings = Api::<kube::core::DynamicObject>::namespaced_with(env.client(), &ns, &resource);
+    let binding = |name: &str, interval: &str| -> anyhow::Result<kube::core::DynamicObject> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "phantom.dev/v1alpha1", "kind": "SecretBinding",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": {"podSelector": {}}, "openbao": {"role": "app"},
+                     "refresh": {"interval": interval},
+                     "secrets": [{"name": name, "path": "app/db", "key": "password",
+                                  "delivery": [{"kind": "file", "path": name}]}]}
+        }))?)
+    };
+    let refused = bindings
+        .create(&PostParams::default(), &binding("early", "soon")?)
+        .await;
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("spec.refresh.interval")),
+        "the CRD schema refuses what the types refuse: {refused:?}"
+    );
+
+    let crds = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(env.client());
+    let pattern = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/refresh/properties/interval/pattern";
+    let remove: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "remove", "path": pattern}]))?;
+    crds.patch(
+        "secretbindings.phantom.dev",
+        &PatchParams::default(),
+        &Patch::Json::<()>(remove),
+    )
+    .await
+    .context("taking the pattern out of the SecretBinding CRD")?;
+    let broken = binding("broken", "soon")?;
+    until(
+        "the API server to store a SecretBinding with refresh.interval: soon",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let (bindings, broken) = (bindings.clone(), broken.clone());
+            async move {
+                anyhow::Ok(
+                    bindings
+                        .create(&PostParams::default(), &broken)
+                        .await
+                        .ok()
+                        .map(|_| ()),
+                )
+            }
+        },
+    )
+    .await?;
+    env.install_crds().await?;
+    bindings
+        .create(&PostParams::default(), &binding("good", "4m")?)
+        .await
+        .context("a readable binding beside it")?;
+
+    // Replicas started now list the unreadable object with the others: they sync, report it,
+    // and enforce the rest.
+    let controller = env.start_controller(s.settings.clone()).await?;
+    let hook = env.start_webhook_for(&s.settings, |_| {}).await?;
+    let broken_id = format!("{ns}/broken");
+    hook.wait_for("synced, the unreadable binding reported", |snapshot| {
+        snapshot.synced && snapshot.errors.iter().any(|e| e.name == broken_id)
+    })
+    .await?;
+    let snapshot = hook.launched.admitter.store.snapshot();
+    ensure!(
+        snapshot
+            .sources
+            .bindings
+            .iter()
+            .any(|b| b.name_any() == "good"),
+        "the readable binding is in force"
+    );
+    let errors = snapshot
+        .errors
+        .iter()
+        .find(|e| e.name == broken_id)
+        .context("the error")?;
+    ensure!(
+        errors.errors[0].field == "spec.refresh.interval",
+        "the error names the field: {errors}"
+    );
+    // 1.20 validates the whole object on a status write, so the controller says it in an
+    // Event (newer servers get the status: the same message).
+    let events: Api<Event> = Api::namespaced(env.client(), &ns);
+    let note = until(
+        "an Unreadable Event on the binding",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await?;
+                anyhow::Ok(list.items.into_iter().find_map(|e| {
+                    (e.reason.as_deref() == Some("Unreadable")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("broken"))
+                    .then(|| e.note.unwrap_or_default())
+                }))
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        note.contains("spec.refresh.interval") && note.contains("kubectl edit"),
+        "{note}"
+    );
+    let good = until(
+        "the readable binding's status",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let bindings = bindings.clone();
+            async move {
+                let object = bindings.get("good").await?;
+                anyhow::Ok(
+                    object
+                        .data
+                        .pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .cloned(),
+                )
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        good.iter()
+            .any(|c| c["type"] == condition_types::READY && c["status"] == "True"),
+        "{good:?}"
+    );
+
+    bindings.delete("broken", &DeleteParams::default()).await?;
+    bindings.delete("good", &DeleteParams::default()).await?;
     controller.shutdown().await;
     hook.launched.shutdown().await;
     s.remove_configurations(&env).await;

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
+use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -18,14 +20,14 @@ use kube::{Api, Client, Resource, ResourceExt};
 use phantom_crds::{
     AttestationRequirement, CommonStatus, PhantomPolicy, SecretBinding, condition_types,
 };
-use phantom_policies::store::PolicyStore;
+use phantom_policies::store::{PolicyStore, Snapshot};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::instrument;
 
 use crate::metrics::{KindLabels, Metrics, Reconciled};
-use crate::status::{binding_status, policy_status, requirement_status, same};
+use crate::status::{binding_status, policy_status, requirement_status, same, unreadable_status};
 use crate::{Error, Result};
 
 /// What every reconciliation shares.
@@ -87,19 +89,40 @@ impl Context {
 const RESYNC: Duration = Duration::from_secs(300);
 
 /// `Kind/name` or `Kind/namespace/name`: the object in logs, errors and the backoff table.
-fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    let name = obj.meta().name.as_deref().unwrap_or_default();
-    match obj.meta().namespace.as_deref() {
+fn key<K: Resource<DynamicType = ()>>(meta: &ObjectMeta) -> String {
+    let name = meta.name.as_deref().unwrap_or_default();
+    match meta.namespace.as_deref() {
         Some(ns) => format!("{}/{ns}/{name}", K::kind(&())),
         None => format!("{}/{name}", K::kind(&())),
     }
 }
 
-async fn apply_status<K>(ctx: &Context, api: Api<K>, obj: &K, status: &impl Serialize) -> Result<()>
+/// `name` or `namespace/name`, as policy-set errors name objects.
+fn id(meta: &ObjectMeta) -> String {
+    let name = meta.name.as_deref().unwrap_or_default();
+    match meta.namespace.as_deref() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// The watched object as `K`, or `None` when it does not read as one: it passed the CRD schema
+/// (or got in while validation was off) but not Phantom's types. Such an object must not stop
+/// the others: its status says what is wrong.
+fn typed<K: Reconciled + serde::de::DeserializeOwned>(object: &DynamicObject) -> Option<K> {
+    phantom_policies::cluster::read_as::<K>(object, K::KIND.as_str()).ok()
+}
+
+async fn apply_status<K>(ctx: &Context, meta: &ObjectMeta, status: &impl Serialize) -> Result<()>
 where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()>,
 {
-    let name = obj.name_any();
+    let name = meta.name.clone().unwrap_or_default();
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = match &meta.namespace {
+        Some(namespace) => Api::namespaced_with(ctx.client.clone(), namespace, &resource),
+        None => Api::all_with(ctx.client.clone(), &resource),
+    };
     let patch = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
@@ -114,7 +137,7 @@ where
     .map_err(Error::kube(format!(
         "writing the status of {} {}",
         K::kind(&()),
-        key(obj)
+        key::<K>(meta)
     )))?;
     Ok(())
 }
@@ -122,7 +145,7 @@ where
 /// An Event when the object starts or stops compiling (the message names field and position).
 async fn record_transition<K>(
     ctx: &Context,
-    obj: &K,
+    obj: &DynamicObject,
     before: Option<&CommonStatus>,
     after: &CommonStatus,
 ) where
@@ -160,13 +183,13 @@ async fn record_transition<K>(
             secondary: None,
         }
     };
-    let mut reference = obj.object_ref(&());
+    let mut reference = obj.object_ref(&ApiResource::erase::<K>(&()));
     if reference.namespace.is_none() {
         // Cluster-scoped (PhantomPolicy, AttestationRequirement): see `crate::manager`.
         reference.namespace = Some(ctx.events_namespace.clone());
     }
     if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-        tracing::warn!(object = %key(obj), error = %e, "recording an Event failed");
+        tracing::warn!(object = %key::<K>(&obj.metadata), error = %e, "recording an Event failed");
     }
 }
 
@@ -187,59 +210,71 @@ async fn timed<K: Reconciled>(
     result
 }
 
+/// The status of the object in `snapshot`, when it reads as its type.
+type StatusOf<K> = fn(&K, &Snapshot, &Time) -> CommonStatus;
+
 /// Reconciles a PhantomPolicy's status.
-#[instrument(skip(ctx, policy), fields(policy = %policy.name_any()))]
-pub async fn reconcile_policy(policy: Arc<PhantomPolicy>, ctx: Arc<Context>) -> Result<Action> {
-    timed::<PhantomPolicy>(&ctx, async {
-        let snapshot = ctx.store.snapshot();
-        if !snapshot.synced {
-            return Ok(Action::requeue(Duration::from_secs(1)));
-        }
-        let status = policy_status(&policy, &snapshot, &now());
-        if policy.status.as_ref().is_none_or(|s| !same(s, &status)) {
-            apply_status(&ctx, Api::all(ctx.client.clone()), &*policy, &status).await?;
-            record_transition(&ctx, &*policy, policy.status.as_ref(), &status).await;
-        }
-        ctx.succeeded(&key(&*policy));
-        Ok(Action::requeue(RESYNC))
+#[instrument(skip(ctx, object), fields(policy = %object.name_any()))]
+pub async fn reconcile_policy(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action> {
+    reconcile_cluster_scoped::<PhantomPolicy>(&object, &ctx, policy_status, |p| p.status.as_ref())
+        .await
+}
+
+/// Reconciles an AttestationRequirement's status.
+#[instrument(skip(ctx, object), fields(requirement = %object.name_any()))]
+pub async fn reconcile_requirement(
+    object: Arc<DynamicObject>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    reconcile_cluster_scoped::<AttestationRequirement>(&object, &ctx, requirement_status, |r| {
+        r.status.as_ref()
     })
     .await
 }
 
-/// Reconciles an AttestationRequirement's status.
-#[instrument(skip(ctx, requirement), fields(requirement = %requirement.name_any()))]
-pub async fn reconcile_requirement(
-    requirement: Arc<AttestationRequirement>,
-    ctx: Arc<Context>,
-) -> Result<Action> {
-    timed::<AttestationRequirement>(&ctx, async {
+async fn reconcile_cluster_scoped<K>(
+    object: &DynamicObject,
+    ctx: &Context,
+    status_of: StatusOf<K>,
+    current: fn(&K) -> Option<&CommonStatus>,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = ()>
+        + Reconciled
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    timed::<K>(ctx, async {
         let snapshot = ctx.store.snapshot();
         if !snapshot.synced {
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
-        let status = requirement_status(&requirement, &snapshot, &now());
-        if requirement
-            .status
-            .as_ref()
-            .is_none_or(|s| !same(s, &status))
-        {
-            apply_status(&ctx, Api::all(ctx.client.clone()), &*requirement, &status).await?;
-            record_transition(&ctx, &*requirement, requirement.status.as_ref(), &status).await;
+        let Some(typed) = typed::<K>(object) else {
+            return reconcile_unreadable::<K>(object, ctx, &snapshot).await;
+        };
+        let status = status_of(&typed, &snapshot, &now());
+        if current(&typed).is_none_or(|s| !same(s, &status)) {
+            apply_status::<K>(ctx, &object.metadata, &status).await?;
+            record_transition::<K>(ctx, object, current(&typed), &status).await;
         }
-        ctx.succeeded(&key(&*requirement));
+        ctx.succeeded(&key::<K>(&object.metadata));
         Ok(Action::requeue(RESYNC))
     })
     .await
 }
 
 /// Reconciles a SecretBinding's status (compiled, and admitted by which policies).
-#[instrument(skip(ctx, binding), fields(binding = %key(&*binding)))]
-pub async fn reconcile_binding(binding: Arc<SecretBinding>, ctx: Arc<Context>) -> Result<Action> {
+#[instrument(skip(ctx, object), fields(binding = %key::<SecretBinding>(&object.metadata)))]
+pub async fn reconcile_binding(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action> {
     timed::<SecretBinding>(&ctx, async {
         let snapshot = ctx.store.snapshot();
         if !snapshot.synced {
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
+        let Some(binding) = typed::<SecretBinding>(&object) else {
+            return reconcile_unreadable::<SecretBinding>(&object, &ctx, &snapshot).await;
+        };
         let namespace = binding.namespace().unwrap_or_default();
         let namespace_object = Api::<Namespace>::all(ctx.client.clone())
             .get_opt(&namespace)
@@ -252,34 +287,96 @@ pub async fn reconcile_binding(binding: Arc<SecretBinding>, ctx: Arc<Context>) -
             same(&s.common, &status.common) && s.admitted_by == status.admitted_by
         });
         if !unchanged {
-            apply_status(
+            apply_status::<SecretBinding>(&ctx, &object.metadata, &status).await?;
+            record_transition::<SecretBinding>(
                 &ctx,
-                Api::namespaced(ctx.client.clone(), &namespace),
-                &*binding,
-                &status,
-            )
-            .await?;
-            record_transition(
-                &ctx,
-                &*binding,
+                &object,
                 binding.status.as_ref().map(|s| &s.common),
                 &status.common,
             )
             .await;
         }
-        ctx.succeeded(&key(&*binding));
+        ctx.succeeded(&key::<SecretBinding>(&object.metadata));
         Ok(Action::requeue(RESYNC))
     })
     .await
 }
 
+/// An object that does not read as `K`: its status carries the error (and whether its last good
+/// version stays in force), with a `CompileFailed` Event when it stops reading.
+async fn reconcile_unreadable<K>(
+    object: &DynamicObject,
+    ctx: &Context,
+    snapshot: &Snapshot,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    // The status part may still read (SecretBinding's wraps the common one).
+    let previous: Option<CommonStatus> = object
+        .data
+        .get("status")
+        .cloned()
+        .and_then(|s| serde_json::from_value(s).ok());
+    let status = unreadable_status(
+        &K::kind(&()),
+        &id(&object.metadata),
+        object.metadata.generation,
+        previous.as_ref(),
+        snapshot,
+        &now(),
+    );
+    if previous.as_ref().is_none_or(|s| !same(s, &status)) {
+        match apply_status::<K>(ctx, &object.metadata, &status).await {
+            Ok(()) => record_transition::<K>(ctx, object, previous.as_ref(), &status).await,
+            // API servers before 1.28 validate the whole object on a status write, so one whose
+            // spec their schema refuses cannot be given a status: an Event says it instead.
+            Err(Error::Kube {
+                source: kube::Error::Api(refusal),
+                ..
+            }) if refusal.code == 422 => {
+                let note = status
+                    .condition(condition_types::COMPILED)
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default();
+                publish_unreadable::<K>(ctx, object, note).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// A Warning Event `Unreadable` on an object whose status cannot be written.
+async fn publish_unreadable<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &DynamicObject,
+    mut note: String,
+) {
+    note.truncate(1000);
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "Unreadable".into(),
+        note: Some(note),
+        action: "Read".into(),
+        secondary: None,
+    };
+    let mut reference = object.object_ref(&ApiResource::erase::<K>(&()));
+    if reference.namespace.is_none() {
+        reference.namespace = Some(ctx.events_namespace.clone());
+    }
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(object = %key::<K>(&object.metadata), error = %e, "recording an Event failed");
+    }
+}
+
 /// Requeues a failed object with exponential backoff (1 s doubling to 5 min) and counts it.
-pub fn error_policy<K: Resource<DynamicType = ()> + Reconciled>(
-    obj: Arc<K>,
+fn error_policy<K: Resource<DynamicType = ()> + Reconciled>(
+    obj: Arc<DynamicObject>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let key = key(&*obj);
+    let key = key::<K>(&obj.metadata);
     let failures = ctx.failed(&key);
     ctx.metrics
         .reconcile_errors
@@ -289,6 +386,17 @@ pub fn error_policy<K: Resource<DynamicType = ()> + Reconciled>(
         .min(Duration::from_secs(300));
     tracing::warn!(object = %key, %error, retry_in = ?delay, "reconciliation failed");
     Action::requeue(delay)
+}
+
+/// A Controller on `K`'s objects kept untyped, so one that does not read as `K` cannot fail the
+/// list every other object comes in.
+fn untyped<K: Resource<DynamicType = ()>>(client: &Client) -> Controller<DynamicObject> {
+    let resource = ApiResource::erase::<K>(&());
+    Controller::new_with(
+        Api::<DynamicObject>::all_with(client.clone(), &resource),
+        watcher::Config::default(),
+        resource,
+    )
 }
 
 /// A stream that yields whenever `published` changes (a new policy set).
@@ -305,26 +413,21 @@ fn on_publication(
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let published = ctx.store.subscribe();
-    let policies = Controller::new(
-        Api::<PhantomPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .reconcile_all_on(on_publication(published.clone()))
-    .run(reconcile_policy, error_policy, ctx.clone())
-    .for_each(|_| futures::future::ready(()));
-    let requirements = Controller::new(
-        Api::<AttestationRequirement>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .reconcile_all_on(on_publication(published.clone()))
-    .run(reconcile_requirement, error_policy, ctx.clone())
-    .for_each(|_| futures::future::ready(()));
-    let bindings = Controller::new(
-        Api::<SecretBinding>::all(client),
-        watcher::Config::default(),
-    )
-    .reconcile_all_on(on_publication(published))
-    .run(reconcile_binding, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()));
+    let policies = untyped::<PhantomPolicy>(&client)
+        .reconcile_all_on(on_publication(published.clone()))
+        .run(reconcile_policy, error_policy::<PhantomPolicy>, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let requirements = untyped::<AttestationRequirement>(&client)
+        .reconcile_all_on(on_publication(published.clone()))
+        .run(
+            reconcile_requirement,
+            error_policy::<AttestationRequirement>,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    let bindings = untyped::<SecretBinding>(&client)
+        .reconcile_all_on(on_publication(published))
+        .run(reconcile_binding, error_policy::<SecretBinding>, ctx)
+        .for_each(|_| futures::future::ready(()));
     futures::join!(policies, requirements, bindings);
 }

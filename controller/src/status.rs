@@ -271,6 +271,47 @@ pub fn binding_status(
     }
 }
 
+/// The status of an object the API server holds that does not read as its `kind` (see
+/// [`phantom_policies::Sources::unreadable`]): the error, and whether a last good version is in
+/// force. `id` is `name` or `namespace/name`; `previous` is its status, when that part reads.
+pub fn unreadable_status(
+    kind: &str,
+    id: &str,
+    generation: Option<i64>,
+    previous: Option<&CommonStatus>,
+    snapshot: &Snapshot,
+    now: &Time,
+) -> CommonStatus {
+    let same_id = |name: String, namespace: Option<String>| match namespace {
+        Some(namespace) => format!("{namespace}/{name}") == id,
+        None => name == id,
+    };
+    let sources = &snapshot.sources;
+    let enforced = match kind {
+        "PhantomPolicy" => sources
+            .policies
+            .iter()
+            .find(|p| same_id(p.name_any(), None))
+            .and_then(|p| serde_json::to_value(&p.spec).ok()),
+        "SecretBinding" => sources
+            .bindings
+            .iter()
+            .find(|b| same_id(b.name_any(), b.namespace()))
+            .and_then(|b| serde_json::to_value(&b.spec).ok()),
+        _ => sources
+            .requirements
+            .iter()
+            .find(|r| same_id(r.name_any(), None))
+            .and_then(|r| serde_json::to_value(&r.spec).ok()),
+    };
+    common(
+        &standing(snapshot, kind, id, enforced),
+        generation,
+        previous,
+        now,
+    )
+}
+
 /// The first collision of `binding` with another SecretBinding in force in its namespace.
 fn first_conflict(binding: &SecretBinding, snapshot: &Snapshot) -> Option<DeliveryConflict> {
     let plan = |b: &SecretBinding| BindingPlan {

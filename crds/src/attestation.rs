@@ -165,6 +165,7 @@ pub enum TdxTcbStatus {
 pub struct Freshness {
     /// Maximum age of the evidence at verification time, e.g. `5m`.
     #[serde(default = "default_max_evidence_age")]
+    #[schemars(regex(pattern = crate::common::DURATION_PATTERN))]
     pub max_evidence_age: Duration,
 }
 

@@ -191,6 +191,7 @@ pub struct Delivery {
 pub struct Refresh {
     /// Interval between re-reads, e.g. `4m`; at least `1s`.
     #[serde(default = "default_refresh_interval")]
+    #[schemars(regex(pattern = crate::common::DURATION_PATTERN))]
     pub interval: Duration,
     /// Random jitter added to each interval, as a percentage of it.
     #[serde(default = "default_jitter_percent")]

@@ -68,6 +68,11 @@ pub struct CompileError {
     pub position: Option<Position>,
 }
 
+/// What a duration field accepts (Go's `time.Duration` text, as the types parse it: `30s`,
+/// `4m`, `1h30m`), so the API server refuses what Phantom could not read: one unreadable object
+/// would otherwise be stored and have to be skipped by every watcher.
+pub const DURATION_PATTERN: &str = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+)$";
+
 /// Condition types written by the controller.
 pub mod condition_types {
     /// The resource's expressions and plugins compiled.

@@ -9,16 +9,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use phantom_crds::{AttestationRequirement, PhantomPolicy, SecretBinding};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::store::{PolicyStore, Snapshot};
-use crate::{Modules, Sources};
+use crate::{Modules, ObjectErrors, Sources};
+use phantom_crds::CompileError;
 
 /// A reflector whose task logs (never ends on) watch errors; a missing CRD gets an install hint.
 /// `changed` is notified on every change after the initial list, and once when that list is
@@ -37,8 +39,22 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&()).to_string();
+    reflect_with(api, (), changed, synced)
+}
+
+fn reflect_with<K>(
+    api: Api<K>,
+    dynamic_type: K::DynamicType,
+    changed: Arc<Notify>,
+    synced: Arc<AtomicBool>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
+{
+    let kind = K::kind(&dynamic_type).to_string();
+    let writer = reflector::store::Writer::new(dynamic_type);
+    let reader = writer.as_reader();
     let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
         .default_backoff();
     let task = tokio::spawn(async move {
@@ -65,12 +81,108 @@ where
     (reader, task)
 }
 
+/// A reflector on `K`'s objects kept untyped: one object that does not read as `K` must not
+/// fail the whole list (and with it every replica's start). `typed` reads them.
+fn reflect_untyped<K>(
+    client: &Client,
+    changed: Arc<Notify>,
+    synced: Arc<AtomicBool>,
+) -> (Store<DynamicObject>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>,
+{
+    let resource = ApiResource::erase::<K>(&());
+    let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+    reflect_with(api, resource, changed, synced)
+}
+
+/// The objects of `store` that read as `K`; each one that does not goes to `unreadable`.
+fn typed<K: DeserializeOwned>(
+    store: &Store<DynamicObject>,
+    kind: &'static str,
+    unreadable: &mut Vec<ObjectErrors>,
+) -> Vec<K> {
+    let mut objects = Vec::new();
+    for object in store.state() {
+        match read_as::<K>(&object, kind) {
+            Ok(typed) => objects.push(typed),
+            Err(errors) => {
+                tracing::warn!(%kind, name = %errors.name, errors = %errors.to_string().trim_end(), "object does not read as its type: skipped, its last good version stays in force");
+                unreadable.push(errors);
+            }
+        }
+    }
+    objects
+}
+
+/// Reads an untyped object as `K` (a `kind`); one that does not read becomes the
+/// [`ObjectErrors`] naming the field and what to do.
+pub fn read_as<K: DeserializeOwned>(
+    object: &DynamicObject,
+    kind: &'static str,
+) -> Result<K, ObjectErrors> {
+    let id = match &object.metadata.namespace {
+        Some(namespace) => format!("{namespace}/{}", object.name_any()),
+        None => object.name_any(),
+    };
+    let value = serde_json::to_value(object)
+        .map_err(|e| unreadable_object(kind, id.clone(), String::new(), e.to_string()))?;
+    serde_path_to_error::deserialize::<_, K>(value.clone()).map_err(|e| {
+        let field = e.path().to_string();
+        // The value itself, short: objects of these kinds hold names and paths, never secrets.
+        let found = found_at(&value, e.path())
+            .map(|v| {
+                let mut text = v.to_string();
+                text.truncate(64);
+                format!(" (found {text})")
+            })
+            .unwrap_or_default();
+        unreadable_object(kind, id, field, format!("{}{found}", e.into_inner()))
+    })
+}
+
+fn found_at<'a>(
+    value: &'a serde_json::Value,
+    path: &serde_path_to_error::Path,
+) -> Option<&'a serde_json::Value> {
+    use serde_path_to_error::Segment;
+    path.iter().try_fold(value, |v, segment| match segment {
+        Segment::Seq { index } => v.get(index),
+        Segment::Map { key } => v.get(key),
+        Segment::Enum { .. } | Segment::Unknown => Some(v),
+    })
+}
+
+fn unreadable_object(
+    kind: &'static str,
+    name: String,
+    field: String,
+    error: String,
+) -> ObjectErrors {
+    let field = if field.is_empty() || field == "." {
+        "(object)".to_owned()
+    } else {
+        field
+    };
+    ObjectErrors {
+        kind,
+        name,
+        errors: vec![CompileError {
+            message: format!(
+                "the object passed the API server's schema but is not a valid {kind} ({error}); Phantom skips it and keeps its last good version in force. Fix {field} (kubectl edit) or delete the object",
+            ),
+            field,
+            position: None,
+        }],
+    }
+}
+
 /// Reflectors on PhantomPolicies, SecretBindings and AttestationRequirements.
 #[derive(Debug)]
 pub struct SourceWatch {
-    policies: Store<PhantomPolicy>,
-    bindings: Store<SecretBinding>,
-    requirements: Store<AttestationRequirement>,
+    policies: Store<DynamicObject>,
+    bindings: Store<DynamicObject>,
+    requirements: Store<DynamicObject>,
     synced: [Arc<AtomicBool>; 3],
     /// Notified on every change (and when the initial lists are in).
     pub changed: Arc<Notify>,
@@ -90,10 +202,12 @@ impl SourceWatch {
     pub fn start(client: &Client) -> Self {
         let changed = Arc::new(Notify::new());
         let synced: [Arc<AtomicBool>; 3] = Default::default();
-        let (policies, t1) = reflect(Api::all(client.clone()), changed.clone(), synced[0].clone());
-        let (bindings, t2) = reflect(Api::all(client.clone()), changed.clone(), synced[1].clone());
+        let (policies, t1) =
+            reflect_untyped::<PhantomPolicy>(client, changed.clone(), synced[0].clone());
+        let (bindings, t2) =
+            reflect_untyped::<SecretBinding>(client, changed.clone(), synced[1].clone());
         let (requirements, t3) =
-            reflect(Api::all(client.clone()), changed.clone(), synced[2].clone());
+            reflect_untyped::<AttestationRequirement>(client, changed.clone(), synced[2].clone());
         Self {
             policies,
             bindings,
@@ -105,30 +219,22 @@ impl SourceWatch {
     }
 
     /// The current objects, or `None` until every reflector delivered its initial list (a
-    /// half-loaded set must never decide or be reported).
+    /// half-loaded set must never decide or be reported). Objects that do not read as their type
+    /// are in [`Sources::unreadable`].
     pub fn sources(&self) -> Option<Sources> {
         if !self.synced.iter().all(|f| f.load(Ordering::SeqCst)) {
             return None;
         }
+        let mut unreadable = Vec::new();
         Some(Sources {
-            policies: self
-                .policies
-                .state()
-                .iter()
-                .map(|p| (**p).clone())
-                .collect(),
-            bindings: self
-                .bindings
-                .state()
-                .iter()
-                .map(|b| (**b).clone())
-                .collect(),
-            requirements: self
-                .requirements
-                .state()
-                .iter()
-                .map(|r| (**r).clone())
-                .collect(),
+            policies: typed(&self.policies, "PhantomPolicy", &mut unreadable),
+            bindings: typed(&self.bindings, "SecretBinding", &mut unreadable),
+            requirements: typed(
+                &self.requirements,
+                "AttestationRequirement",
+                &mut unreadable,
+            ),
+            unreadable,
         })
     }
 }
@@ -279,5 +385,6 @@ pub async fn read_published(
         policies: p.policies,
         bindings: p.bindings,
         requirements: p.requirements,
+        unreadable: Vec::new(),
     }))
 }

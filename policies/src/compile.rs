@@ -147,6 +147,10 @@ pub struct Sources {
     pub policies: Vec<PhantomPolicy>,
     pub bindings: Vec<SecretBinding>,
     pub requirements: Vec<AttestationRequirement>,
+    /// Objects the API server holds that do not read as their type (they passed the CRD schema,
+    /// or got in while validation was off, but not Phantom's types). Never compiled: reported as
+    /// errors, and their last good versions stay in force ([`crate::store::PolicyStore::update`]).
+    pub unreadable: Vec<ObjectErrors>,
 }
 
 impl Sources {
@@ -159,6 +163,9 @@ impl Sources {
         sorted
             .bindings
             .sort_by_key(|b| (b.namespace(), b.name_any()));
+        sorted
+            .unreadable
+            .sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
         digest::digest(&sorted)
     }
 }

@@ -163,6 +163,33 @@ impl PolicyStore {
             }
         }
 
+        for unreadable in &sources.unreadable {
+            let name = unreadable.name.as_str();
+            let kept = match unreadable.kind {
+                "PhantomPolicy" => last_good
+                    .policies
+                    .get(name)
+                    .cloned()
+                    .map(|p| effective.policies.push(p)),
+                "SecretBinding" => last_good
+                    .bindings
+                    .get(name)
+                    .cloned()
+                    .map(|b| effective.bindings.push(b)),
+                "AttestationRequirement" => last_good
+                    .requirements
+                    .get(name)
+                    .cloned()
+                    .map(|r| effective.requirements.push(r)),
+                _ => None,
+            };
+            if kept.is_some() {
+                held_back.push(format!("{} {name}", unreadable.kind));
+            }
+        }
+        let mut errors = errors;
+        errors.extend(sources.unreadable.iter().cloned());
+
         // A previous version may no longer compile on its own (say its plugin's ConfigMap is
         // gone); it is then left out too, and its errors are reported.
         let (set, still_failing) = if errors.is_empty() {
@@ -196,7 +223,6 @@ impl PolicyStore {
             .cloned()
             .map(|r| (r.name_any(), r))
             .collect();
-        let mut errors = errors;
         for e in still_failing {
             if !errors.iter().any(|a| a.kind == e.kind && a.name == e.name) {
                 errors.push(e);
@@ -225,6 +251,7 @@ impl PolicyStore {
 #[cfg(test)]
 mod tests {
     use crate::Modules;
+    use phantom_crds::CompileError;
 
     use super::*;
 
@@ -273,6 +300,49 @@ mod tests {
         assert!(after.held_back.is_empty());
         assert_eq!(after.generation, 3);
         assert_eq!(*store.subscribe().borrow(), 3);
+    }
+
+    #[test]
+    fn an_unreadable_object_is_reported_and_its_last_good_version_stays_in_force() {
+        let store = PolicyStore::new(PluginHost::new().expect("host"));
+        let modules = Modules::default();
+        let good = Sources {
+            policies: vec![policy("a", "true"), policy("b", "true")],
+            ..Default::default()
+        };
+        store.update(&good, &modules, true);
+        let unreadable = |name: &str| ObjectErrors {
+            kind: "PhantomPolicy",
+            name: name.into(),
+            errors: vec![CompileError {
+                field: "spec.enforcement".into(),
+                message: "unknown variant `sometimes`".into(),
+                position: None,
+            }],
+        };
+        let now = Sources {
+            policies: vec![policy("b", "true")],
+            unreadable: vec![unreadable("a"), unreadable("never-read")],
+            ..Default::default()
+        };
+        let snapshot = store.update(&now, &modules, true);
+        assert_eq!(
+            snapshot.set.policy_names(),
+            ["a", "b"],
+            "a's last good version"
+        );
+        assert_eq!(snapshot.held_back, ["PhantomPolicy a"]);
+        let reported: Vec<&str> = snapshot.errors.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(reported, ["a", "never-read"]);
+        assert_ne!(
+            now.digest(),
+            Sources {
+                policies: vec![policy("b", "true")],
+                ..Default::default()
+            }
+            .digest(),
+            "an unreadable object changes what is compiled"
+        );
     }
 
     #[test]

@@ -69,6 +69,7 @@ fn set(policies: Vec<PhantomPolicy>) -> PolicySet {
         policies,
         bindings: vec![binding()],
         requirements: vec![],
+        unreadable: Vec::new(),
     };
     let (set, errors) = PolicySet::compile(
         &sources,
@@ -356,6 +357,7 @@ fn attestation_gated_release_needs_matching_evidence() {
         policies: vec![policy(&gated)],
         bindings: vec![binding()],
         requirements: vec![requirement],
+        unreadable: Vec::new(),
     };
     let (set, errors) = PolicySet::compile(
         &sources,
@@ -411,6 +413,7 @@ fn the_sidecars_key_release_set_answers_like_the_policy_set() {
         policies: vec![policy(PAYMENTS), policy(&named), policy(&gated)],
         bindings: vec![binding()],
         requirements: vec![requirement],
+        unreadable: Vec::new(),
     };
     let (set, errors) = PolicySet::compile(
         &sources,

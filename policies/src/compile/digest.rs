@@ -39,5 +39,8 @@ pub(super) fn digest(sources: &Sources) -> String {
             serde_json::to_value(&r.spec).unwrap_or_default(),
         );
     }
+    for u in &sources.unreadable {
+        add(u.kind, u.name.clone(), Value::String(u.to_string()));
+    }
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }
