@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::coalesce::Coalescer;
 use crate::observe::{Observer, Operation, RequestOutcome};
-use crate::secret::{SecretValue, values_of, wipe};
+use crate::secret::{SecretValue, values_of, wipe, wiping_header, wiping_json};
 use crate::tls::TlsSettings;
 use crate::{Error, Result, Source};
 
@@ -220,10 +220,19 @@ impl OpenBaoClient {
             request = request.header("X-Vault-Namespace", namespace);
         }
         if let Some(token) = token {
-            request = request.header("X-Vault-Token", token.expose());
+            let value = wiping_header(token).ok_or_else(|| Error::Malformed {
+                addr: self.addr.clone(),
+                path: path.to_owned(),
+                what: "the session token is not a valid header value".into(),
+                source: None,
+            })?;
+            request = request.header("X-Vault-Token", value);
         }
+        // Bodies carry the ServiceAccount token (login) or secret data (writes): wiped buffers.
         if let Some(body) = body {
-            request = request.json(&body);
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(wiping_json(body));
         }
         let unreachable = |e: reqwest::Error| {
             // reqwest's own message is "error sending request"; the cause is in the chain.

@@ -53,6 +53,45 @@ pub fn wipe(value: &mut serde_json::Value) {
     }
 }
 
+/// `value` as JSON in one exactly sized buffer that is wiped when the last reference to it is
+/// dropped, with `value`'s own strings wiped too: the body of a request or an answer that carries
+/// a secret. Exactly sized because a buffer that grows while it is written frees its earlier,
+/// unwiped copies. What the HTTP stack copies out of it (hyper's write buffer when it flattens,
+/// rustls' records) is out of reach; see the threat model.
+pub fn wiping_json(mut value: serde_json::Value) -> bytes::Bytes {
+    let buffer = exact_json(&value);
+    wipe(&mut value);
+    bytes::Bytes::from_owner(buffer)
+}
+
+fn exact_json(value: &serde_json::Value) -> Zeroizing<Vec<u8>> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    // Serialising a `Value` cannot fail (its keys are strings), so both passes agree.
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    let mut buffer = Zeroizing::new(Vec::with_capacity(count.0));
+    let _ = serde_json::to_writer(&mut *buffer, value);
+    buffer
+}
+
+/// `secret` as an HTTP header value (marked sensitive: kept out of HPACK tables and `Debug`)
+/// over bytes wiped when the last reference drops; `None` when it is not a valid header value.
+pub fn wiping_header(secret: &SecretValue) -> Option<reqwest::header::HeaderValue> {
+    let bytes = bytes::Bytes::from_owner(Zeroizing::new(secret.expose().as_bytes().to_vec()));
+    let mut value = reqwest::header::HeaderValue::from_maybe_shared(bytes).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 /// The keys of a JSON object as [`SecretValue`]s (strings as they are, other values as JSON
 /// text), wiping the parsed copies.
 pub fn values_of(
@@ -73,6 +112,21 @@ pub fn values_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wiping_json_is_written_once_into_an_exact_buffer_and_wipes_its_source() {
+        let value = serde_json::json!({"env": {"DB_PASSWORD": "hunter2 \"quoted\" é"}, "n": 1});
+        let expected = value.to_string();
+        let exact = exact_json(&value);
+        assert_eq!(exact.capacity(), exact.len(), "never reallocated");
+        let bytes = wiping_json(value);
+        assert_eq!(bytes, expected.as_bytes());
+        let header = wiping_header(&SecretValue::new("s.token".into())).expect("a header value");
+        assert!(header.is_sensitive());
+        assert_eq!(header.as_bytes(), b"s.token");
+        assert!(format!("{header:?}").contains("Sensitive"), "{header:?}");
+        assert!(wiping_header(&SecretValue::new("bad\nvalue".into())).is_none());
+    }
 
     #[test]
     fn debug_output_never_shows_the_value() {

@@ -106,10 +106,8 @@ fn typed<K: DeserializeOwned>(
     for object in store.state() {
         match read_as::<K>(&object, kind) {
             Ok(typed) => objects.push(typed),
-            Err(errors) => {
-                tracing::warn!(%kind, name = %errors.name, errors = %errors.to_string().trim_end(), "object does not read as its type: skipped, its last good version stays in force");
-                unreadable.push(errors);
-            }
+            // Logged with the compile errors of the pass that reads it (`keep_compiled`).
+            Err(errors) => unreadable.push(errors),
         }
     }
     objects

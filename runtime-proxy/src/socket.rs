@@ -124,8 +124,11 @@ impl SocketState {
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// Every answer, values or not, goes out of a buffer wiped when hyper is done with it, and the
+/// JSON it was built from is wiped too (the `/v1/env` and `/v1/secrets/<name>` answers copy
+/// values into it).
 fn answer(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
+    let mut r = Response::new(Full::new(phantom_openbao::secret::wiping_json(value)).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
