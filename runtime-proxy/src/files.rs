@@ -41,6 +41,7 @@ pub fn write_atomic(root: &Path, relative: &str, value: &SecretValue, mode: u32)
             .and_then(|n| n.to_str())
             .unwrap_or("secret")
     ));
+    // Left by a sidecar killed mid-write: it may hold part of an older value.
     let _ = std::fs::remove_file(&tmp);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -48,10 +49,24 @@ pub fn write_atomic(root: &Path, relative: &str, value: &SecretValue, mode: u32)
         .mode(mode)
         .open(&tmp)
         .map_err(|e| fail("creating a temporary file for", e))?;
+    // From here on a failure removes the temporary file: a write cut short (the volume full)
+    // must not leave part of a secret behind.
+    let temporary = Temporary(&tmp);
     file.write_all(value.expose().as_bytes())
         .map_err(|e| fail("writing", e))?;
     drop(file);
-    std::fs::rename(&tmp, &path).map_err(|e| fail("replacing", e))
+    std::fs::rename(&tmp, &path).map_err(|e| fail("replacing", e))?;
+    std::mem::forget(temporary);
+    Ok(())
+}
+
+/// Removes the temporary file it names when dropped (forgotten once renamed into place).
+struct Temporary<'a>(&'a Path);
+
+impl Drop for Temporary<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
 }
 
 /// Parses a SecretBinding file mode (`"0400"`, `"400"`), defaulting to 0400.
@@ -114,6 +129,49 @@ mod tests {
             .expect("ls")
             .collect();
         assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file_and_the_old_content() {
+        let dir = tempfile::tempdir().expect("dir");
+        write_atomic(
+            dir.path(),
+            "db/password",
+            &SecretValue::new("v1".into()),
+            0o400,
+        )
+        .expect("write");
+        // The rename fails (a directory holds the place now); the value written so far goes.
+        std::fs::remove_file(dir.path().join("db/password")).expect("rm");
+        std::fs::create_dir_all(dir.path().join("db/password/occupied")).expect("mkdir");
+        let err = write_atomic(
+            dir.path(),
+            "db/password",
+            &SecretValue::new("v2".into()),
+            0o400,
+        )
+        .expect_err("cannot replace a directory");
+        assert!(err.to_string().contains("replacing"), "{err}");
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("db"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["password"], "no .password.tmp left behind");
+        // A temporary file left by a sidecar killed mid-write is replaced, not appended to.
+        std::fs::remove_dir_all(dir.path().join("db/password")).expect("rm");
+        std::fs::write(dir.path().join("db/.password.tmp"), "v1-partial").expect("stale");
+        write_atomic(
+            dir.path(),
+            "db/password",
+            &SecretValue::new("v3".into()),
+            0o400,
+        )
+        .expect("write");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("db/password")).expect("read"),
+            "v3"
+        );
+        assert!(!dir.path().join("db/.password.tmp").exists());
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct ProxyMetrics {
     pub key_release_refusals: Family<PolicyLabels, Counter>,
     /// 1 when `mlockall` succeeded (secret pages never swapped).
     pub memory_locked: Gauge,
+    /// Rounds in which a secret file could not be written (retried within seconds).
+    pub file_write_failures: Counter,
 }
 
 impl Default for ProxyMetrics {
@@ -77,6 +79,7 @@ impl Default for ProxyMetrics {
             last_success_seconds: Gauge::default(),
             key_release_refusals: Family::default(),
             memory_locked: Gauge::default(),
+            file_write_failures: Counter::default(),
         };
         registry.register(
             "openbao_requests",
@@ -113,6 +116,11 @@ impl Default for ProxyMetrics {
             "memory_locked",
             "1 when mlockall succeeded",
             metrics.memory_locked.clone(),
+        );
+        registry.register(
+            "file_write_failures",
+            "Rounds in which a secret file could not be written",
+            metrics.file_write_failures.clone(),
         );
         Self {
             registry,

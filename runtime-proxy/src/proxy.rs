@@ -115,12 +115,15 @@ pub async fn fetch<P: SecretProvider>(
     Ok(contents)
 }
 
-/// Writes every file delivery whose secret changed since `previous`.
+/// Writes every file delivery whose secret changed since `previous` (what is on disk). Every
+/// file is attempted; the first failure is returned, and the caller keeps `previous` as what is on
+/// disk, so the next round writes the failed files again.
 pub fn write_files(
     config: &ProxyConfig,
     contents: &Contents,
     previous: Option<&Contents>,
 ) -> Result<()> {
+    let mut first_failure = None;
     for binding in &config.plan {
         for item in &binding.spec.secrets {
             let Some(current) = contents.secrets.get(&item.name) else {
@@ -138,17 +141,19 @@ pub fn write_files(
                 .filter(|d| d.kind == DeliveryKind::File)
             {
                 let path = delivery.path.as_deref().unwrap_or(&item.name);
-                write_atomic(
-                    &config.secrets_dir,
-                    path,
-                    &current.value,
-                    parse_mode(delivery.mode.as_deref())?,
-                )?;
+                let written = parse_mode(delivery.mode.as_deref())
+                    .and_then(|mode| write_atomic(&config.secrets_dir, path, &current.value, mode));
+                if let Err(e) = written {
+                    first_failure.get_or_insert(e);
+                }
             }
         }
     }
-    Ok(())
+    first_failure.map_or(Ok(()), Err)
 }
+
+/// How soon a round whose files could not all be written is retried (at most the interval).
+pub const FILE_RETRY: Duration = Duration::from_secs(5);
 
 fn refresh_interval(config: &ProxyConfig) -> Duration {
     // Spread renewals of many pods: up to `jitter` percent added, from a per-process random seed.
@@ -278,9 +283,24 @@ pub async fn refresh_loop(
     let mut last_success = Instant::now();
     let mut round: u64 = 0;
     let mut shutdown = std::pin::pin!(shutdown);
+    // What the files hold: `current` unless a write failed, then the contents they were last
+    // written from, so that the failed files count as changed until a round writes them.
+    let mut on_disk = current.clone();
     loop {
+        let interval = refresh_interval(&config);
+        let stale_files = on_disk.secrets.iter().any(|(name, d)| {
+            current
+                .secrets
+                .get(name)
+                .is_some_and(|c| c.version != d.version)
+        });
+        let wait = if stale_files {
+            interval.min(FILE_RETRY)
+        } else {
+            interval
+        };
         tokio::select! {
-            () = tokio::time::sleep(refresh_interval(&config)) => {}
+            () = tokio::time::sleep(wait) => {}
             () = &mut shutdown => {
                 if revoke {
                     provider.revoke().await;
@@ -293,8 +313,12 @@ pub async fn refresh_loop(
         async {
             match fetch(&mut provider, &config, Some(&current)).await {
                 Ok(next) => {
-                    if let Err(e) = write_files(&config, &next, Some(&current)) {
-                        tracing::error!(error = %e, "writing secret files failed");
+                    match write_files(&config, &next, Some(&on_disk)) {
+                        Ok(()) => on_disk = next.clone(),
+                        Err(e) => {
+                            config.metrics.file_write_failures.inc();
+                            tracing::error!(error = %e, retry_in = ?FILE_RETRY.min(refresh_interval(&config)), "writing secret files failed; the next round writes them again");
+                        }
                     }
                     let changed: Vec<&String> = next
                         .secrets
