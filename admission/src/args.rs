@@ -96,6 +96,15 @@ pub struct Args {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "PHANTOM_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,
+    /// Connections to the webhook port served at once; more are closed as they arrive.
+    #[arg(long, env = "PHANTOM_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_connections: u64,
+    /// Memory in bytes that requests in flight may hold (each is charged its body before it is
+    /// read, and what parsing it builds before it is parsed); beyond it requests are answered 503
+    /// at once. Keep it well below the container's memory limit; it must hold one request of
+    /// --max-body-bytes at its densest.
+    #[arg(long, env = "PHANTOM_MAX_INFLIGHT_BYTES", default_value_t = 128 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024 * 1024..=64 * 1024 * 1024 * 1024))]
+    pub max_inflight_bytes: u64,
     /// Seconds in-flight requests get to finish at shutdown.
     #[arg(long, env = "PHANTOM_SHUTDOWN_GRACE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=300))]
     pub shutdown_grace_seconds: u64,
@@ -143,8 +152,21 @@ impl TryFrom<Args> for Settings {
                 Error::Config("PHANTOM_MAX_BODY_BYTES does not fit this platform".into())
             })?,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+            max_connections: usize::try_from(args.max_connections).map_err(|_| {
+                Error::Config("PHANTOM_MAX_CONNECTIONS does not fit this platform".into())
+            })?,
+            max_inflight_bytes: usize::try_from(args.max_inflight_bytes).map_err(|_| {
+                Error::Config("PHANTOM_MAX_INFLIGHT_BYTES does not fit this platform".into())
+            })?,
             ..ServerOptions::default()
         };
+        let largest = crate::budget::largest_charge(settings.server.max_body_bytes);
+        if settings.server.max_inflight_bytes < largest {
+            return Err(Error::Config(format!(
+                "PHANTOM_MAX_INFLIGHT_BYTES (--max-inflight-bytes) is {} but one request of PHANTOM_MAX_BODY_BYTES (--max-body-bytes) {} is charged {largest}; raise the first or lower the second",
+                settings.server.max_inflight_bytes, settings.server.max_body_bytes
+            )));
+        }
         settings.cert_reload_interval = Duration::from_secs(args.tls_reload_seconds);
         settings.inject = InjectConfig {
             proxy_image: args.proxy_image,

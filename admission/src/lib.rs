@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod args;
+pub mod budget;
 pub mod cluster;
 pub mod config;
 pub mod metrics;

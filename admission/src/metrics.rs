@@ -51,6 +51,18 @@ phantom_process::label_enum! {
 }
 
 phantom_process::label_enum! {
+    /// Why a request was turned away before it was read.
+    pub enum Shed {
+        /// `--max-connections` connections were open.
+        Connections => "connections",
+        /// The memory budget of requests in flight (`--max-inflight-bytes`) was spent.
+        Memory => "memory",
+        /// The body did not arrive within the read timeout.
+        SlowBody => "slow-body",
+    }
+}
+
+phantom_process::label_enum! {
     /// How a serving-certificate reload ended.
     pub enum Reload {
         Ok => "ok",
@@ -76,6 +88,11 @@ pub struct ValidationLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub outcome: Reload,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    pub reason: Shed,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,6 +126,8 @@ pub struct Metrics {
     pub policies_held_back: Gauge,
     /// Serving-certificate reloads by outcome (`ok`, `error`).
     pub certificate_reloads: Family<ReloadLabels, Counter>,
+    /// Requests and connections turned away under load, by [`Shed`] reason.
+    pub shed: Family<ShedLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -130,6 +149,7 @@ impl Default for Metrics {
             policy_errors: Gauge::default(),
             policies_held_back: Gauge::default(),
             certificate_reloads: Family::default(),
+            shed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -178,6 +198,11 @@ impl Default for Metrics {
             "Serving certificate reloads by outcome",
             m.certificate_reloads.clone(),
         );
+        registry.register(
+            "shed",
+            "Requests and connections turned away under load, by reason",
+            m.shed.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -188,6 +213,11 @@ impl Metrics {
         self.decisions
             .get_or_create(&DecisionLabels { outcome })
             .inc();
+    }
+
+    /// Counts one request or connection turned away.
+    pub fn shed(&self, reason: Shed) {
+        self.shed.get_or_create(&ShedLabels { reason }).inc();
     }
 
     /// The OpenMetrics text exposition.

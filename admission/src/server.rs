@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::budget::Budget;
+use crate::metrics::Shed;
 use crate::review::{Admitter, Reply};
 use crate::tls::ReloadingCertificate;
 use crate::{Error, Result};
@@ -35,6 +37,12 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// Bound on a TLS handshake, so idle half-open connections cannot pile up.
     pub handshake_timeout: Duration,
+    /// Connections served at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Memory requests in flight may hold ([`crate::budget`]); beyond it they are answered 503.
+    pub max_inflight_bytes: usize,
+    /// Bound on receiving one request body (a slowly trickled body holds its charge).
+    pub body_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -45,6 +53,9 @@ impl Default for ServerOptions {
             max_body_bytes: 8 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            max_connections: 512,
+            max_inflight_bytes: 128 * 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -94,11 +105,29 @@ fn reply(r: Reply) -> Response<Full<Bytes>> {
     )
 }
 
+/// What every request on the webhook port is checked against.
+#[derive(Debug, Clone)]
+struct Limits {
+    max_body: usize,
+    budget: Budget,
+    body_timeout: Duration,
+}
+
+fn overloaded(message: String) -> Response<Full<Bytes>> {
+    let mut response = reply(Reply::error(503, &message));
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    response
+}
+
 async fn webhook(
     admitter: Arc<Admitter>,
-    max_body: usize,
+    limits: Limits,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let max_body = limits.max_body;
     let path = req.uri().path().to_owned();
     // The controller's circuit breaker probes readiness where the API server calls: through the
     // Service, over TLS with the caBundle, so a broken certificate or route counts as down.
@@ -116,7 +145,40 @@ async fn webhook(
     if req.method() != Method::POST {
         return Ok(reply(Reply::error(405, &format!("{path} takes POST"))));
     }
-    let body = match Limited::new(req.into_body(), max_body).collect().await {
+    // Charged before a byte is read: declared too large is refused, and no declared length is
+    // charged as the largest body.
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Ok(reply(Reply::error(
+            413,
+            &format!("the request body exceeds {max_body} bytes"),
+        )));
+    }
+    let Some(mut charge) = limits.budget.try_take(declared.unwrap_or(max_body)) else {
+        admitter.metrics.shed(Shed::Memory);
+        return Ok(overloaded(
+            "phantom-admission is at its memory budget for requests in flight (--max-inflight-bytes); retry in a moment"
+                .into(),
+        ));
+    };
+    let read = tokio::time::timeout(
+        limits.body_timeout,
+        Limited::new(req.into_body(), max_body).collect(),
+    );
+    let Ok(collected) = read.await else {
+        admitter.metrics.shed(Shed::SlowBody);
+        return Ok(reply(Reply::error(
+            408,
+            &format!(
+                "the request body did not arrive within {:?}",
+                limits.body_timeout
+            ),
+        )));
+    };
+    let body = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Ok(reply(Reply::error(
@@ -131,6 +193,27 @@ async fn webhook(
             )));
         }
     };
+    match crate::budget::tree_charge(&body) {
+        Err(too) => {
+            return Ok(reply(Reply::error(
+                413,
+                &format!(
+                    "the request holds {} JSON values, more than the {} any pod needs",
+                    too.values,
+                    crate::budget::MAX_JSON_VALUES
+                ),
+            )));
+        }
+        Ok(tree) => {
+            if limits.budget.try_add(&mut charge, tree).is_none() {
+                admitter.metrics.shed(Shed::Memory);
+                return Ok(overloaded(
+                    "phantom-admission is at its memory budget for requests in flight (--max-inflight-bytes); retry in a moment"
+                        .into(),
+                ));
+            }
+        }
+    }
     let answer = if path == "/mutate" {
         admitter.mutate(&body).await
     } else {
@@ -190,6 +273,12 @@ pub async fn start(
         tokio::spawn(async move {
             let graceful = GracefulShutdown::new();
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connections = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+            let limits = Limits {
+                max_body: options.max_body_bytes,
+                budget: Budget::new(options.max_inflight_bytes),
+                body_timeout: options.body_timeout,
+            };
             loop {
                 let (tcp, peer) = tokio::select! {
                     accepted = webhook_listener.accept() => match accepted {
@@ -202,13 +291,21 @@ pub async fn start(
                     },
                     _ = stopped.changed() => break,
                 };
+                // Closed at once, before the handshake costs anything.
+                let Ok(connection_slot) = connections.clone().try_acquire_owned() else {
+                    admitter.metrics.shed(Shed::Connections);
+                    tracing::debug!(%peer, max = options.max_connections, "connection refused: too many open");
+                    drop(tcp);
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let builder = builder.clone();
                 let admitter = admitter.clone();
                 let watcher = graceful.watcher();
-                let (handshake_timeout, max_body) =
-                    (options.handshake_timeout, options.max_body_bytes);
+                let handshake_timeout = options.handshake_timeout;
+                let limits = limits.clone();
                 tokio::spawn(async move {
+                    let _slot = connection_slot;
                     let tls =
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                             Ok(Ok(tls)) => tls,
@@ -221,7 +318,8 @@ pub async fn start(
                                 return;
                             }
                         };
-                    let service = service_fn(move |req| webhook(admitter.clone(), max_body, req));
+                    let service =
+                        service_fn(move |req| webhook(admitter.clone(), limits.clone(), req));
                     let connection = builder
                         .serve_connection(TokioIo::new(tls), service)
                         .into_owned();

@@ -59,6 +59,10 @@ fn main() {
                 "copies_forgeries_updates_and_debug_containers_cannot_undo_an_injection",
                 injected_pods_stay_as_admission_decided,
             ),
+            Case::new(
+                "overload_is_shed_and_the_real_binary_stays_under_the_charts_memory_limit",
+                overload_is_shed_under_the_memory_limit,
+            ),
         ],
     )
 }
@@ -850,6 +854,153 @@ async fn injected_pods_stay_as_admission_decided(env: Arc<Env>) -> anyhow::Resul
     ensure!(
         metrics.contains("phantom_admission_decisions_total{outcome=\"update-allowed\"}"),
         "{metrics}"
+    );
+    Ok(())
+}
+
+/// The chart's memory limit of phantom-admission (`chart/values.yaml`).
+const CHART_MEMORY_LIMIT_KIB: u64 = 384 * 1024;
+
+/// An AdmissionReview of `bytes` whose pod carries `values` JSON values (the densest a body can
+/// be: two bytes per value) and a string filling the rest.
+fn heavy_review(namespace: &str, bytes: usize, values: usize) -> Vec<u8> {
+    let dense = format!("[{}0]", "0,".repeat(values.saturating_sub(1)));
+    let mut pod = serde_json::to_value(pod("heavy", Some(&["/bin/web"]))).expect("pod");
+    pod["dense"] = json!("");
+    let skeleton = review(namespace, pod.clone()).to_string();
+    let filler = bytes.saturating_sub(skeleton.len() + dense.len() + 16);
+    pod["metadata"]["annotations"] = json!({"filler": "x".repeat(filler)});
+    let text = review(namespace, pod).to_string();
+    text.replace(r#""dense":"""#, &format!(r#""dense":{dense}"#))
+        .into_bytes()
+}
+
+/// The real `phantom-admission` binary under the densest load its port accepts: it sheds what
+/// its budget cannot hold (503), stays alive, and stays under the chart's memory limit.
+async fn overload_is_shed_under_the_memory_limit(env: Arc<Env>) -> anyhow::Result<()> {
+    env.install_crds().await?;
+    let binary = phantom_conformance::bins::built("phantom-admission")?;
+    let dir = tempfile::tempdir()?;
+    let cert = env.ca().serving_cert("phantom-admission", &["localhost"])?;
+    std::fs::write(dir.path().join("tls.crt"), &cert.cert_pem)?;
+    std::fs::write(dir.path().join("tls.key"), &cert.key_pem)?;
+    let (port, health) = (
+        phantom_conformance::free_port()?,
+        phantom_conformance::free_port()?,
+    );
+    let mut child = std::process::Command::new(&binary)
+        .env("KUBECONFIG", env.kubeconfig())
+        .env("PHANTOM_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PHANTOM_HEALTH_LISTEN", format!("127.0.0.1:{health}"))
+        .env("PHANTOM_TLS_CERT", dir.path().join("tls.crt"))
+        .env("PHANTOM_TLS_KEY", dir.path().join("tls.key"))
+        .env("PHANTOM_PUBLISHED_POLICY_SET", "")
+        .env("PHANTOM_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("admission.log"))?)
+        .spawn()
+        .context("starting phantom-admission")?;
+    let pid = child.id();
+    let http = reqwest::Client::new();
+    let ready = phantom_conformance::wait::until(
+        "phantom-admission ready",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        || {
+            let http = http.clone();
+            async move {
+                anyhow::Ok(
+                    http.get(format!("http://127.0.0.1:{health}/readyz"))
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| ()),
+                )
+            }
+        },
+    )
+    .await;
+    if let Err(e) = ready {
+        let _ = child.kill();
+        bail!(
+            "{e}\n{}",
+            std::fs::read_to_string(dir.path().join("admission.log"))?
+        );
+    }
+    let idle_kib = phantom_conformance::bins::status_kib(pid, "VmRSS");
+
+    let ca = reqwest::Certificate::from_pem(env.ca().cert_pem.as_bytes())?;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .timeout(std::time::Duration::from_secs(60))
+        .build()?;
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let max_body = 8 * 1024 * 1024;
+    let bodies = [
+        bytes::Bytes::from(heavy_review("default", max_body - 1024, 190_000)),
+        bytes::Bytes::from(heavy_review("default", max_body - 1024, 1)),
+    ];
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for wave in 0..3 {
+        let requests = (0..48).map(|i| {
+            let (client, url, body) = (client.clone(), url.clone(), bodies[i % 2].clone());
+            async move {
+                client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        });
+        for status in futures::future::join_all(requests).await {
+            *statuses.entry(status).or_default() += 1;
+        }
+        ensure!(
+            child.try_wait()?.is_none(),
+            "phantom-admission died in wave {wave}:\n{}",
+            std::fs::read_to_string(dir.path().join("admission.log"))?
+        );
+    }
+    let peak_kib = phantom_conformance::bins::status_kib(pid, "VmHWM");
+    let small = client
+        .post(&url)
+        .json(&review(
+            "default",
+            serde_json::to_value(pod("after", Some(&["/bin/web"])))?,
+        ))
+        .send()
+        .await?;
+    let small_status = small.status();
+    let metrics = http
+        .get(format!("http://127.0.0.1:{health}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!(
+        "overload: idle {idle_kib} KiB, peak {peak_kib} KiB under 144 requests of 8 MiB; answers {statuses:?}"
+    );
+    ensure!(
+        small_status.is_success(),
+        "a normal review is answered after the load: {small_status}"
+    );
+    ensure!(
+        statuses.get(&503).copied().unwrap_or(0) > 0,
+        "some requests were shed: {statuses:?}"
+    );
+    ensure!(
+        metrics.contains("phantom_admission_shed_total{reason=\"memory\"}"),
+        "{metrics}"
+    );
+    ensure!(
+        peak_kib < CHART_MEMORY_LIMIT_KIB,
+        "peak {peak_kib} KiB reaches the chart's limit of {CHART_MEMORY_LIMIT_KIB} KiB"
     );
     Ok(())
 }

@@ -46,7 +46,8 @@ fn showcase_values() -> serde_json::Value {
             "spkiSha256": ["sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="],
             "caBundle": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
             "cidrs": ["203.0.113.0/24"]
-        }
+        },
+        "networkPolicy": {"webhookFrom": ["198.51.100.0/24"]}
     })
 }
 

@@ -61,9 +61,11 @@ fn a_failed_file_write_is_retried_and_leaves_no_partial_file() {
         .expect("phantom-proxy");
     let file = volume.join("db/password");
     let read = || std::fs::read_to_string(&file).unwrap_or_default();
-    wait_for("the first value on the volume", Duration::from_secs(10), || {
-        read() == "first-value"
-    });
+    wait_for(
+        "the first value on the volume",
+        Duration::from_secs(10),
+        || read() == "first-value",
+    );
 
     // A directory holds the file's place: the next round cannot rename the new value there.
     std::fs::remove_file(&file).expect("rm");
@@ -81,9 +83,11 @@ fn a_failed_file_write_is_retried_and_leaves_no_partial_file() {
 
     // Once the way is clear, a later round writes it, though the value has not changed since.
     std::fs::remove_dir_all(&file).expect("unblock");
-    wait_for("the second value written by a retry", Duration::from_secs(15), || {
-        read() == "second-value"
-    });
+    wait_for(
+        "the second value written by a retry",
+        Duration::from_secs(15),
+        || read() == "second-value",
+    );
     let _ = proxy.kill();
     let _ = proxy.wait();
     assert!(

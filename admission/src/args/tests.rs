@@ -110,3 +110,21 @@ fn the_openbao_ca_file_must_hold_a_certificate() {
     assert!(s.inject.openbao_ca_pem.is_some_and(|p| p.contains("MIIB")));
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[test]
+fn the_inflight_budget_must_hold_one_largest_request() {
+    let s = settings(&[]).expect("defaults");
+    assert_eq!(s.server.max_connections, 512);
+    assert_eq!(s.server.max_inflight_bytes, 128 * 1024 * 1024);
+    let err = settings(&[
+        ("max-body-bytes", &(16 * 1024 * 1024).to_string()),
+        ("max-inflight-bytes", &(64 * 1024 * 1024).to_string()),
+    ])
+    .expect_err("one dense 16 MiB request is charged more than 64 MiB")
+    .to_string();
+    assert!(
+        err.contains("--max-inflight-bytes") && err.contains("--max-body-bytes"),
+        "{err}"
+    );
+    assert!(parse(&[("max-connections", "0")]).is_err());
+}
