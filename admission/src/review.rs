@@ -508,13 +508,21 @@ impl Admitter {
                 "Phantom's policies are not loaded yet (the watches on PhantomPolicy, SecretBinding and AttestationRequirement have not synced); refusing the pod (fail closed). Retry in a moment; if it persists, check that the CRDs are installed and phantom-admission's logs",
             ));
         }
+        // The pool stops the evaluation at the deadline too, so the work ends with the answer.
+        let deadline = Instant::now() + self.evaluation_timeout;
         let decided = tokio::time::timeout(
             self.evaluation_timeout,
-            self.pool.decide(&snapshot.set, input),
+            self.pool.decide(&snapshot.set, input, deadline),
         )
         .await;
         match decided {
             Ok(Ok(decision)) => Ok((snapshot, decision)),
+            Ok(Err(phantom_policies::Error::Deadline { policy })) => {
+                Err(Admission::error(format!(
+                    "Phantom's policy evaluation took longer than {:?} (stopped in PhantomPolicy {policy}); refusing the pod (fail closed)",
+                    self.evaluation_timeout
+                )))
+            }
             Ok(Err(e)) => Err(Admission::error(format!(
                 "Phantom could not evaluate its policies ({e}); refusing the pod (fail closed). Retry; if it persists, see phantom-admission's logs and metrics"
             ))),

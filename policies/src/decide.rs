@@ -101,10 +101,37 @@ pub struct Decision {
     pub policy_digest: String,
 }
 
+/// An evaluation stopped at its deadline, between two expressions or plugins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interrupted {
+    /// The policy that was being evaluated.
+    pub policy: String,
+}
+
 impl PolicySet {
     /// Decides injection for one pod. Pure: no I/O besides running the policies' own CEL and WASM.
     /// Any evaluation failure of an enforced policy refuses the pod (fail closed).
     pub fn decide(&self, input: &AdmissionInput) -> Decision {
+        match self.decide_within(input, None) {
+            Ok(decision) => decision,
+            Err(_) => unreachable!("no deadline, no interruption"),
+        }
+    }
+
+    /// [`decide`](Self::decide) that stops at `deadline`: checked before every match condition,
+    /// rule, canary key and plugin, so the work ends with the answer (within one expression,
+    /// whose cost the compiler bounds, or one plugin, bounded by its own limits).
+    pub fn decide_within(
+        &self,
+        input: &AdmissionInput,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Decision, Interrupted> {
+        let expired = |policy: &str| match deadline {
+            Some(d) if std::time::Instant::now() >= d => Err(Interrupted {
+                policy: policy.to_owned(),
+            }),
+            _ => Ok(()),
+        };
         let mut decision = Decision {
             allowed: true,
             inject: false,
@@ -142,7 +169,7 @@ impl PolicySet {
                     &mut decision,
                     format!("the object is outside what Phantom's policies may evaluate: {e}"),
                 );
-                return decision;
+                return Ok(decision);
             }
         }
         let ctx = match context(&[
@@ -154,7 +181,7 @@ impl PolicySet {
             Ok(ctx) => ctx,
             Err(e) => {
                 refuse(&mut decision, e);
-                return decision;
+                return Ok(decision);
             }
         };
         let namespace = if input.request.namespace.is_empty() {
@@ -191,6 +218,7 @@ impl PolicySet {
                 hints: BTreeMap::new(),
                 declined_by: None,
             };
+            expired(&policy.name)?;
             match match_conditions(policy, &ctx) {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -200,6 +228,7 @@ impl PolicySet {
                     continue;
                 }
             }
+            expired(&policy.name)?;
             if let Some(canary) = &spec.injection.canary {
                 let key = match &policy.canary_key {
                     None => Ok(canary::default_key(&input.object, &namespace)),
@@ -225,11 +254,13 @@ impl PolicySet {
             }
             if outcome.selects_pod() && outcome.denials.is_empty() {
                 for rule in &policy.validations {
+                    expired(&policy.name)?;
                     if let Some(denial) = validate(policy, rule, &ctx) {
                         outcome.denials.push(denial);
                     }
                 }
                 if !policy.plugins.is_empty() {
+                    expired(&policy.name)?;
                     self.run_plugins(policy, plugin_request().as_str(), &mut outcome);
                 }
             }
@@ -237,7 +268,7 @@ impl PolicySet {
         }
 
         self.aggregate(&mut decision, input, &namespace, &pod_labels);
-        decision
+        Ok(decision)
     }
 
     /// The canary key expressions that fail on `input`, as (policy, error) — for

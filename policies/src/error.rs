@@ -13,6 +13,12 @@ pub enum Error {
     #[error("policy evaluation is overloaded: {0}")]
     Overloaded(String),
 
+    /// The evaluation reached its deadline and stopped (its slot is free again).
+    #[error(
+        "policy evaluation reached its deadline while evaluating PhantomPolicy {policy} and stopped"
+    )]
+    Deadline { policy: String },
+
     /// The WASM engine could not start (for example, the host refused its virtual memory reservation).
     #[error(
         "starting the WASM plugin host failed: {0}; check the process's virtual memory limit (ulimit -v)"

@@ -28,7 +28,9 @@ pub mod store;
 
 pub use canary::{bucket as canary_bucket, default_key as default_canary_key};
 pub use compile::{ModuleResolver, Modules, ObjectErrors, PolicySet, Sources};
-pub use decide::{BindingRef, CanaryOutcome, Decision, Denial, MonitoringScope, PolicyOutcome};
+pub use decide::{
+    BindingRef, CanaryOutcome, Decision, Denial, Interrupted, MonitoringScope, PolicyOutcome,
+};
 pub use deliveries::{DeliveryConflict, Source as DeliverySource, check_deliveries, may_collide};
 pub use input::{AdmissionInput, KeyReleaseInput, RequestInfo, UserInfo, key_release_pod_view};
 pub use keyrelease::{KeyReleaseRefusal, KeyReleaseSet};

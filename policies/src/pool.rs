@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -102,34 +102,63 @@ impl DecisionPool {
         self.memo.lock().map(|m| m.hits).unwrap_or(0)
     }
 
-    /// Decides on the blocking pool.
-    pub async fn decide(&self, set: &PolicySet, input: AdmissionInput) -> Result<Decision> {
+    /// Decides on the blocking pool, within `deadline`: the wait for a slot ends there, and so
+    /// does the evaluation (checked between expressions and plugins: see
+    /// [`PolicySet::decide_within`]), which then frees its slot and says where it stopped.
+    pub async fn decide(
+        &self,
+        set: &PolicySet,
+        input: AdmissionInput,
+        deadline: Instant,
+    ) -> Result<Decision> {
         let key = memo_key(set, &input);
         if let Some(found) = key.and_then(|k| self.memo.lock().ok()?.get(&k)) {
             return Ok(found);
         }
-        let permit = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
+        let queue = self
+            .queue_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let permit = tokio::time::timeout(queue, self.slots.clone().acquire_owned())
             .await
             .map_err(|_| {
                 Error::Overloaded(format!(
-                    "all {} evaluation slots stayed busy for {:?}",
-                    self.concurrency, self.queue_timeout
+                    "all {} evaluation slots stayed busy for {queue:?}",
+                    self.concurrency
                 ))
             })?
             .map_err(|_| Error::Overloaded("the evaluation pool is shut down".into()))?;
         let set = set.clone();
-        let decision = tokio::task::spawn_blocking(move || {
+        let decided = tokio::task::spawn_blocking(move || {
             let _slot = permit;
-            set.decide(&input)
+            let decided = set.decide_within(&input, Some(deadline));
+            let late = Instant::now().saturating_duration_since(deadline);
+            match &decided {
+                Err(stopped) => {
+                    tracing::warn!(policy = %stopped.policy, "policy evaluation stopped at its deadline; the pod is refused");
+                }
+                // Past the deadline inside one expression or plugin: the answer went out at the
+                // deadline, the work ended only now.
+                Ok(_) if late > LATE => {
+                    tracing::warn!(?late, "policy evaluation finished after its deadline (one expression or plugin ran long)");
+                }
+                Ok(_) => {}
+            }
+            decided
         })
         .await
         .map_err(|e| Error::Overloaded(format!("the evaluation thread failed: {e}")))?;
+        let decision = decided.map_err(|stopped| Error::Deadline {
+            policy: stopped.policy,
+        })?;
         if let (Some(key), Ok(mut memo)) = (key, self.memo.lock()) {
             memo.insert(key, decision.clone());
         }
         Ok(decision)
     }
 }
+
+/// How far past its deadline an evaluation may finish before that is logged.
+const LATE: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {
@@ -138,6 +167,10 @@ mod tests {
     use super::*;
     use crate::wasm::PluginHost;
     use crate::{Modules, RequestInfo, Sources};
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(30)
+    }
 
     fn input() -> AdmissionInput {
         AdmissionInput {
@@ -156,21 +189,58 @@ mod tests {
         let host = PluginHost::new().expect("host");
         let (set, _) = PolicySet::compile(&Sources::default(), &host, &Modules::default());
         let pool = DecisionPool::new(1, Duration::from_millis(50)).with_memo_capacity(0);
-        let decision = pool.decide(&set, input()).await.expect("decides");
+        let decision = pool.decide(&set, input(), far()).await.expect("decides");
         assert!(decision.allowed && !decision.inject);
 
         // Hold the only slot: the next request is refused after the queue timeout, not queued forever.
         let held = pool.slots.clone().acquire_owned().await.expect("slot");
-        let err = pool.decide(&set, input()).await.expect_err("saturated");
+        let err = pool
+            .decide(&set, input(), far())
+            .await
+            .expect_err("saturated");
         assert!(
             matches!(err, Error::Overloaded(_)) && err.to_string().contains("1 evaluation slots"),
             "{err}"
         );
         drop(held);
         assert!(
-            pool.decide(&set, input()).await.is_ok(),
+            pool.decide(&set, input(), far()).await.is_ok(),
             "the pool recovers once a slot frees up"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_evaluation_past_its_deadline_stops_names_its_policy_and_frees_its_slot() {
+        let host = PluginHost::new().expect("host");
+        let policy: phantom_crds::PhantomPolicy = serde_json::from_value(json!({
+            "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy", "metadata": {"name": "slow"},
+            "spec": {"rules": {"validations": [{"name": "r", "expression": "true"}]}}
+        }))
+        .expect("policy");
+        let (set, _) = PolicySet::compile(
+            &Sources {
+                policies: vec![policy],
+                ..Default::default()
+            },
+            &host,
+            &Modules::default(),
+        );
+        let pool = DecisionPool::new(1, Duration::from_secs(1));
+        let err = pool
+            .decide(&set, input(), Instant::now())
+            .await
+            .expect_err("the deadline has passed");
+        assert!(
+            matches!(&err, Error::Deadline { policy } if policy == "slow"),
+            "{err}"
+        );
+        assert_eq!(
+            pool.slots.available_permits(),
+            1,
+            "the work ended with the answer"
+        );
+        let decision = pool.decide(&set, input(), far()).await.expect("decides");
+        assert!(decision.allowed, "a stopped evaluation is not memoised");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,15 +248,18 @@ mod tests {
         let host = PluginHost::new().expect("host");
         let (empty, _) = PolicySet::compile(&Sources::default(), &host, &Modules::default());
         let pool = DecisionPool::new(1, Duration::from_millis(50)).with_memo_capacity(2);
-        let first = pool.decide(&empty, input()).await.expect("decides");
+        let first = pool.decide(&empty, input(), far()).await.expect("decides");
         // Hold the only slot: a memoised answer needs none.
         let held = pool.slots.clone().acquire_owned().await.expect("slot");
-        assert_eq!(pool.decide(&empty, input()).await.expect("memo"), first);
+        assert_eq!(
+            pool.decide(&empty, input(), far()).await.expect("memo"),
+            first
+        );
         assert_eq!(pool.memo_hits(), 1);
         let mut other = input();
         other.request.dry_run = true;
         assert!(
-            pool.decide(&empty, other).await.is_err(),
+            pool.decide(&empty, other, far()).await.is_err(),
             "another input is evaluated"
         );
         drop(held);
@@ -204,7 +277,7 @@ mod tests {
             &host,
             &Modules::default(),
         );
-        let decision = pool.decide(&strict, input()).await.expect("decides");
+        let decision = pool.decide(&strict, input(), far()).await.expect("decides");
         assert!(
             !decision.allowed,
             "a new policy set is never answered from the old one's memo"
@@ -212,7 +285,9 @@ mod tests {
         for i in 0..5 {
             let mut distinct = input();
             distinct.request.name = format!("p{i}");
-            pool.decide(&strict, distinct).await.expect("decides");
+            pool.decide(&strict, distinct, far())
+                .await
+                .expect("decides");
         }
         assert!(
             pool.memo.lock().expect("memo").entries.len() <= 2,
