@@ -212,8 +212,11 @@ fn notify_applications(config: &ProxyConfig, state: &SocketState, changed: &[&St
             continue;
         }
         for (container, pid) in &applications {
+            let Some(pid) = crate::socket::signallable(Some(*pid)) else {
+                continue;
+            };
             let sent = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid),
+                nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGHUP,
             );
             match sent {

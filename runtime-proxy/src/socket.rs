@@ -141,6 +141,12 @@ fn error(status: StatusCode, message: String) -> Response<Body> {
     answer(status, json!({ "error": message }))
 }
 
+/// A peer pid that may be signalled: the kernel reports 0 for a peer outside this pid namespace
+/// (no `shareProcessNamespace`), and `kill(0, …)` would signal the sidecar's own process group.
+pub fn signallable(pid: Option<i32>) -> Option<i32> {
+    pid.filter(|p| *p > 0)
+}
+
 fn route(state: &SocketState, req: &Request<Incoming>, peer_pid: Option<i32>) -> Response<Body> {
     let contents = state.contents();
     let path = req.uri().path();
@@ -176,7 +182,7 @@ fn route(state: &SocketState, req: &Request<Incoming>, peer_pid: Option<i32>) ->
                     ),
                 );
             };
-            if let (Some(pid), Ok(mut apps)) = (peer_pid, state.applications.lock()) {
+            if let (Some(pid), Ok(mut apps)) = (signallable(peer_pid), state.applications.lock()) {
                 apps.insert(container.to_owned(), pid);
             }
             let mut env = serde_json::Map::new();

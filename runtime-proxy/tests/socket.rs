@@ -131,3 +131,15 @@ async fn a_peer_with_another_uid_is_refused() {
     };
     assert!(refused, "a peer with another uid was served");
 }
+
+#[test]
+fn a_peer_outside_the_pid_namespace_is_never_signalled() {
+    // The kernel reports pid 0 for such a peer; kill(0, SIGHUP) would hit the sidecar itself.
+    assert_eq!(phantom_runtime_proxy::socket::signallable(Some(0)), None);
+    assert_eq!(phantom_runtime_proxy::socket::signallable(Some(-1)), None);
+    assert_eq!(phantom_runtime_proxy::socket::signallable(None), None);
+    assert_eq!(
+        phantom_runtime_proxy::socket::signallable(Some(42)),
+        Some(42)
+    );
+}

@@ -13,17 +13,6 @@ use phantom_runtime_proxy::socket::{SocketState, serve};
 
 /// The uid this process runs as (the application's, by admission's design): the only peer the
 /// socket serves.
-fn own_uid() -> Option<u32> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -71,7 +60,9 @@ async fn main() -> anyhow::Result<()> {
         file_root: settings.dev_file_provider,
         revoke_on_shutdown: settings.revoke_on_shutdown,
     });
-    let state = SocketState::new(own_uid());
+    // The effective uid cannot be unknown (no parsing that could fail and leave every peer
+    // allowed): the socket serves this uid only.
+    let state = SocketState::new(Some(nix::unistd::geteuid().as_raw()));
     let _status = match status_addr {
         Some(addr) => Some(serve_status(addr, metrics.clone(), state.clone())?),
         None => None,
