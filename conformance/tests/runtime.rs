@@ -283,7 +283,7 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
         secrets_dir: dir.join("secrets"),
         socket_path: dir.join("secrets/.phantom/proxy.sock"),
         wrapped_containers: vec!["app".into()],
-        grace: Duration::from_secs(1),
+        grace: Duration::from_secs(30),
         refresh_override: Some(Duration::from_millis(300)),
         ..sidecar(outage.url(), &app.token, ns, plan)?
     });
@@ -317,7 +317,8 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
     let rotated = rotate(&env, path).await?;
     wait_for_file(&file, &rotated).await?;
 
-    // OpenBao unreachable: values still served, degraded after the grace period; back: healthy.
+    // OpenBao unreachable: values still served for the grace period, marked degraded; back:
+    // healthy.
     drop(outage);
     let socket = config.socket_path.clone();
     phantom_conformance::wait::until(
@@ -347,6 +348,46 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
         },
     )
     .await?;
+
+    // OpenBao refuses the pod now (its policy no longer covers the path: 403): withdrawn at once,
+    // without waiting for the grace period — the file is removed, the socket refuses, watchers
+    // hear it. Covered again: delivered again.
+    let bao = env.openbao();
+    bao.put_kv_read_policy(ns, "secret", &["nothing-here/*"])
+        .await?;
+    let withdrawn_at = std::time::Instant::now();
+    phantom_conformance::wait::until(
+        "the refused secret's file removed",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let file = file.clone();
+            async move { anyhow::Ok((!file.exists()).then_some(())) }
+        },
+    )
+    .await?;
+    ensure!(
+        withdrawn_at.elapsed() < config.grace,
+        "a refusal does not wait for the grace period"
+    );
+    let refused =
+        phantom_runtime_proxy::exec::fetch_env(&socket, "app", Duration::from_secs(2)).await;
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("withdrew")),
+        "the socket refuses withdrawn values: {:?}",
+        refused.map(|v| v.len())
+    );
+    bao.put_kv_read_policy(ns, "secret", &[&format!("{ns}/*")])
+        .await?;
+    wait_for_file(&file, &rotated).await?;
+    let again =
+        phantom_runtime_proxy::exec::fetch_env(&socket, "app", Duration::from_secs(5)).await?;
+    ensure!(
+        again["DB_PASSWORD"].expose() == rotated,
+        "delivered again once OpenBao serves the pod"
+    );
     refresher.abort();
 
     // First start with OpenBao unreachable: a clear error naming the address.

@@ -64,6 +64,8 @@ pub struct ProxyMetrics {
     pub memory_locked: Gauge,
     /// Rounds in which a secret file could not be written (retried within seconds).
     pub file_write_failures: Counter,
+    /// Times the pod's secrets were withdrawn (refused, or unreachable beyond the grace period).
+    pub withdrawals: Counter,
 }
 
 impl Default for ProxyMetrics {
@@ -80,6 +82,7 @@ impl Default for ProxyMetrics {
             key_release_refusals: Family::default(),
             memory_locked: Gauge::default(),
             file_write_failures: Counter::default(),
+            withdrawals: Counter::default(),
         };
         registry.register(
             "openbao_requests",
@@ -121,6 +124,11 @@ impl Default for ProxyMetrics {
             "file_write_failures",
             "Rounds in which a secret file could not be written",
             metrics.file_write_failures.clone(),
+        );
+        registry.register(
+            "withdrawals",
+            "Times the pod's secrets were withdrawn from the socket and the volume",
+            metrics.withdrawals.clone(),
         );
         Self {
             registry,
@@ -180,16 +188,18 @@ impl Observer for ProxyMetrics {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` (plain HTTP: nothing secret is on it);
-/// ready once the secrets are delivered and while OpenBao is not unreachable beyond the grace
-/// period.
+/// ready once the secrets are delivered and while OpenBao serves them (not degraded, not
+/// withdrawn).
 pub fn serve_status(
     addr: SocketAddr,
     metrics: Arc<ProxyMetrics>,
     state: Arc<SocketState>,
 ) -> Result<phantom_process::StatusServer> {
     let readiness = move || {
-        if state.is_degraded() {
-            Err("degraded: OpenBao unreachable beyond the grace period\n".to_owned())
+        if let Some(reason) = state.contents().withdrawn.clone() {
+            Err(format!("withdrawn: {reason}\n"))
+        } else if state.is_degraded() {
+            Err("degraded: OpenBao unreachable; the last good values are served for the grace period\n".to_owned())
         } else if !state.is_published() {
             Err("secrets not delivered yet\n".to_owned())
         } else {

@@ -29,8 +29,8 @@ pub trait SecretProvider: Send {
         held: Option<&Delivered>,
     ) -> impl Future<Output = Result<Delivered>> + Send;
 
-    /// Forgets identities after a failed round (the next round logs in again).
-    fn reset(&mut self);
+    /// Revokes and forgets identities after a refused round (the next round logs in again).
+    fn reset(&mut self) -> impl Future<Output = ()> + Send;
 
     /// The pod is stopping: revoke whatever outlives it (tokens, leases).
     fn revoke(&mut self) -> impl Future<Output = ()> + Send;
@@ -56,10 +56,10 @@ impl SecretProvider for Provider {
         }
     }
 
-    fn reset(&mut self) {
+    async fn reset(&mut self) {
         match self {
-            Self::OpenBao(p) => p.reset(),
-            Self::File(p) => p.reset(),
+            Self::OpenBao(p) => p.reset().await,
+            Self::File(p) => p.reset().await,
         }
     }
 

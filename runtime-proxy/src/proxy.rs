@@ -152,6 +152,83 @@ pub fn write_files(
     first_failure.map_or(Ok(()), Err)
 }
 
+/// What a failed round means for what the pod is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Unreachable within the grace period: the last good values are served, marked degraded.
+    Degraded,
+    /// Nothing may be served any more.
+    Withdraw(Withdrawal),
+}
+
+/// Why a pod's secrets are withdrawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// OpenBao refused the pod (403, a refused login: role or policy revoked, lease gone) or a
+    /// key-release condition refuses it now: at once.
+    Refused,
+    /// OpenBao stayed unreachable longer than the grace period.
+    GraceOver,
+}
+
+/// Classifies a failed round (pure): refused is withdrawn now, unreachable after the grace
+/// period.
+pub fn after_failure(error: &Error, failing_for: Duration, grace: Duration) -> Standing {
+    let refused = match error {
+        Error::KeyRelease { .. } => true,
+        Error::OpenBao(e) => e.is_session_refused(),
+        _ => false,
+    };
+    if refused {
+        Standing::Withdraw(Withdrawal::Refused)
+    } else if failing_for > grace {
+        Standing::Withdraw(Withdrawal::GraceOver)
+    } else {
+        Standing::Degraded
+    }
+}
+
+/// Stops serving: the socket answers 503 with the reason and announces every secret removed,
+/// and every secret file is removed. Returns what is served now (nothing).
+fn withdraw(config: &ProxyConfig, state: &SocketState, why: Withdrawal, error: &Error) -> Contents {
+    let reason = match why {
+        Withdrawal::Refused => {
+            format!("OpenBao or a key-release condition refused this pod ({error})")
+        }
+        Withdrawal::GraceOver => format!(
+            "OpenBao has been unreachable for longer than the grace period of {:?} ({error})",
+            config.grace
+        ),
+    };
+    tracing::error!(reason = %reason, "secrets withdrawn: removed from the socket and the volume; delivered again once OpenBao serves this pod");
+    config.metrics.withdrawals.inc();
+    config.metrics.degraded.set(1);
+    for binding in &config.plan {
+        for item in &binding.spec.secrets {
+            for delivery in item
+                .delivery
+                .iter()
+                .filter(|d| d.kind == DeliveryKind::File)
+            {
+                let path = delivery.path.as_deref().unwrap_or(&item.name);
+                if let Ok(file) = crate::files::resolve(&config.secrets_dir, path)
+                    && let Err(e) = std::fs::remove_file(&file)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::error!(file = %file.display(), error = %e, "removing a withdrawn secret file failed");
+                }
+            }
+        }
+    }
+    let withdrawn = Contents {
+        degraded: true,
+        withdrawn: Some(reason),
+        ..Contents::default()
+    };
+    state.publish(withdrawn.clone());
+    withdrawn
+}
+
 /// How soon a round whose files could not all be written is retried (at most the interval).
 pub const FILE_RETRY: Duration = Duration::from_secs(5);
 
@@ -336,6 +413,9 @@ pub async fn refresh_loop(
                         .collect();
                     config.metrics.fetched(next.secrets.len());
                     config.metrics.degraded.set(0);
+                    if current.withdrawn.is_some() {
+                        tracing::info!("OpenBao serves this pod again: its secrets are delivered again");
+                    }
                     if !changed.is_empty() {
                         config.metrics.rotations.inc_by(changed.len() as u64);
                         tracing::info!(secrets = ?changed, "new versions delivered");
@@ -346,19 +426,28 @@ pub async fn refresh_loop(
                     current = next;
                 }
                 Err(e) => {
-                    // OpenBao refusing the session (revoked, expired, role changed): log in afresh next
-                    // time. An outage keeps the sessions: they are still valid, and so are the
-                    // leases of dynamic secrets read with them.
-                    if matches!(&e, Error::OpenBao(e) if e.is_session_refused()) {
-                        provider.reset();
-                    }
                     config.metrics.failed(refusing_policy(&e));
-                    let degraded = last_success.elapsed() > config.grace;
-                    config.metrics.degraded.set(i64::from(degraded));
-                    tracing::warn!(error = %e, degraded, "refresh failed; serving the last good values");
-                    if degraded != current.degraded {
-                        current.degraded = degraded;
-                        state.publish(current.clone());
+                    // OpenBao refusing the session (revoked, expired, role changed): revoke what
+                    // is held and log in afresh next time. An outage keeps the sessions: they are
+                    // still valid, and so are the leases of dynamic secrets read with them.
+                    if matches!(&e, Error::OpenBao(e) if e.is_session_refused()) {
+                        provider.reset().await;
+                    }
+                    match after_failure(&e, last_success.elapsed(), config.grace) {
+                        Standing::Degraded => {
+                            config.metrics.degraded.set(1);
+                            tracing::warn!(error = %e, grace = ?config.grace, "refresh failed; serving the last good values for the grace period");
+                            if !current.degraded {
+                                current.degraded = true;
+                                state.publish(current.clone());
+                            }
+                        }
+                        Standing::Withdraw(why) => {
+                            if current.withdrawn.is_none() {
+                                current = withdraw(&config, &state, why, &e);
+                                on_disk = Contents::default();
+                            }
+                        }
                     }
                 }
             }
@@ -383,6 +472,40 @@ mod tests {
             }
         }]))
         .expect("plan")
+    }
+
+    #[test]
+    fn refused_is_withdrawn_at_once_and_unreachable_after_the_grace_period() {
+        let grace = Duration::from_secs(900);
+        let refused = Error::OpenBao(phantom_openbao::Error::Read {
+            addr: "https://openbao".into(),
+            path: "secret/data/app".into(),
+            status: 403,
+            errors: "permission denied".into(),
+            hint: "",
+        });
+        assert_eq!(
+            after_failure(&refused, Duration::ZERO, grace),
+            Standing::Withdraw(Withdrawal::Refused)
+        );
+        let away = Error::OpenBao(phantom_openbao::Error::Unreachable {
+            addr: "https://openbao".into(),
+            cause: "connection refused".into(),
+            source: None,
+        });
+        assert_eq!(
+            after_failure(&away, Duration::from_secs(10), grace),
+            Standing::Degraded
+        );
+        assert_eq!(
+            after_failure(&away, grace + Duration::from_secs(1), grace),
+            Standing::Withdraw(Withdrawal::GraceOver)
+        );
+        let missing = Error::Delivery("secret file".into());
+        assert_eq!(
+            after_failure(&missing, Duration::ZERO, grace),
+            Standing::Degraded
+        );
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //! | `GET /v1/secrets` | `{"secrets": [{"name", "version"}]}` — names, no values |
 //! | `GET /v1/secrets/<name>` | `{"name", "version", "value"}` |
 //! | `GET /v1/env?container=<c>` | `{"env": {"VAR": "value"}}` for a wrapped container (used by `phantom-exec`) |
-//! | `GET /v1/watch` | newline-delimited JSON events `{"type": "changed", "name", "version"}` |
+//! | `GET /v1/watch` | newline-delimited JSON events `{"type": "changed", "name", "version"}`, `{"type": "removed", "name"}` |
+//!
+//! When Phantom withdraws the pod's secrets (OpenBao refused the pod, a key-release condition
+//! refuses it now, or OpenBao stayed unreachable beyond the grace period), value requests and
+//! `/v1/healthz` answer 503 with the reason, and watchers get a `removed` event per secret.
 //!
 //! Only a peer with the expected uid (SO_PEERCRED) is served: other processes sharing the volume
 //! get their connection closed.
@@ -45,13 +49,16 @@ pub struct Contents {
     pub env: BTreeMap<String, BTreeMap<String, String>>,
     /// Serving the last good values while OpenBao is unreachable.
     pub degraded: bool,
+    /// Why nothing is served any more (no values: a refusal or the end of the grace period).
+    pub withdrawn: Option<String>,
 }
 
 /// Shared state of the socket server.
 #[derive(Debug)]
 pub struct SocketState {
     contents: RwLock<Arc<Contents>>,
-    changes: broadcast::Sender<(String, u64)>,
+    /// Secrets changed (their new version) or removed (`None`).
+    changes: broadcast::Sender<(String, Option<u64>)>,
     allowed_uid: Option<u32>,
     /// PIDs of the processes that fetched a container's environment: `phantom-exec` keeps its
     /// PID when it `exec`s, so these are the applications (SIGHUP rotation notices go here).
@@ -80,10 +87,10 @@ impl SocketState {
             .unwrap_or_default()
     }
 
-    /// Replaces the contents and announces every secret whose version changed.
+    /// Replaces the contents and announces every secret whose version changed or that is gone.
     pub fn publish(&self, next: Contents) {
         let mut current = self.contents.write().unwrap_or_else(|p| p.into_inner());
-        let changed: Vec<(String, u64)> = next
+        let mut changed: Vec<(String, Option<u64>)> = next
             .secrets
             .iter()
             .filter(|(name, d)| {
@@ -92,8 +99,15 @@ impl SocketState {
                     .get(*name)
                     .is_none_or(|old| old.version != d.version)
             })
-            .map(|(name, d)| (name.clone(), d.version))
+            .map(|(name, d)| (name.clone(), Some(d.version)))
             .collect();
+        changed.extend(
+            current
+                .secrets
+                .keys()
+                .filter(|name| !next.secrets.contains_key(*name))
+                .map(|name| (name.clone(), None)),
+        );
         *current = Arc::new(next);
         drop(current);
         self.published
@@ -150,6 +164,20 @@ pub fn signallable(pid: Option<i32>) -> Option<i32> {
 fn route(state: &SocketState, req: &Request<Incoming>, peer_pid: Option<i32>) -> Response<Body> {
     let contents = state.contents();
     let path = req.uri().path();
+    if let Some(reason) = &contents.withdrawn
+        && path != "/v1/watch"
+        && path != "/v1/secrets"
+    {
+        let status = if path == "/v1/healthz" {
+            "withdrawn"
+        } else {
+            "unavailable"
+        };
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": status, "error": format!("Phantom withdrew this pod's secrets: {reason}")}),
+        );
+    }
     match path {
         "/v1/healthz" => {
             let status = if contents.degraded { "degraded" } else { "ok" };
@@ -223,7 +251,10 @@ fn route(state: &SocketState, req: &Request<Incoming>, peer_pid: Option<i32>) ->
 fn watch(state: &SocketState) -> Response<Body> {
     let events = futures::stream::unfold(state.changes.subscribe(), |mut rx| async move {
         let event = match rx.recv().await {
-            Ok((name, version)) => json!({"type": "changed", "name": name, "version": version}),
+            Ok((name, Some(version))) => {
+                json!({"type": "changed", "name": name, "version": version})
+            }
+            Ok((name, None)) => json!({"type": "removed", "name": name}),
             // A slow reader missed events: tell it to re-list rather than dropping silently.
             Err(broadcast::error::RecvError::Lagged(_)) => json!({"type": "resync"}),
             Err(broadcast::error::RecvError::Closed) => return None,

@@ -35,6 +35,7 @@ fn serve_env(socket: &Path, value: String) -> std::thread::JoinHandle<()> {
                     BTreeMap::from([("DB_PASSWORD".to_owned(), "password".to_owned())]),
                 )]),
                 degraded: false,
+                withdrawn: None,
             });
             let server = serve(state, &socket).expect("serve");
             ready_tx.send(()).expect("ready");

@@ -25,6 +25,7 @@ fn contents(version: u64, degraded: bool) -> Contents {
         )]),
         env: BTreeMap::new(),
         degraded,
+        withdrawn: None,
     }
 }
 

@@ -108,7 +108,7 @@ impl SecretProvider for FileProvider {
         })
     }
 
-    fn reset(&mut self) {}
+    async fn reset(&mut self) {}
 
     async fn revoke(&mut self) {}
 }

@@ -49,7 +49,13 @@ async fn session_for(
     let fresh = client
         .login_kubernetes_in(namespace.as_deref(), mount, role, token_path)
         .await?;
-    sessions.insert(key.clone(), fresh.clone());
+    // The session replaced is revoked, not left to its TTL: its token and the leases read with
+    // it end now (the dynamic secrets read with it are read anew with the fresh one this round).
+    if let Some(replaced) = sessions.insert(key.clone(), fresh.clone())
+        && let Err(e) = client.revoke_self(&replaced).await
+    {
+        tracing::debug!(%mount, %role, error = %e, "revoking the replaced OpenBao token failed; it ends at its TTL");
+    }
     Ok(fresh)
 }
 
@@ -115,8 +121,14 @@ impl SecretProvider for OpenBaoProvider {
         }
     }
 
-    fn reset(&mut self) {
-        self.sessions.clear();
+    /// Revokes every session before forgetting it (a refused one fails to revoke, harmlessly):
+    /// none is left valid behind the sidecar's back.
+    async fn reset(&mut self) {
+        for ((_, mount, role), session) in std::mem::take(&mut self.sessions) {
+            if let Err(e) = self.client.revoke_self(&session).await {
+                tracing::debug!(%mount, %role, error = %e, "revoking a dropped OpenBao token failed; it ends at its TTL");
+            }
+        }
     }
 
     /// Revokes every session's token, and with them the leases of dynamic secrets (the pod is
