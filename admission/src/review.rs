@@ -163,6 +163,15 @@ struct Created<'a> {
     user: UserInfo,
 }
 
+/// `policy/rule: message` of each refusal in `decision`.
+fn denial_reasons(decision: &Decision) -> Vec<String> {
+    decision
+        .denials
+        .iter()
+        .map(|d| format!("{}/{}: {}", d.policy, d.rule, d.message))
+        .collect()
+}
+
 fn typed_pod(object: Value) -> Result<Pod, Admission> {
     serde_json::from_value(object)
         .map_err(|e| Admission::error(format!("the object is not a valid pod: {e}")))
@@ -588,11 +597,7 @@ impl Admitter {
         warnings.extend(decision.warnings.iter().take(16).cloned());
         let changed = images.join(", ");
         if !decision.allowed {
-            let reasons: Vec<String> = decision
-                .denials
-                .iter()
-                .map(|d| format!("{}/{}: {}", d.policy, d.rule, d.message))
-                .collect();
+            let reasons = denial_reasons(&decision);
             tracing::info!(%namespace, pod = %req.name, user = %user.username, containers = %changed, "image update denied by policy");
             return Admission::deny(format!(
                 "the new image of container(s) {changed}: {}",
@@ -692,11 +697,7 @@ impl Admitter {
                 },
         } = plan;
         if !decision.allowed {
-            let reasons: Vec<String> = decision
-                .denials
-                .iter()
-                .map(|d| format!("{}/{}: {}", d.policy, d.rule, d.message))
-                .collect();
+            let reasons = denial_reasons(decision);
             tracing::info!(%namespace, pod = %pod_name, %user, policies = %reasons.len(), "pod denied by policy");
             return Admission::deny(reasons.join("; "));
         }

@@ -2,8 +2,8 @@
 //! namespace object and plugin modules.
 
 use kube::ResourceExt;
-use phantom_crds::{AttestationRequirement, BindingPlan, PhantomPolicy, SecretBinding};
-use phantom_policies::{ModuleResolver, PolicySet, Sources, may_collide};
+use phantom_crds::{AttestationRequirement, PhantomPolicy, SecretBinding};
+use phantom_policies::{ModuleResolver, PolicySet, Sources, collisions_in_namespace};
 use serde_json::Value;
 
 use phantom_policies::store::Snapshot;
@@ -86,17 +86,7 @@ pub fn binding(
 /// namespace: a pod both select is refused at admission, so the author hears of it now. A
 /// warning, not a refusal: their selectors may never meet in practice.
 pub fn binding_conflicts(binding: &SecretBinding, snapshot: &Snapshot) -> Vec<String> {
-    let plan = |b: &SecretBinding| BindingPlan {
-        name: b.name_any(),
-        spec: b.spec.clone(),
-    };
-    let this = plan(binding);
-    snapshot
-        .sources
-        .bindings
-        .iter()
-        .filter(|other| other.namespace() == binding.namespace() && other.name_any() != this.name)
-        .filter_map(|other| may_collide(&plan(other), &this))
+    collisions_in_namespace(binding, &snapshot.sources.bindings)
         .map(|conflict| format!("a pod both SecretBindings select will be refused: {conflict}"))
         .collect()
 }

@@ -3,12 +3,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
-use phantom_crds::{
-    AttestationRequirement, BindingPlan, PhantomPolicy, SecretBinding, SecretBindingStatus,
-};
+use phantom_crds::{AttestationRequirement, PhantomPolicy, SecretBinding, SecretBindingStatus};
 use phantom_crds::{CommonStatus, CompileError, condition_types};
 use phantom_policies::store::Snapshot;
-use phantom_policies::{DeliveryConflict, may_collide};
+use phantom_policies::{DeliveryConflict, collisions_in_namespace};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -314,17 +312,7 @@ pub fn unreadable_status(
 
 /// The first collision of `binding` with another SecretBinding in force in its namespace.
 fn first_conflict(binding: &SecretBinding, snapshot: &Snapshot) -> Option<DeliveryConflict> {
-    let plan = |b: &SecretBinding| BindingPlan {
-        name: b.name_any(),
-        spec: b.spec.clone(),
-    };
-    let this = plan(binding);
-    snapshot
-        .sources
-        .bindings
-        .iter()
-        .filter(|other| other.namespace() == binding.namespace() && other.name_any() != this.name)
-        .find_map(|other| may_collide(&plan(other), &this))
+    collisions_in_namespace(binding, &snapshot.sources.bindings).next()
 }
 
 /// Whether two statuses say the same (conditions compared without their times), so an

@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use phantom_crds::{BindingPlan, DeliveryKind, WorkloadSelector};
+use kube::ResourceExt;
+use phantom_crds::{BindingPlan, DeliveryKind, SecretBinding, WorkloadSelector};
 
 /// A binding and one of its secrets, as conflicts name them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +186,25 @@ pub fn may_collide(first: &BindingPlan, second: &BindingPlan) -> Option<Delivery
     check_deliveries(&[first.clone(), second.clone()], &containers)
         .err()
         .map(|conflict| *conflict)
+}
+
+/// The collisions of `binding` with each other SecretBinding of its namespace among `bindings`
+/// (the status reports the first, validation warns about each).
+pub fn collisions_in_namespace<'a>(
+    binding: &'a SecretBinding,
+    bindings: &'a [SecretBinding],
+) -> impl Iterator<Item = DeliveryConflict> + 'a {
+    let plan = |b: &SecretBinding| BindingPlan {
+        name: b.name_any(),
+        spec: b.spec.clone(),
+    };
+    let this = plan(binding);
+    bindings
+        .iter()
+        .filter(move |other| {
+            other.namespace() == binding.namespace() && other.name_any() != binding.name_any()
+        })
+        .filter_map(move |other| may_collide(&plan(other), &this))
 }
 
 fn selectors_disjoint(a: &WorkloadSelector, b: &WorkloadSelector) -> bool {

@@ -31,7 +31,10 @@ pub use compile::{ModuleResolver, Modules, ObjectErrors, PolicySet, Sources};
 pub use decide::{
     BindingRef, CanaryOutcome, Decision, Denial, Interrupted, MonitoringScope, PolicyOutcome,
 };
-pub use deliveries::{DeliveryConflict, Source as DeliverySource, check_deliveries, may_collide};
+pub use deliveries::{
+    DeliveryConflict, Source as DeliverySource, check_deliveries, collisions_in_namespace,
+    may_collide,
+};
 pub use input::{AdmissionInput, KeyReleaseInput, RequestInfo, UserInfo, key_release_pod_view};
 pub use keyrelease::{KeyReleaseRefusal, KeyReleaseSet};
 pub use pool::DecisionPool;
