@@ -1,5 +1,7 @@
 //! Policy engine figures: one CEL rule, one warm plugin call, and `decide` over 1, 20 and 100
-//! policies (the 20-policy set also runs 2 WASM plugins). Prints percentiles; asserts nothing.
+//! policies (the 20-policy set also runs 2 WASM plugins); expressions near the cost budget against
+//! the largest pod the input bounds admit, with their estimate and time per estimated unit.
+//! Prints percentiles; asserts nothing.
 //!
 //! `make plugins && cargo bench -p phantom-policies --bench decide`
 
@@ -35,6 +37,39 @@ fn time(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
             t.elapsed()
         })
         .collect()
+}
+
+/// Expressions near the budget, on a pod at the input bounds: 1,024 containers whose images fill
+/// the 2 MiB of strings. How long a unit of the estimate takes says how pessimistic it is.
+fn worst_cases(limits: &Limits) {
+    let image = "r".repeat(1900);
+    let containers: Vec<Value> = (0..1024)
+        .map(|i| json!({"name": format!("c{i}"), "image": format!("{image}{i}")}))
+        .collect();
+    let object = json!({"spec": {"containers": containers}});
+    phantom_policies::expr::check_input_bounds("object", &object, limits).expect("within bounds");
+    let ctx = context(&[("object", &object)]).expect("context");
+    for source in [
+        "object.spec.containers.all(c, !c.image.contains('zzz'))",
+        "object.spec.containers.all(c, c.image.matches('^r+[0-9]+$'))",
+        "object.spec.containers.map(c, c.image).all(i, i.size() > 0)",
+        "object.spec.containers.filter(c, c.image.endsWith('7')).size() > 0",
+    ] {
+        let e = Expression::compile(source, Scope::Admission, Expect::Bool, limits)
+            .expect("within the budget");
+        let samples = time(50, || drop(e.eval_bool(&ctx)));
+        let estimate = e.estimate();
+        let mut sorted = samples.clone();
+        sorted.sort();
+        let p50 = sorted[sorted.len() / 2];
+        percentiles(&format!("CEL worst case: {} units", estimate.cost), samples);
+        println!(
+            "    {source}\n    estimated {} units, {} KiB; {:.1} ns per unit at p50",
+            estimate.cost,
+            estimate.memory / 1024,
+            p50.as_nanos() as f64 / estimate.cost as f64
+        );
+    }
 }
 
 fn pod() -> Value {
@@ -94,6 +129,7 @@ fn main() {
         "CEL: building the context from the pod",
         time(20_000, || drop(context(&[("object", &object)]))),
     );
+    worst_cases(&limits);
 
     let host = PluginHost::new().expect("host");
     let target = std::env::var_os("CARGO_TARGET_DIR")

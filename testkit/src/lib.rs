@@ -5,6 +5,8 @@
 //! it in memory and compares it with [`check_generated`]; `make generate` runs those tests with
 //! [`GENERATE_ENV`] set, and then they write the files instead of failing.
 
+pub mod alloc;
+
 use std::path::Path;
 use std::process::Command;
 

@@ -1,12 +1,15 @@
 //! CEL expressions: compiled once (syntax, unknown variables, obvious type errors and a static
 //! cost estimate are checked at compile time), evaluated many times against bounded inputs.
 
-mod cost;
+mod bounds;
+pub mod cost;
+mod shape;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-pub use cost::{Limits, check_input_bounds};
+pub use bounds::check_input_bounds;
+pub use cost::{Estimate, Limits, TOUCHED_PER_UNIT};
 use phantom_crds::Position;
 
 /// The variables an expression may use, by where it appears.
@@ -43,14 +46,14 @@ pub struct Expression {
     source: Arc<str>,
     program: Arc<cel::Program>,
     expect: Expect,
-    estimated_cost: u64,
+    estimate: Estimate,
 }
 
 impl std::fmt::Debug for Expression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Expression")
             .field("source", &self.source)
-            .field("estimated_cost", &self.estimated_cost)
+            .field("estimate", &self.estimate)
             .finish()
     }
 }
@@ -112,7 +115,7 @@ impl Expression {
         })?;
         let allowed: BTreeSet<&str> = scope.variables().iter().copied().collect();
         let mut free = BTreeSet::new();
-        cost::free_variables(program.expression(), &mut Vec::new(), &mut free);
+        shape::free_variables(program.expression(), &mut Vec::new(), &mut free);
         let unknown: Vec<&str> = free
             .iter()
             .map(String::as_str)
@@ -127,7 +130,7 @@ impl Expression {
                 position: position_of_identifier(source, first),
             });
         }
-        if let Some(found) = cost::obvious_type(program.expression()) {
+        if let Some(found) = shape::obvious_type(program.expression()) {
             let wanted = match expect {
                 Expect::Bool => "bool",
                 Expect::String => "string",
@@ -141,22 +144,40 @@ impl Expression {
                 });
             }
         }
-        let estimated_cost = cost::estimate(program.expression(), limits);
-        if estimated_cost > limits.per_expression_cost {
+        let whole = || Some(Position { line: 1, column: 1 });
+        let estimate =
+            cost::estimate(program.expression(), limits).map_err(|unpriced| ExpressionError {
+                message: unpriced.0,
+                position: whole(),
+            })?;
+        if estimate.cost > limits.per_expression_cost {
             return Err(ExpressionError {
                 message: format!(
-                    "estimated worst-case cost {estimated_cost} exceeds the per-expression budget of {} \
-                     (each comprehension over an input list counts {} iterations; nest fewer of them)",
-                    limits.per_expression_cost, limits.max_collection_items
+                    "estimated worst-case cost {} exceeds the per-expression budget of {} \
+                     (each comprehension over an input list counts {} iterations, and every \
+                     operation is priced by the size of what it reads; nest fewer \
+                     comprehensions or read less)",
+                    estimate.cost, limits.per_expression_cost, limits.max_collection_items
                 ),
-                position: Some(Position { line: 1, column: 1 }),
+                position: whole(),
+            });
+        }
+        if estimate.memory > limits.per_expression_memory {
+            return Err(ExpressionError {
+                message: format!(
+                    "the values this expression may build take up to {} bytes, more than the \
+                     per-expression budget of {} (`+` on strings and lists adds both sides' \
+                     sizes, so repeated concatenation grows geometrically)",
+                    estimate.memory, limits.per_expression_memory
+                ),
+                position: whole(),
             });
         }
         Ok(Self {
             source: source.into(),
             program: Arc::new(program),
             expect,
-            estimated_cost,
+            estimate,
         })
     }
 
@@ -167,7 +188,12 @@ impl Expression {
 
     /// Worst-case cost for inputs within [`Limits`].
     pub fn estimated_cost(&self) -> u64 {
-        self.estimated_cost
+        self.estimate.cost
+    }
+
+    /// Worst-case cost and memory for inputs within [`Limits`].
+    pub fn estimate(&self) -> Estimate {
+        self.estimate
     }
 
     fn run(&self, ctx: &cel::Context) -> Result<cel::Value, EvalError> {

@@ -149,23 +149,3 @@ fn oversized_inputs_are_refused_naming_the_path() {
     assert!(err.contains("object.spec.containers has 4 items"), "{err}");
     assert!(check_input_bounds("object", &pod(), &limits).is_ok());
 }
-
-#[test]
-#[ignore = "calibration, run by hand"]
-fn calibrate_worst_case() {
-    let containers: Vec<_> = (0..1024)
-        .map(|i| json!({"name": format!("c{i}")}))
-        .collect();
-    let object = json!({"spec": {"containers": containers}});
-    let ctx = context(&[("object", &object)]).expect("context");
-    let e = Expression::compile(
-        "object.spec.containers.all(c, c.name.startsWith('c') && c.name.size() < 10)",
-        Scope::Admission,
-        Expect::Bool,
-        &Limits::default(),
-    )
-    .expect("compiles");
-    let t = std::time::Instant::now();
-    let _ = e.eval_bool(&ctx);
-    println!("estimated {} took {:?}", e.estimated_cost(), t.elapsed());
-}
