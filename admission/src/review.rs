@@ -48,6 +48,8 @@ fn stored_view(pod: &Pod, namespace: &str) -> Value {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 /// An HTTP answer: status code and JSON body.

@@ -14,7 +14,7 @@ fn namespace(name: &str, labels: Value) -> (String, Value) {
     )
 }
 
-fn admitter(synced: bool) -> Admitter {
+pub(super) fn admitter(synced: bool) -> Admitter {
     let store = Arc::new(PolicyStore::new(PluginHost::new().expect("host")));
     let policy: PhantomPolicy = serde_json::from_value(json!({
         "apiVersion": "phantom.dev/v1alpha1", "kind": "PhantomPolicy",
@@ -70,7 +70,7 @@ fn admitter(synced: bool) -> Admitter {
     }
 }
 
-fn review(namespace: &str, image: &str) -> Value {
+pub(super) fn review(namespace: &str, image: &str) -> Value {
     json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {
@@ -86,7 +86,7 @@ fn review(namespace: &str, image: &str) -> Value {
     })
 }
 
-fn response(reply: &Reply) -> Value {
+pub(super) fn response(reply: &Reply) -> Value {
     assert_eq!(
         reply.status,
         200,
@@ -99,7 +99,7 @@ fn response(reply: &Reply) -> Value {
     review["response"].clone()
 }
 
-fn patch_of(response: &Value) -> Vec<Value> {
+pub(super) fn patch_of(response: &Value) -> Vec<Value> {
     let Some(encoded) = response["patch"].as_str() else {
         return Vec::new();
     };
@@ -354,7 +354,12 @@ fn response_blocking(a: &Admitter, body: &Value) -> Value {
     })
 }
 
-fn update(namespace: &str, old: &Value, new: &Value, sub_resource: Option<&str>) -> Value {
+pub(super) fn update(
+    namespace: &str,
+    old: &Value,
+    new: &Value,
+    sub_resource: Option<&str>,
+) -> Value {
     let mut body = review(namespace, "unused");
     let request = &mut body["request"];
     request["operation"] = json!("UPDATE");
@@ -367,7 +372,7 @@ fn update(namespace: &str, old: &Value, new: &Value, sub_resource: Option<&str>)
     body
 }
 
-fn message(response: &Value) -> String {
+pub(super) fn message(response: &Value) -> String {
     response["status"]["message"]
         .as_str()
         .unwrap_or_default()
