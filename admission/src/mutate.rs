@@ -93,7 +93,7 @@ pub fn mutate(
         .filter(|c| targets.contains(&c.name))
     {
         let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
-        mounts.push(mount(SECRETS_VOLUME, SECRETS_DIR));
+        mounts.push(sub_mount(SECRETS_VOLUME, FILES_SUBPATH, SECRETS_DIR));
         let env = c.env.get_or_insert_with(Vec::new);
         env.push(literal("PHANTOM_SECRETS_DIR", SECRETS_DIR));
         run_as_user = run_as_user.or(c.security_context.as_ref().and_then(|s| s.run_as_user));
@@ -112,9 +112,14 @@ pub fn mutate(
         ];
         wrapped.extend(command);
         c.command = Some(wrapped);
-        c.volume_mounts
-            .get_or_insert_with(Vec::new)
-            .push(mount(BIN_VOLUME, BIN_DIR));
+        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        mounts.push(mount(BIN_VOLUME, BIN_DIR));
+        // Its own socket directory only: the socket it reaches is the proof of who it is.
+        mounts.push(sub_mount(
+            SECRETS_VOLUME,
+            &format!("{SOCKETS_SUBPATH}/{}", c.name),
+            SOCKET_DIR,
+        ));
         c.env
             .get_or_insert_with(Vec::new)
             .push(literal("PHANTOM_SOCKET", SOCKET_PATH));
@@ -294,6 +299,13 @@ fn command_from_annotation(
     }
 }
 
+fn sub_mount(volume: &str, sub_path: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        sub_path: Some(sub_path.into()),
+        ..mount(volume, path)
+    }
+}
+
 fn mount(volume: &str, path: &str) -> VolumeMount {
     VolumeMount {
         name: volume.into(),
@@ -445,8 +457,14 @@ fn proxy_container(
         literal("PHANTOM_POLICY_DIGEST", &decision.policy_digest),
         literal("PHANTOM_OPENBAO_ADDR", &config.openbao_address),
         literal("PHANTOM_TOKEN_PATH", &token_path),
-        literal("PHANTOM_SECRETS_DIR", SECRETS_DIR),
-        literal("PHANTOM_SOCKET", SOCKET_PATH),
+        literal(
+            "PHANTOM_SECRETS_DIR",
+            &format!("{VOLUME_DIR}/{FILES_SUBPATH}"),
+        ),
+        literal(
+            "PHANTOM_SOCKETS_DIR",
+            &format!("{VOLUME_DIR}/{SOCKETS_SUBPATH}"),
+        ),
         literal(PLAN_ENV, &plan_json),
     ];
     if let Some(pem) = &config.openbao_ca_pem {
@@ -461,7 +479,7 @@ fn proxy_container(
     let mut mounts = vec![
         VolumeMount {
             read_only: None,
-            ..mount(SECRETS_VOLUME, SECRETS_DIR)
+            ..mount(SECRETS_VOLUME, VOLUME_DIR)
         },
         mount(TOKEN_VOLUME, TOKEN_DIR),
     ];

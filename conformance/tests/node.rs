@@ -95,12 +95,26 @@ fn sha256_hex(text: &str) -> String {
 
 /// Waits until the pod's application log contains `needle`.
 async fn log_shows(env: &Env, ns: &str, pod: &str, needle: &str, what: &str) -> anyhow::Result<()> {
+    log_of(env, ns, pod, "app", needle, what).await
+}
+
+async fn log_of(
+    env: &Env,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    needle: &str,
+    what: &str,
+) -> anyhow::Result<()> {
     wait::until(
-        format!("{what} in {pod}'s application log"),
+        format!("{what} in {pod}'s {container} log"),
         Duration::from_secs(60),
         Duration::from_millis(500),
         || async {
-            let log = env.container_log(ns, pod, "app").await.unwrap_or_default();
+            let log = env
+                .container_log(ns, pod, container)
+                .await
+                .unwrap_or_default();
             Ok::<_, phantom_conformance::Error>(log.contains(needle).then_some(()))
         },
     )
@@ -154,20 +168,27 @@ async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
             "e2e",
             INJECT_LABEL,
             json!({"mode": "sidecar"}),
-            json!([{"kind": "env", "name": "DB_PASSWORD"}, {"kind": "file", "path": "db/password"}]),
+            json!([{"kind": "env", "name": "DB_PASSWORD", "containers": ["app"]}, {"kind": "file", "path": "db/password"}]),
         )
         .await?;
 
     // No pod network on this node: the pod shares the host's, where OpenBao listens on loopback.
     let script = "echo env-sha=$(printf %s \"$DB_PASSWORD\" | sha256sum | cut -d' ' -f1); \
                   while :; do echo file-sha=$(sha256sum < /phantom/secrets/db/password | cut -d' ' -f1); sleep 1; done";
+    // A second wrapped container of the same uid, which the binding gives the file but not the
+    // variable: it sees only its own socket, and that socket will not answer for `app`.
+    let peer = "echo peer-env=${DB_PASSWORD:-none}; echo peer-sockets=$(ls -A /phantom/secrets/.phantom); \
+                /phantom/bin/phantom-exec --container app -- /bin/sh -c 'echo stolen=$DB_PASSWORD' 2>&1 | head -c 400; \
+                echo; echo peer-asked; sleep 3600";
     let deployment: Deployment = serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", "namespace": ns},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
                  "template": {"metadata": {"labels": {"app": "app"}},
                               "spec": {"hostNetwork": true, "serviceAccountName": "app", "terminationGracePeriodSeconds": 1,
                                        "containers": [{"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
-                                                       "command": ["/bin/sh", "-c", script]}]}}}
+                                                       "command": ["/bin/sh", "-c", script]},
+                                                      {"name": "peer", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                                                       "command": ["/bin/sh", "-c", peer]}]}}}
     }))?;
     Api::<Deployment>::namespaced(env.client(), &ns)
         .create(&PostParams::default(), &deployment)
@@ -212,6 +233,27 @@ async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
         "the secret file",
     )
     .await?;
+
+    log_of(
+        &env,
+        &ns,
+        &name,
+        "peer",
+        "peer-asked",
+        "the peer container's attempt",
+    )
+    .await?;
+    let peer_log = env.container_log(&ns, &name, "peer").await?;
+    ensure!(
+        peer_log.contains("peer-env=none")
+            && peer_log.contains("peer-sockets=proxy.sock\n")
+            && peer_log.contains("serves container peer"),
+        "the peer container must get neither the variable nor another container's socket: {peer_log}"
+    );
+    ensure!(
+        !peer_log.contains(value.as_str()) && !peer_log.contains("stolen="),
+        "the peer container read the app's variable: {peer_log}"
+    );
 
     // Rotation in OpenBao reaches the running application's file.
     let rotated = rotate_and_see(&env, &ns, &name, &path, "the rotated secret file").await?;

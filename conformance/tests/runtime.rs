@@ -69,6 +69,7 @@ fn sidecar(
         token_path: token.to_owned(),
         secrets_dir: PathBuf::from("/nonexistent"),
         socket_path: PathBuf::from("/nonexistent/proxy.sock"),
+        sockets_dir: None,
         plan: serde_json::from_value(plan)?,
         wrapped_containers: vec![],
         grace: std::time::Duration::from_secs(60),

@@ -117,10 +117,21 @@ pub mod injected {
     pub const BIN_DIR: &str = "/phantom/bin";
     /// `phantom-exec` inside [`BIN_DIR`].
     pub const EXEC_PATH: &str = "/phantom/bin/phantom-exec";
-    /// Where [`SECRETS_VOLUME`] is mounted.
+    /// Where a target container sees the secret files ([`FILES_SUBPATH`] of [`SECRETS_VOLUME`]).
     pub const SECRETS_DIR: &str = "/phantom/secrets";
-    /// The sidecar's Unix socket, inside the secrets volume (a directory files cannot be named).
+    /// The directory of [`SECRETS_VOLUME`] holding the files, mounted by every target.
+    pub const FILES_SUBPATH: &str = "files";
+    /// The directory of [`SECRETS_VOLUME`] holding one socket directory per wrapped container
+    /// (`sockets/<container>/proxy.sock`); each is mounted into its container alone, so the
+    /// socket a connection arrives on says which container asks.
+    pub const SOCKETS_SUBPATH: &str = "sockets";
+    /// Where a wrapped container sees its own socket directory (inside [`SECRETS_DIR`], a
+    /// directory files cannot be named).
+    pub const SOCKET_DIR: &str = "/phantom/secrets/.phantom";
+    /// A wrapped container's socket, inside [`SOCKET_DIR`].
     pub const SOCKET_PATH: &str = "/phantom/secrets/.phantom/proxy.sock";
+    /// Where the sidecar mounts the whole of [`SECRETS_VOLUME`].
+    pub const VOLUME_DIR: &str = "/phantom/volume";
     /// Where [`TOKEN_VOLUME`] is mounted (the sidecar only).
     pub const TOKEN_DIR: &str = "/var/run/secrets/phantom.dev/serviceaccount";
     /// The OpenBao client certificate (a `kubernetes.io/tls` Secret), for mTLS listeners.

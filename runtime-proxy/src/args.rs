@@ -44,6 +44,10 @@ pub struct Args {
         default_value = "/phantom/secrets/.phantom/proxy.sock"
     )]
     pub socket: PathBuf,
+    /// One socket per wrapped container, `<dir>/<container>/proxy.sock`, each answering only its
+    /// container (admission mounts each directory into its container alone); replaces --socket.
+    #[arg(long, env = "PHANTOM_SOCKETS_DIR")]
+    pub sockets_dir: Option<PathBuf>,
     /// JSON list of the SecretBindings to deliver (written by admission).
     #[arg(long, env = "PHANTOM_PLAN")]
     pub plan: String,
@@ -92,6 +96,7 @@ pub struct Settings {
     pub token_path: PathBuf,
     pub secrets_dir: PathBuf,
     pub socket: PathBuf,
+    pub sockets_dir: Option<PathBuf>,
     pub plan: Vec<BindingPlan>,
     pub wrapped_containers: Vec<String>,
     pub grace: Duration,
@@ -144,6 +149,7 @@ impl TryFrom<Args> for Settings {
             token_path: args.token_path,
             secrets_dir: args.secrets_dir,
             socket: args.socket,
+            sockets_dir: args.sockets_dir,
             plan,
             wrapped_containers,
             grace: Duration::from_secs(args.grace_seconds),

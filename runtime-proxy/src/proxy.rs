@@ -33,6 +33,9 @@ pub struct ProxyConfig {
     /// The memory-backed volume for files.
     pub secrets_dir: PathBuf,
     pub socket_path: PathBuf,
+    /// One socket per wrapped container under this directory (`<dir>/<container>/proxy.sock`),
+    /// instead of the pod-wide `socket_path`.
+    pub sockets_dir: Option<PathBuf>,
     pub plan: Vec<BindingPlan>,
     /// Containers wrapped by `phantom-exec` (env deliveries without `containers` go to all).
     pub wrapped_containers: Vec<String>,
@@ -91,6 +94,15 @@ pub async fn fetch<P: SecretProvider>(
             let held = previous.and_then(|p| p.secrets.get(&item.name));
             let delivered = provider.read(binding, item, held).await?;
             for delivery in &item.delivery {
+                match delivery.kind {
+                    DeliveryKind::Socket => {
+                        contents.socket.insert(item.name.clone());
+                    }
+                    DeliveryKind::File => {
+                        contents.files.insert(item.name.clone());
+                    }
+                    DeliveryKind::Env => {}
+                }
                 if delivery.kind == DeliveryKind::Env {
                     let var = delivery.name.clone().unwrap_or_default();
                     let targets = delivery

@@ -4,18 +4,26 @@
 //! | --- | --- |
 //! | `GET /v1/healthz` | `{"status": "ok" \| "degraded", "secrets": n}` (503 when degraded) |
 //! | `GET /v1/secrets` | `{"secrets": [{"name", "version"}]}` — names, no values |
-//! | `GET /v1/secrets/<name>` | `{"name", "version", "value"}` |
+//! | `GET /v1/secrets/<name>` | `{"name", "version", "value"}` for a secret with a `socket` delivery |
 //! | `GET /v1/env?container=<c>` | `{"env": {"VAR": "value"}}` for a wrapped container (used by `phantom-exec`) |
 //! | `GET /v1/watch` | newline-delimited JSON events `{"type": "changed", "name", "version"}`, `{"type": "removed", "name"}` |
+//!
+//! **Each wrapped container has its own socket** ([`Caller::Container`]): admission mounts only
+//! that container's socket directory into it, so which socket a connection arrived on says which
+//! container is asking, and the answer is what that container's deliveries say: its own
+//! environment (`container=` may name only itself), the secrets delivered over the socket, and
+//! events for those, for files and for its own environment. A secret delivered as environment to
+//! another container is neither served nor listed. [`Caller::Pod`], one socket for every
+//! container, is for development and pods with one wrapped container.
 //!
 //! When Phantom withdraws the pod's secrets (OpenBao refused the pod, a key-release condition
 //! refuses it now, or OpenBao stayed unreachable beyond the grace period), value requests and
 //! `/v1/healthz` answer 503 with the reason, and watchers get a `removed` event per secret.
 //!
-//! Only a peer with the expected uid (SO_PEERCRED) is served: other processes sharing the volume
-//! get their connection closed.
+//! Only a peer with the expected uid (SO_PEERCRED) is served: other processes that can reach a
+//! socket get their connection closed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -47,6 +55,10 @@ pub struct Contents {
     pub secrets: BTreeMap<String, Delivered>,
     /// Per wrapped container: variable name → secret name.
     pub env: BTreeMap<String, BTreeMap<String, String>>,
+    /// Secrets with a `socket` delivery: what `/v1/secrets/<name>` serves.
+    pub socket: BTreeSet<String>,
+    /// Secrets with a `file` delivery (every target reads the files: their events are for all).
+    pub files: BTreeSet<String>,
     /// Serving the last good values while OpenBao is unreachable.
     pub degraded: bool,
     /// Why nothing is served any more (no values: a refusal or the end of the grace period).
@@ -136,6 +148,32 @@ impl SocketState {
     }
 }
 
+/// Who is asking, by the socket the connection arrived on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A wrapped container's own socket, mounted into that container only.
+    Container(String),
+    /// One socket for the whole pod: any container's environment by name, every socket delivery.
+    Pod,
+}
+
+impl Caller {
+    /// Whether this caller may learn about (list, watch) secret `name`.
+    fn may_see(&self, contents: &Contents, name: &str) -> bool {
+        match self {
+            Caller::Pod => true,
+            Caller::Container(container) => {
+                contents.socket.contains(name)
+                    || contents.files.contains(name)
+                    || contents
+                        .env
+                        .get(container)
+                        .is_some_and(|vars| vars.values().any(|s| s == name))
+            }
+        }
+    }
+}
+
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Every answer, values or not, goes out of a buffer wiped when hyper is done with it, and the
@@ -161,7 +199,12 @@ pub fn signallable(pid: Option<i32>) -> Option<i32> {
     pid.filter(|p| *p > 0)
 }
 
-fn route(state: &SocketState, req: &Request<Incoming>, peer_pid: Option<i32>) -> Response<Body> {
+fn route(
+    state: &SocketState,
+    req: &Request<Incoming>,
+    peer_pid: Option<i32>,
+    caller: &Caller,
+) -> Response<Body> {
     let contents = state.contents();
     let path = req.uri().path();
     if let Some(reason) = &contents.withdrawn
@@ -193,14 +236,29 @@ fn route(state: &SocketState, req: &Request<Incoming>, peer_pid: Option<i32>) ->
         }
         "/v1/secrets" => answer(
             StatusCode::OK,
-            json!({"secrets": contents.secrets.iter().map(|(n, d)| json!({"name": n, "version": d.version})).collect::<Vec<_>>()}),
+            json!({"secrets": contents
+                .secrets
+                .iter()
+                .filter(|(n, _)| caller.may_see(&contents, n))
+                .map(|(n, d)| json!({"name": n, "version": d.version}))
+                .collect::<Vec<_>>()}),
         ),
         "/v1/env" => {
-            let container = req
+            let asked = req
                 .uri()
                 .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("container=")))
-                .unwrap_or_default();
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("container=")));
+            let container = match (caller, asked) {
+                (Caller::Pod, asked) => asked.unwrap_or_default(),
+                (Caller::Container(own), None) => own.as_str(),
+                (Caller::Container(own), Some(asked)) if asked == own => own.as_str(),
+                (Caller::Container(own), Some(asked)) => {
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        format!("this socket serves container {own}, not {asked:?}"),
+                    );
+                }
+            };
             let Some(vars) = contents.env.get(container) else {
                 return error(
                     StatusCode::FORBIDDEN,
@@ -230,6 +288,13 @@ fn route(state: &SocketState, req: &Request<Incoming>, peer_pid: Option<i32>) ->
             answer(StatusCode::OK, json!({ "env": env }))
         }
         _ => match path.strip_prefix("/v1/secrets/") {
+            Some(name) if *caller != Caller::Pod && !contents.socket.contains(name) => error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "secret {name:?} is not delivered over the socket in this pod's bindings (a \
+                     `socket` delivery serves it here)"
+                ),
+            ),
             Some(name) => match contents.secrets.get(name) {
                 Some(d) => answer(
                     StatusCode::OK,
@@ -248,19 +313,39 @@ fn route(state: &SocketState, req: &Request<Incoming>, peer_pid: Option<i32>) ->
     }
 }
 
-fn watch(state: &SocketState) -> Response<Body> {
-    let events = futures::stream::unfold(state.changes.subscribe(), |mut rx| async move {
-        let event = match rx.recv().await {
-            Ok((name, Some(version))) => {
-                json!({"type": "changed", "name": name, "version": version})
+fn watch(state: Arc<SocketState>, caller: Caller) -> Response<Body> {
+    let start = (state.changes.subscribe(), state, caller);
+    let events = futures::stream::unfold(start, |(mut rx, state, caller)| async move {
+        let event = loop {
+            match rx.recv().await {
+                Ok((name, version)) => {
+                    // A removed secret is gone from the contents: it was visible if it is not
+                    // another container's environment, which is all a removal can reveal.
+                    let contents = state.contents();
+                    let hidden = match &caller {
+                        Caller::Pod => false,
+                        Caller::Container(_) => {
+                            contents.secrets.contains_key(&name)
+                                && !caller.may_see(&contents, &name)
+                        }
+                    };
+                    if hidden {
+                        continue;
+                    }
+                    break match version {
+                        Some(version) => {
+                            json!({"type": "changed", "name": name, "version": version})
+                        }
+                        None => json!({"type": "removed", "name": name}),
+                    };
+                }
+                // A slow reader missed events: tell it to re-list rather than dropping silently.
+                Err(broadcast::error::RecvError::Lagged(_)) => break json!({"type": "resync"}),
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
-            Ok((name, None)) => json!({"type": "removed", "name": name}),
-            // A slow reader missed events: tell it to re-list rather than dropping silently.
-            Err(broadcast::error::RecvError::Lagged(_)) => json!({"type": "resync"}),
-            Err(broadcast::error::RecvError::Closed) => return None,
         };
         let line = Bytes::from(format!("{event}\n"));
-        Some((Ok::<_, Infallible>(Frame::data(line)), rx))
+        Some((Ok::<_, Infallible>(Frame::data(line)), (rx, state, caller)))
     });
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(events)));
     r.headers_mut().insert(
@@ -270,8 +355,44 @@ fn watch(state: &SocketState) -> Response<Body> {
     r
 }
 
-/// Binds `socket` (replacing a stale one) and serves until the task is dropped.
+/// Binds `socket` (replacing a stale one) for the whole pod ([`Caller::Pod`]) and serves until
+/// the task is dropped.
 pub fn serve(state: Arc<SocketState>, socket: &Path) -> Result<tokio::task::JoinHandle<()>> {
+    serve_as(state, socket, Caller::Pod)
+}
+
+/// Binds one socket per wrapped container, `<dir>/<container>/proxy.sock`, each answering only
+/// its container; serves until the task is dropped.
+pub fn serve_containers(
+    state: Arc<SocketState>,
+    dir: &Path,
+    containers: &[String],
+) -> Result<tokio::task::JoinHandle<()>> {
+    let servers = containers
+        .iter()
+        .map(|c| {
+            serve_as(
+                state.clone(),
+                &dir.join(c).join(CONTAINER_SOCKET),
+                Caller::Container(c.clone()),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(tokio::spawn(async move {
+        // Any one stopping is the server stopping.
+        let _ = futures::future::select_all(servers).await;
+    }))
+}
+
+/// The socket's name in a container's socket directory.
+pub const CONTAINER_SOCKET: &str = "proxy.sock";
+
+/// Binds `socket` (replacing a stale one) for `caller` and serves until the task is dropped.
+pub fn serve_as(
+    state: Arc<SocketState>,
+    socket: &Path,
+    caller: Caller,
+) -> Result<tokio::task::JoinHandle<()>> {
     let fail = |e: std::io::Error| {
         Error::Delivery(format!("binding the socket {}: {e}", socket.display()))
     };
@@ -292,12 +413,13 @@ pub fn serve(state: Arc<SocketState>, socket: &Path) -> Result<tokio::task::Join
                 continue;
             }
             let state = state.clone();
+            let caller = caller.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let response = if req.uri().path() == "/v1/watch" {
-                        watch(&state)
+                        watch(state.clone(), caller.clone())
                     } else {
-                        route(&state, &req, peer_pid)
+                        route(&state, &req, peer_pid, &caller)
                     };
                     async move { Ok::<_, Infallible>(response) }
                 });

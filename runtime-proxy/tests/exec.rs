@@ -34,8 +34,7 @@ fn serve_env(socket: &Path, value: String) -> std::thread::JoinHandle<()> {
                     "app".to_owned(),
                     BTreeMap::from([("DB_PASSWORD".to_owned(), "password".to_owned())]),
                 )]),
-                degraded: false,
-                withdrawn: None,
+                ..Contents::default()
             });
             let server = serve(state, &socket).expect("serve");
             ready_tx.send(()).expect("ready");

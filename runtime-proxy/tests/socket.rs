@@ -1,7 +1,7 @@
 //! The socket API over a real Unix socket: list, get, watch events on a new version, health when
 //! degraded, and the SO_PEERCRED check refusing a peer with another uid.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use phantom_runtime_proxy::SecretValue;
-use phantom_runtime_proxy::socket::{Contents, Delivered, SocketState, serve};
+use phantom_runtime_proxy::socket::{Contents, Delivered, SocketState, serve, serve_containers};
 use serde_json::Value;
 
 fn contents(version: u64, degraded: bool) -> Contents {
@@ -24,6 +24,8 @@ fn contents(version: u64, degraded: bool) -> Contents {
             },
         )]),
         env: BTreeMap::new(),
+        socket: BTreeSet::from(["db".to_owned()]),
+        files: BTreeSet::new(),
         degraded,
         withdrawn: None,
     }
@@ -143,4 +145,86 @@ fn a_peer_outside_the_pid_namespace_is_never_signalled() {
         phantom_runtime_proxy::socket::signallable(Some(42)),
         Some(42)
     );
+}
+
+/// Two wrapped containers, each on its own socket: a container reads its own environment and
+/// the secrets delivered over the socket, never another container's environment.
+#[tokio::test]
+async fn each_containers_socket_answers_what_its_deliveries_say() {
+    let dir = tempfile::tempdir().expect("dir");
+    let state = SocketState::new(None);
+    let secret = |v: &str| Delivered {
+        value: SecretValue::new(v.to_owned()),
+        version: 1,
+        lease: None,
+    };
+    state.publish(Contents {
+        secrets: BTreeMap::from([
+            ("db".to_owned(), secret("db-value")),
+            ("api".to_owned(), secret("api-value")),
+            ("bonly".to_owned(), secret("b-only-value")),
+            ("tls".to_owned(), secret("tls-value")),
+        ]),
+        env: BTreeMap::from([
+            (
+                "a".to_owned(),
+                BTreeMap::from([("API".to_owned(), "api".to_owned())]),
+            ),
+            (
+                "b".to_owned(),
+                BTreeMap::from([("B_ONLY".to_owned(), "bonly".to_owned())]),
+            ),
+        ]),
+        socket: BTreeSet::from(["db".to_owned()]),
+        files: BTreeSet::from(["tls".to_owned()]),
+        degraded: false,
+        withdrawn: None,
+    });
+    let _server =
+        serve_containers(state, dir.path(), &["a".to_owned(), "b".to_owned()]).expect("serve");
+    let a = dir.path().join("a/proxy.sock");
+    let b = dir.path().join("b/proxy.sock");
+
+    let (status, env) = get(&a, "/v1/env?container=a").await;
+    assert_eq!(
+        (status, env["env"]["API"].as_str()),
+        (200, Some("api-value"))
+    );
+    assert!(env["env"].get("B_ONLY").is_none(), "{env}");
+    let (status, _) = get(&a, "/v1/env").await;
+    assert_eq!(status, 200, "the socket knows its container");
+    let (status, refused) = get(&a, "/v1/env?container=b").await;
+    assert_eq!(status, 403, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("serves container a")),
+        "{refused}"
+    );
+    assert!(!refused.to_string().contains("b-only-value"));
+
+    let (status, db) = get(&b, "/v1/secrets/db").await;
+    assert_eq!((status, db["value"].as_str()), (200, Some("db-value")));
+    for name in ["api", "bonly", "tls"] {
+        let (status, refused) = get(&b, &format!("/v1/secrets/{name}")).await;
+        assert_eq!(
+            status, 403,
+            "{name}: only socket deliveries are served: {refused}"
+        );
+        assert!(!refused.to_string().contains("-value"), "{refused}");
+    }
+    let (_, listed) = get(&b, "/v1/secrets").await;
+    let names: Vec<&str> = listed["secrets"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["bonly", "db", "tls"],
+        "not container a's environment"
+    );
+    let (_, env) = get(&b, "/v1/env").await;
+    assert_eq!(env["env"], serde_json::json!({"B_ONLY": "b-only-value"}));
 }

@@ -9,7 +9,7 @@ use phantom_runtime_proxy::Error;
 use phantom_runtime_proxy::args::{Args, Settings};
 use phantom_runtime_proxy::metrics::{ProxyMetrics, serve_status};
 use phantom_runtime_proxy::proxy::{ProxyConfig, refresh_loop, start};
-use phantom_runtime_proxy::socket::{SocketState, serve};
+use phantom_runtime_proxy::socket::{SocketState, serve, serve_containers};
 
 /// The uid this process runs as (the application's, by admission's design): the only peer the
 /// socket serves.
@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         token_path: settings.token_path,
         secrets_dir: settings.secrets_dir,
         socket_path: settings.socket,
+        sockets_dir: settings.sockets_dir,
         plan: settings.plan,
         wrapped_containers: settings.wrapped_containers,
         grace: settings.grace,
@@ -73,7 +74,10 @@ async fn main() -> anyhow::Result<()> {
     if once {
         return Ok(());
     }
-    let server = serve(state.clone(), &config.socket_path)?;
+    let server = match &config.sockets_dir {
+        Some(dir) => serve_containers(state.clone(), dir, &config.wrapped_containers)?,
+        None => serve(state.clone(), &config.socket_path)?,
+    };
     // The kubelet stops the pod with SIGTERM: revoke the tokens (and the leases of dynamic
     // secrets) before exiting. In init-only mode (above) nothing is revoked: the application
     // still needs what was written.
