@@ -149,7 +149,7 @@ pub fn mutate(
     }
     let host_network = spec.host_network == Some(true);
 
-    let init = init_container(config);
+    let init = init_container(config, &targets, run_as_user);
     let mut proxy = proxy_container(decision, plan, key_release, &targets, config, run_as_user)?;
     if config.proxy_status_port != 0 && !host_network {
         add_status_port(&mut proxy, config.proxy_status_port, injection.mode);
@@ -409,22 +409,38 @@ fn hardened(run_as_user: Option<i64>) -> SecurityContext {
     }
 }
 
-fn init_container(config: &InjectConfig) -> Container {
+/// Copies `phantom-exec` into place and lays out the secrets volume (`files/`, one socket
+/// directory per wrapped container) as the sidecar's user, before any other container starts.
+fn init_container(
+    config: &InjectConfig,
+    wrapped: &[String],
+    run_as_user: Option<i64>,
+) -> Container {
+    let mut command = vec![
+        "/phantom-exec".to_owned(),
+        "install".to_owned(),
+        EXEC_PATH.to_owned(),
+        "--volume".to_owned(),
+        VOLUME_DIR.to_owned(),
+    ];
+    command.extend(wrapped.iter().cloned());
     Container {
         name: INIT_CONTAINER.into(),
         image: Some(config.exec_image.clone()),
         image_pull_policy: Some(config.image_pull_policy.clone()),
-        command: Some(vec![
-            "/phantom-exec".into(),
-            "install".into(),
-            EXEC_PATH.into(),
+        command: Some(command),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                read_only: None,
+                ..mount(BIN_VOLUME, BIN_DIR)
+            },
+            VolumeMount {
+                read_only: None,
+                ..mount(SECRETS_VOLUME, VOLUME_DIR)
+            },
         ]),
-        volume_mounts: Some(vec![VolumeMount {
-            read_only: None,
-            ..mount(BIN_VOLUME, BIN_DIR)
-        }]),
         resources: Some(resources("10m", "8Mi", "16Mi")),
-        security_context: Some(hardened(None)),
+        security_context: Some(hardened(run_as_user)),
         ..Default::default()
     }
 }

@@ -177,7 +177,7 @@ async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
                   while :; do echo file-sha=$(sha256sum < /phantom/secrets/db/password | cut -d' ' -f1); sleep 1; done";
     // A second wrapped container of the same uid, which the binding gives the file but not the
     // variable: it sees only its own socket, and that socket will not answer for `app`.
-    let peer = "echo peer-env=${DB_PASSWORD:-none}; echo peer-sockets=$(ls -A /phantom/secrets/.phantom); \
+    let peer = "echo peer-env=${DB_PASSWORD:-none}; echo peer-sockets=$(ls -A /phantom/socket); \
                 /phantom/bin/phantom-exec --container app -- /bin/sh -c 'echo stolen=$DB_PASSWORD' 2>&1 | head -c 400; \
                 echo; echo peer-asked; sleep 3600";
     let deployment: Deployment = serde_json::from_value(json!({

@@ -125,11 +125,10 @@ pub mod injected {
     /// (`sockets/<container>/proxy.sock`); each is mounted into its container alone, so the
     /// socket a connection arrives on says which container asks.
     pub const SOCKETS_SUBPATH: &str = "sockets";
-    /// Where a wrapped container sees its own socket directory (inside [`SECRETS_DIR`], a
-    /// directory files cannot be named).
-    pub const SOCKET_DIR: &str = "/phantom/secrets/.phantom";
+    /// Where a wrapped container sees its own socket directory.
+    pub const SOCKET_DIR: &str = "/phantom/socket";
     /// A wrapped container's socket, inside [`SOCKET_DIR`].
-    pub const SOCKET_PATH: &str = "/phantom/secrets/.phantom/proxy.sock";
+    pub const SOCKET_PATH: &str = "/phantom/socket/proxy.sock";
     /// Where the sidecar mounts the whole of [`SECRETS_VOLUME`].
     pub const VOLUME_DIR: &str = "/phantom/volume";
     /// Where [`TOKEN_VOLUME`] is mounted (the sidecar only).

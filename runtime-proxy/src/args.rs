@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(
         long,
         env = "PHANTOM_SOCKET",
-        default_value = "/phantom/secrets/.phantom/proxy.sock"
+        default_value = "/phantom/socket/proxy.sock"
     )]
     pub socket: PathBuf,
     /// One socket per wrapped container, `<dir>/<container>/proxy.sock`, each answering only its

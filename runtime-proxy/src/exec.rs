@@ -19,8 +19,13 @@ use crate::{Error, Result, SecretValue};
 /// What `phantom-exec` was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invocation {
-    /// `phantom-exec install <dest>`: copy this binary to `dest` (the init container's job).
-    Install { dest: PathBuf },
+    /// `phantom-exec install <dest> [--volume <dir> <container>...]`: copy this binary to `dest`
+    /// and lay out the secrets volume at `dir` for the wrapped containers (the init container's
+    /// job).
+    Install {
+        dest: PathBuf,
+        layout: Option<Layout>,
+    },
     /// `phantom-exec --container <name> -- <argv...>`.
     Run {
         container: String,
@@ -38,10 +43,12 @@ them as environment variables and execs the command (same PID: signals and exit 
 through).
 
 Usage: phantom-exec --container <name> -- <command> [args...]
-       phantom-exec install <dest>      (copy this binary to <dest>; the init container does this)
+       phantom-exec install <dest> [--volume <dir> <container>...]
+                                        (copy this binary to <dest> and lay out the secrets volume
+                                        for the wrapped containers; the init container does this)
 
 Environment:
-  PHANTOM_SOCKET             the sidecar's socket [default: /phantom/secrets/.phantom/proxy.sock]
+  PHANTOM_SOCKET             this container's socket [default: /phantom/socket/proxy.sock]
   PHANTOM_EXEC_WAIT_SECONDS  how long to wait for the sidecar, 1-86400 [default: 120]; once
                              connected it must answer within this or 30 s, whichever is less
 
@@ -53,14 +60,42 @@ Exit codes (before the command runs): 64 bad arguments, 70 the sidecar could not
 ";
 
 pub fn parse(args: Vec<OsString>) -> Result<Invocation> {
-    let usage = "usage: phantom-exec --container <name> -- <command> [args...] | phantom-exec install <dest>";
+    let usage = "usage: phantom-exec --container <name> -- <command> [args...] | phantom-exec install <dest> [--volume <dir> <container>...]";
     let mut args = args.into_iter();
     match args.next().as_ref().and_then(|a| a.to_str()) {
         Some("--help" | "-h") => Ok(Invocation::Help),
-        Some("install") => match (args.next(), args.next()) {
-            (Some(dest), None) => Ok(Invocation::Install { dest: dest.into() }),
-            _ => Err(Error::Delivery(usage.into())),
-        },
+        Some("install") => {
+            let Some(dest) = args.next() else {
+                return Err(Error::Delivery(usage.into()));
+            };
+            let layout = match args.next() {
+                None => None,
+                Some(flag) if flag == "--volume" => {
+                    let volume = args.next().ok_or_else(|| Error::Delivery(usage.into()))?;
+                    let containers = args
+                        .map(|c| {
+                            c.into_string()
+                                .ok()
+                                .filter(|c| is_container_name(c))
+                                .ok_or_else(|| {
+                                    Error::Delivery(
+                                        "container names are DNS labels (a-z, 0-9, -)".into(),
+                                    )
+                                })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Some(Layout {
+                        volume: volume.into(),
+                        containers,
+                    })
+                }
+                Some(_) => return Err(Error::Delivery(usage.into())),
+            };
+            Ok(Invocation::Install {
+                dest: dest.into(),
+                layout,
+            })
+        }
         Some("--container") => {
             let container = args
                 .next()
@@ -102,6 +137,50 @@ pub fn wait_from(value: Option<&str>) -> Result<Duration> {
 /// How long the sidecar may take to answer once connected, at most: it answers from memory.
 /// A shorter wait shortens it too.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The secrets volume as the sidecar and the wrapped containers mount it: `files/` for every
+/// target, `sockets/<container>/` for each wrapped container alone. Made by the init container,
+/// as the sidecar's user, before any other container starts: the kubelet would otherwise create
+/// the subPath directories itself, owned by root, where the sidecar could not bind its sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub volume: PathBuf,
+    pub containers: Vec<String>,
+}
+
+impl Layout {
+    /// Creates the directories (mode 0755: the wrapped containers run as the sidecar's user).
+    pub fn create(&self) -> Result<()> {
+        use phantom_crds::wellknown::injected::{FILES_SUBPATH, SOCKETS_SUBPATH};
+        use std::os::unix::fs::PermissionsExt;
+        let sockets = self.volume.join(SOCKETS_SUBPATH);
+        let dirs = std::iter::once(self.volume.join(FILES_SUBPATH))
+            .chain(std::iter::once(sockets.clone()))
+            .chain(self.containers.iter().map(|c| sockets.join(c)));
+        for dir in dirs {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                })
+                .map_err(|e| {
+                    Error::Delivery(format!(
+                        "laying out the secrets volume: {}: {e}; is it mounted writable?",
+                        dir.display()
+                    ))
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// A Kubernetes container name (an RFC 1123 label): nothing that could leave `sockets/`.
+fn is_container_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
 
 /// Copies the running binary to `dest` (mode 0755) through a temporary file and a rename, so a
 /// half-written wrapper is never executed.
@@ -254,9 +333,22 @@ mod tests {
         assert_eq!(
             parse(os(&["install", "/phantom/bin/phantom-exec"])).expect("install"),
             Invocation::Install {
-                dest: "/phantom/bin/phantom-exec".into()
+                dest: "/phantom/bin/phantom-exec".into(),
+                layout: None,
             }
         );
+        assert_eq!(
+            parse(os(&["install", "/b/x", "--volume", "/v", "app", "log"])).expect("install"),
+            Invocation::Install {
+                dest: "/b/x".into(),
+                layout: Some(Layout {
+                    volume: "/v".into(),
+                    containers: vec!["app".into(), "log".into()],
+                }),
+            }
+        );
+        assert!(parse(os(&["install", "/b/x", "--volume", "/v", "../etc"])).is_err());
+        assert!(parse(os(&["install", "/b/x", "--other"])).is_err());
         for bad in [
             &[][..],
             &["--container", "app"],

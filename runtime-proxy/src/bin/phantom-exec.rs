@@ -22,13 +22,15 @@ fn main() -> ExitCode {
             print!("{}", phantom_runtime_proxy::exec::HELP);
             ExitCode::SUCCESS
         }
-        Invocation::Install { dest } => match install(&dest) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("phantom-exec: {e}");
-                ExitCode::from(70)
+        Invocation::Install { dest, layout } => {
+            match install(&dest).and_then(|()| layout.as_ref().map_or(Ok(()), |l| l.create())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("phantom-exec: {e}");
+                    ExitCode::from(70)
+                }
             }
-        },
+        }
         Invocation::Run { container, argv } => {
             // Before any secret is in this process, and kept across exec: no core file of the
             // application, whose environ holds the secrets, even where suid_dumpable=2 would
@@ -41,7 +43,7 @@ fn main() -> ExitCode {
             }
             let socket = PathBuf::from(
                 std::env::var_os("PHANTOM_SOCKET")
-                    .unwrap_or_else(|| "/phantom/secrets/.phantom/proxy.sock".into()),
+                    .unwrap_or_else(|| phantom_crds::wellknown::injected::SOCKET_PATH.into()),
             );
             let wait = match wait_from(std::env::var("PHANTOM_EXEC_WAIT_SECONDS").ok().as_deref()) {
                 Ok(wait) => wait,
