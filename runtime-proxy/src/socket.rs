@@ -379,6 +379,10 @@ pub fn serve_containers(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(tokio::spawn(async move {
+        if servers.is_empty() {
+            // No wrapped container: no socket to serve (the files are kept fresh regardless).
+            return futures::future::pending().await;
+        }
         // Any one stopping is the server stopping.
         let _ = futures::future::select_all(servers).await;
     }))
