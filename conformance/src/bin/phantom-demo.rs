@@ -614,14 +614,15 @@ async fn dynamic_user(env: &Env, pod: &str) -> anyhow::Result<String> {
     .await
 }
 
-/// Waits until `find` finds what it looks for in the app's log.
+/// Waits until `find` finds what it looks for in the app's log; a timeout says what each of the
+/// pod's containers is doing (waiting why, or how it ended).
 async fn log_find<T>(
     env: &Env,
     pod: &str,
     what: &str,
     find: impl Fn(&str) -> Option<T>,
 ) -> anyhow::Result<T> {
-    Ok(until(
+    let found = until(
         format!("{what} in {pod}'s application log"),
         WAIT,
         Duration::from_millis(250),
@@ -633,5 +634,49 @@ async fn log_find<T>(
             Ok::<_, phantom_conformance::Error>(find(&log))
         },
     )
-    .await?)
+    .await;
+    match found {
+        Ok(found) => Ok(found),
+        Err(e) => {
+            let states = container_states(env, pod).await;
+            Err(anyhow::Error::new(e).context(format!("pod {pod}'s containers: {states}")))
+        }
+    }
+}
+
+/// One line per container of `pod`: running, or waiting/terminated with the kubelet's reason.
+async fn container_states(env: &Env, pod: &str) -> String {
+    let pod = match Api::<Pod>::namespaced(env.client(), APP_NAMESPACE)
+        .get(pod)
+        .await
+    {
+        Ok(pod) => pod,
+        Err(e) => return format!("unknown ({e})"),
+    };
+    let status = pod.status.unwrap_or_default();
+    let statuses = status
+        .init_container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .chain(status.container_statuses.unwrap_or_default());
+    statuses
+        .map(|c| {
+            let state = c.state.unwrap_or_default();
+            let detail = match (state.waiting, state.terminated) {
+                (Some(w), _) => format!(
+                    "waiting: {} {}",
+                    w.reason.unwrap_or_default(),
+                    w.message.unwrap_or_default()
+                ),
+                (None, Some(t)) => format!(
+                    "terminated ({}): {} {}",
+                    t.exit_code,
+                    t.reason.unwrap_or_default(),
+                    t.message.unwrap_or_default()
+                ),
+                (None, None) => "running".to_owned(),
+            };
+            format!("\n  {}: {}", c.name, detail.trim())
+        })
+        .collect()
 }
