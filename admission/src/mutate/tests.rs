@@ -504,3 +504,71 @@ fn openbao_trust_client_certificate_and_status_port_reach_the_sidecar() {
         "no status port on hostNetwork pods"
     );
 }
+
+#[test]
+fn each_wrapped_container_mounts_its_own_socket_directory_and_the_files_only() {
+    let original = web();
+    let patch = mutate(
+        &original,
+        &decision(InjectionMode::Sidecar),
+        &[],
+        None,
+        &InjectConfig::default(),
+    )
+    .expect("injects");
+    let injected = apply(&original, &patch);
+    let spec = injected.spec.expect("spec");
+    for name in ["app", "metrics"] {
+        let c = spec
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .expect("container");
+        let secrets: Vec<(String, Option<String>)> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.name == SECRETS_VOLUME)
+            .map(|m| (m.mount_path.clone(), m.sub_path.clone()))
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                (SECRETS_DIR.to_owned(), Some(FILES_SUBPATH.to_owned())),
+                (
+                    SOCKET_DIR.to_owned(),
+                    Some(format!("{SOCKETS_SUBPATH}/{name}"))
+                ),
+            ],
+            "{name} mounts the files and its own socket directory, nothing else of the volume"
+        );
+    }
+    let proxy = spec
+        .containers
+        .iter()
+        .find(|c| c.name == PROXY_CONTAINER)
+        .expect("sidecar");
+    assert!(
+        proxy
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == SECRETS_VOLUME
+                && m.mount_path == VOLUME_DIR
+                && m.sub_path.is_none()),
+        "the sidecar mounts the whole volume"
+    );
+    let init = &spec.init_containers.as_ref().expect("inits")[0];
+    assert_eq!(init.name, INIT_CONTAINER);
+    let command = init.command.clone().expect("command");
+    assert_eq!(
+        command[command.len() - 4..],
+        ["--volume", VOLUME_DIR, "app", "metrics"].map(String::from),
+        "phantom-init lays out the volume for the wrapped containers"
+    );
+    assert_eq!(
+        init.security_context.as_ref().and_then(|s| s.run_as_user),
+        Some(1000),
+        "as the sidecar's user, so the sidecar may bind its sockets there"
+    );
+}
