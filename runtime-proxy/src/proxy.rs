@@ -101,20 +101,19 @@ pub async fn fetch<P: SecretProvider>(
                     DeliveryKind::File => {
                         contents.files.insert(item.name.clone());
                     }
-                    DeliveryKind::Env => {}
-                }
-                if delivery.kind == DeliveryKind::Env {
-                    let var = delivery.name.clone().unwrap_or_default();
-                    let targets = delivery
-                        .containers
-                        .clone()
-                        .unwrap_or_else(|| config.wrapped_containers.clone());
-                    for container in targets {
-                        contents
-                            .env
-                            .entry(container)
-                            .or_default()
-                            .insert(var.clone(), item.name.clone());
+                    DeliveryKind::Env => {
+                        let var = delivery.name.clone().unwrap_or_default();
+                        let targets = delivery
+                            .containers
+                            .clone()
+                            .unwrap_or_else(|| config.wrapped_containers.clone());
+                        for container in targets {
+                            contents
+                                .env
+                                .entry(container)
+                                .or_default()
+                                .insert(var.clone(), item.name.clone());
+                        }
                     }
                 }
             }

@@ -153,11 +153,19 @@ impl SocketState {
 pub enum Caller {
     /// A wrapped container's own socket, mounted into that container only.
     Container(String),
-    /// One socket for the whole pod: any container's environment by name, every socket delivery.
+    /// One socket for the whole pod: any container's environment by name, every secret.
     Pod,
 }
 
 impl Caller {
+    /// Whether this caller may read secret `name`'s value from `/v1/secrets/<name>`.
+    fn may_read(&self, contents: &Contents, name: &str) -> bool {
+        match self {
+            Caller::Pod => true,
+            Caller::Container(_) => contents.socket.contains(name),
+        }
+    }
+
     /// Whether this caller may learn about (list, watch) secret `name`.
     fn may_see(&self, contents: &Contents, name: &str) -> bool {
         match self {
@@ -288,7 +296,7 @@ fn route(
             answer(StatusCode::OK, json!({ "env": env }))
         }
         _ => match path.strip_prefix("/v1/secrets/") {
-            Some(name) if *caller != Caller::Pod && !contents.socket.contains(name) => error(
+            Some(name) if !caller.may_read(&contents, name) => error(
                 StatusCode::FORBIDDEN,
                 format!(
                     "secret {name:?} is not delivered over the socket in this pod's bindings (a \
@@ -322,14 +330,7 @@ fn watch(state: Arc<SocketState>, caller: Caller) -> Response<Body> {
                     // A removed secret is gone from the contents: it was visible if it is not
                     // another container's environment, which is all a removal can reveal.
                     let contents = state.contents();
-                    let hidden = match &caller {
-                        Caller::Pod => false,
-                        Caller::Container(_) => {
-                            contents.secrets.contains_key(&name)
-                                && !caller.may_see(&contents, &name)
-                        }
-                    };
-                    if hidden {
+                    if contents.secrets.contains_key(&name) && !caller.may_see(&contents, &name) {
                         continue;
                     }
                     break match version {

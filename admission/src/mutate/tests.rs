@@ -64,6 +64,19 @@ fn apply(original: &Pod, patch: &Patch) -> Pod {
     serde_json::from_value(value).expect("a pod")
 }
 
+/// `original` as admission injects it in `mode`, with no binding plan.
+fn injected(original: &Pod, mode: InjectionMode) -> Pod {
+    let patch = mutate(
+        original,
+        &decision(mode),
+        &[],
+        None,
+        &InjectConfig::default(),
+    )
+    .expect("injects");
+    apply(original, &patch)
+}
+
 fn names(containers: &Option<Vec<Container>>) -> Vec<&str> {
     containers
         .iter()
@@ -75,15 +88,7 @@ fn names(containers: &Option<Vec<Container>>) -> Vec<&str> {
 #[test]
 fn sidecar_mode_wraps_every_container_and_adds_the_proxy() {
     let original = web();
-    let patch = mutate(
-        &original,
-        &decision(InjectionMode::Sidecar),
-        &[],
-        None,
-        &InjectConfig::default(),
-    )
-    .expect("injects");
-    let out = apply(&original, &patch);
+    let out = injected(&original, InjectionMode::Sidecar);
     let spec = out.spec.as_ref().expect("spec");
     assert_eq!(
         names(&Some(spec.containers.clone())),
@@ -161,17 +166,7 @@ fn sidecar_mode_wraps_every_container_and_adds_the_proxy() {
 #[test]
 fn native_sidecar_and_init_only_place_the_proxy_among_init_containers() {
     let original = web();
-    let native = apply(
-        &original,
-        &mutate(
-            &original,
-            &decision(InjectionMode::NativeSidecar),
-            &[],
-            None,
-            &InjectConfig::default(),
-        )
-        .expect("native"),
-    );
+    let native = injected(&original, InjectionMode::NativeSidecar);
     let spec = native.spec.expect("spec");
     assert_eq!(
         names(&spec.init_containers),
@@ -185,17 +180,7 @@ fn native_sidecar_and_init_only_place_the_proxy_among_init_containers() {
     );
     assert_eq!(names(&Some(spec.containers)), ["app", "metrics"]);
 
-    let once = apply(
-        &original,
-        &mutate(
-            &original,
-            &decision(InjectionMode::InitOnly),
-            &[],
-            None,
-            &InjectConfig::default(),
-        )
-        .expect("init-only"),
-    );
+    let once = injected(&original, InjectionMode::InitOnly);
     let spec = once.spec.expect("spec");
     let inits = spec.init_containers.expect("inits");
     assert_eq!(names(&Some(inits.clone())), [PROXY_CONTAINER]);
@@ -507,17 +492,7 @@ fn openbao_trust_client_certificate_and_status_port_reach_the_sidecar() {
 
 #[test]
 fn each_wrapped_container_mounts_its_own_socket_directory_and_the_files_only() {
-    let original = web();
-    let patch = mutate(
-        &original,
-        &decision(InjectionMode::Sidecar),
-        &[],
-        None,
-        &InjectConfig::default(),
-    )
-    .expect("injects");
-    let injected = apply(&original, &patch);
-    let spec = injected.spec.expect("spec");
+    let spec = injected(&web(), InjectionMode::Sidecar).spec.expect("spec");
     for name in ["app", "metrics"] {
         let c = spec
             .containers
