@@ -13,6 +13,7 @@ use crate::Result;
 use crate::config::{InjectConfig, Selection};
 use crate::metrics::Metrics;
 use crate::review::Admitter;
+use crate::seal::ReloadingSealKey;
 use crate::server::{Running, ServerOptions};
 use crate::tls::ReloadingCertificate;
 use crate::watch::Watches;
@@ -24,6 +25,8 @@ pub struct Settings {
     pub server: ServerOptions,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    /// The decision-seal key file (`decision.key` of the serving certificate's Secret).
+    pub seal_key_path: PathBuf,
     /// How often the certificate files are checked for changes.
     pub cert_reload_interval: Duration,
     pub inject: InjectConfig,
@@ -40,12 +43,13 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Defaults with the given serving certificate.
-    pub fn new(cert_path: PathBuf, key_path: PathBuf) -> Self {
+    /// Defaults with the given serving certificate and decision-seal key.
+    pub fn new(cert_path: PathBuf, key_path: PathBuf, seal_key_path: PathBuf) -> Self {
         Self {
             server: ServerOptions::default(),
             cert_path,
             key_path,
+            seal_key_path,
             cert_reload_interval: Duration::from_secs(5),
             inject: InjectConfig::default(),
             selection: Selection::default(),
@@ -64,12 +68,14 @@ pub struct Launched {
     pub admitter: Arc<Admitter>,
     _watches: Watches,
     _cert_watch: tokio::task::JoinHandle<()>,
+    _seal_key_watch: tokio::task::JoinHandle<()>,
 }
 
 impl Launched {
     /// Graceful shutdown: stop accepting, finish in-flight reviews, stop the watches.
     pub async fn shutdown(self) {
         self._cert_watch.abort();
+        self._seal_key_watch.abort();
         self.server.shutdown().await;
     }
 }
@@ -77,6 +83,7 @@ impl Launched {
 /// Starts watches, the policy store and both listeners.
 pub async fn launch(client: Client, settings: Settings) -> Result<Launched> {
     let certificate = ReloadingCertificate::load(&settings.cert_path, &settings.key_path)?;
+    let seal_key = ReloadingSealKey::load(&settings.seal_key_path)?;
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(PolicyStore::new(PluginHost::new()?));
     if let Some((namespace, name)) = &settings.published_set {
@@ -102,15 +109,18 @@ pub async fn launch(client: Client, settings: Settings) -> Result<Launched> {
         selection: settings.selection,
         metrics: metrics.clone(),
         evaluation_timeout: settings.evaluation_timeout,
+        seal_key: seal_key.clone(),
     });
     let cert_watch = certificate
         .clone()
-        .watch(settings.cert_reload_interval, metrics);
+        .watch(settings.cert_reload_interval, metrics.clone());
+    let seal_key_watch = seal_key.watch(settings.cert_reload_interval, metrics);
     let server = crate::server::start(admitter.clone(), certificate, settings.server).await?;
     Ok(Launched {
         server,
         admitter,
         _watches: watches,
         _cert_watch: cert_watch,
+        _seal_key_watch: seal_key_watch,
     })
 }

@@ -30,7 +30,11 @@ pub struct Args {
     /// PEM private key of the serving certificate; re-read when it changes.
     #[arg(long, env = "PHANTOM_TLS_KEY")]
     pub tls_key: PathBuf,
-    /// Seconds between checks of the certificate files.
+    /// The key decision records are sealed with (`decision.key` of the serving certificate's
+    /// Secret, which phantom-controller writes); re-read when it changes.
+    #[arg(long, env = "PHANTOM_DECISION_KEY")]
+    pub decision_key: PathBuf,
+    /// Seconds between checks of the certificate and decision-key files.
     #[arg(long, env = "PHANTOM_TLS_RELOAD_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub tls_reload_seconds: u64,
     /// Image of the sidecar (entrypoint /phantom-proxy).
@@ -144,7 +148,7 @@ impl TryFrom<Args> for Settings {
 
     /// The settings the flags describe; reads the OpenBao CA file (the one input that is a file).
     fn try_from(args: Args) -> Result<Self> {
-        let mut settings = Settings::new(args.tls_cert, args.tls_key);
+        let mut settings = Settings::new(args.tls_cert, args.tls_key, args.decision_key);
         settings.server = ServerOptions {
             listen: args.listen,
             health_listen: args.health_listen,

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mutate;
 pub mod reserved;
 pub mod review;
+pub mod seal;
 pub mod server;
 pub mod tls;
 pub mod update;
@@ -56,6 +57,18 @@ pub enum Error {
     /// The policy engine could not start.
     #[error("policy engine: {0}")]
     Policies(#[from] phantom_policies::Error),
+    /// The decision-seal key file could not be read.
+    #[error(
+        "reading the decision-seal key {path} (--decision-key): {source}; it is the decision.key entry of the serving certificate's Secret that phantom-controller writes (mount that Secret, or point --decision-key at the controller's --cert-dir)"
+    )]
+    SealKeyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The decision-seal key is malformed, or no seal could be made.
+    #[error(transparent)]
+    Seal(#[from] phantom_seal::Error),
     /// The pod cannot be injected as it stands; the message says what to change.
     #[error("{0}")]
     Inject(String),

@@ -63,7 +63,7 @@ phantom_process::label_enum! {
 }
 
 phantom_process::label_enum! {
-    /// How a serving-certificate reload ended.
+    /// How a reload of the serving certificate or the seal key ended.
     pub enum Reload {
         Ok => "ok",
         Error => "error",
@@ -126,6 +126,8 @@ pub struct Metrics {
     pub policies_held_back: Gauge,
     /// Serving-certificate reloads by outcome (`ok`, `error`).
     pub certificate_reloads: Family<ReloadLabels, Counter>,
+    /// Decision-seal key reloads by outcome (`ok`, `error`).
+    pub seal_key_reloads: Family<ReloadLabels, Counter>,
     /// Requests and connections turned away under load, by [`Shed`] reason.
     pub shed: Family<ShedLabels, Counter>,
 }
@@ -149,6 +151,7 @@ impl Default for Metrics {
             policy_errors: Gauge::default(),
             policies_held_back: Gauge::default(),
             certificate_reloads: Family::default(),
+            seal_key_reloads: Family::default(),
             shed: Family::default(),
             registry: Registry::default(),
         };
@@ -197,6 +200,11 @@ impl Default for Metrics {
             "certificate_reloads",
             "Serving certificate reloads by outcome",
             m.certificate_reloads.clone(),
+        );
+        registry.register(
+            "seal_key_reloads",
+            "Decision-seal key reloads by outcome",
+            m.seal_key_reloads.clone(),
         );
         registry.register(
             "shed",

@@ -1,4 +1,5 @@
-//! `mutate(&Pod, &Decision, &InjectConfig) -> JSON Patch`: the pod spec changes of an injection.
+//! `mutate(&Pod, &Decision, &InjectConfig, &Sealing) -> JSON Patch`: the pod spec changes of an
+//! injection, and the sealed record of the decision.
 //! Pure: knows nothing about HTTP or the API server, so every rule is unit-tested here and the
 //! conformance suite checks the same rules on pods stored by a real API server.
 //!
@@ -30,6 +31,7 @@ use serde_json::json;
 use crate::config::{InjectConfig, resources};
 use crate::metrics::Outcome;
 use crate::reserved;
+use crate::seal::Sealing;
 use crate::{Error, Result};
 
 #[cfg(test)]
@@ -63,6 +65,7 @@ pub fn mutate(
     plan: &[BindingPlan],
     key_release: Option<&KeyReleasePlan>,
     config: &InjectConfig,
+    sealing: &Sealing,
 ) -> Result<Patch> {
     if let Some(reserved) = reserved::find(pod) {
         return Err(Error::Inject(reserved.to_string()));
@@ -181,17 +184,24 @@ pub fn mutate(
         .annotations
         .get_or_insert_with(BTreeMap::new)
         .extend(recorded);
+    sealing.seal(&mut out)?;
     Ok(diff(pod, &out))
 }
 
-/// A patch adding `annotations` to the pod (decisions that do not inject are recorded too).
-pub fn annotate(pod: &Pod, annotations: BTreeMap<String, String>) -> Patch {
+/// A patch adding `annotations` to the pod and sealing them (decisions that do not inject are
+/// recorded too).
+pub fn annotate(
+    pod: &Pod,
+    annotations: BTreeMap<String, String>,
+    sealing: &Sealing,
+) -> Result<Patch> {
     let mut out = pod.clone();
     out.metadata
         .annotations
         .get_or_insert_with(BTreeMap::new)
         .extend(annotations);
-    diff(pod, &out)
+    sealing.seal(&mut out)?;
+    Ok(diff(pod, &out))
 }
 
 /// The annotations recording `decision`: the outcome, the deciding policy and mode, the policy

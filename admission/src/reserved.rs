@@ -10,23 +10,21 @@
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, VolumeMount};
 use phantom_crds::wellknown::injected::*;
-use phantom_crds::wellknown::{
-    BINDINGS_ANNOTATION, CANARY_ANNOTATION, DECISION_ANNOTATION, INJECTED_ANNOTATION,
-    OVERRIDE_ANNOTATION, POLICY_DIGEST_ANNOTATION,
-};
+use phantom_crds::wellknown::{DECISION_RECORD, SEAL_ANNOTATION};
 use phantom_crds::{KEY_RELEASE_ENV, PLAN_ENV};
 
 #[cfg(test)]
 mod tests;
 
-/// Annotations only admission writes: what it decided and why.
-pub const ANNOTATIONS: [&str; 6] = [
-    INJECTED_ANNOTATION,
-    DECISION_ANNOTATION,
-    POLICY_DIGEST_ANNOTATION,
-    BINDINGS_ANNOTATION,
-    CANARY_ANNOTATION,
-    OVERRIDE_ANNOTATION,
+/// Annotations only admission writes: what it decided and why, and the seal over that record.
+pub const ANNOTATIONS: [&str; 7] = [
+    DECISION_RECORD[0],
+    DECISION_RECORD[1],
+    DECISION_RECORD[2],
+    DECISION_RECORD[3],
+    DECISION_RECORD[4],
+    DECISION_RECORD[5],
+    SEAL_ANNOTATION,
 ];
 
 /// Containers admission adds.

@@ -28,6 +28,7 @@ use crate::metrics::{
 };
 use crate::mutate::{annotate, decision_annotations, is_injected, mutate};
 use crate::reserved;
+use crate::seal::{ReloadingSealKey, Sealing};
 use crate::update::{self, Change};
 use crate::{Error, validate};
 use phantom_policies::store::{PolicyStore, Snapshot};
@@ -80,6 +81,8 @@ pub struct Admitter {
     pub metrics: Arc<Metrics>,
     /// Budget of one policy evaluation (queueing included); beyond it the pod is refused.
     pub evaluation_timeout: Duration,
+    /// The key every decision record is sealed with.
+    pub seal_key: Arc<ReloadingSealKey>,
 }
 
 enum Verdict {
@@ -703,6 +706,7 @@ impl Admitter {
             tracing::info!(%namespace, pod = %pod_name, %user, policies = %reasons.len(), "pod denied by policy");
             return Admission::deny(reasons.join("; "));
         }
+        let sealing = Sealing::now(self.seal_key.current(), namespace, dry_run);
         if !decision.inject {
             let outcome = if decision
                 .matched
@@ -713,10 +717,21 @@ impl Admitter {
             } else {
                 Outcome::NotInjected
             };
-            let patch = annotate(pod, decision_annotations(decision, outcome));
-            return Admission::patched(outcome, Some(patch), BTreeMap::new());
+            return match annotate(pod, decision_annotations(decision, outcome), &sealing) {
+                Ok(patch) => Admission::patched(outcome, Some(patch), BTreeMap::new()),
+                Err(e) => Admission::error(format!(
+                    "Phantom could not record its decision on the pod ({e}); refusing (fail closed)"
+                )),
+            };
         }
-        match mutate(pod, decision, &bindings, key_release.as_ref(), &self.inject) {
+        match mutate(
+            pod,
+            decision,
+            &bindings,
+            key_release.as_ref(),
+            &self.inject,
+            &sealing,
+        ) {
             Ok(patch) => {
                 if !dry_run {
                     self.metrics
@@ -761,15 +776,21 @@ impl Admitter {
                 format!("pod {pod_name} admitted without Phantom injection: namespace carries {OVERRIDE_LABEL}={OVERRIDE_BYPASS}; created by {user}"),
             );
         }
-        let patch = annotate(
+        let sealing = Sealing::now(self.seal_key.current(), namespace, req.dry_run);
+        match annotate(
             pod,
             BTreeMap::from([(OVERRIDE_ANNOTATION.to_owned(), record.clone())]),
-        );
-        Admission::patched(
-            Outcome::Bypassed,
-            Some(patch),
-            BTreeMap::from([("override".to_owned(), record)]),
-        )
+            &sealing,
+        ) {
+            Ok(patch) => Admission::patched(
+                Outcome::Bypassed,
+                Some(patch),
+                BTreeMap::from([("override".to_owned(), record)]),
+            ),
+            Err(e) => Admission::error(format!(
+                "Phantom could not record the override on the pod ({e}); refusing (fail closed)"
+            )),
+        }
     }
 
     /// Admits or refuses one of Phantom's resources; `Ok` carries warnings for its author.

@@ -13,6 +13,9 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::TlsSource;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::metrics::{Metrics, Reload, ReloadLabels};
 use crate::{Error, Result};
 
@@ -106,29 +109,43 @@ impl ReloadingCertificate {
         interval: Duration,
         metrics: Arc<Metrics>,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let outcome = match self.reload_if_changed() {
-                    Ok(false) => continue,
-                    Ok(true) => {
-                        tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
-                        Reload::Ok
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "serving certificate reload failed; the previous certificate stays in use");
-                        Reload::Error
-                    }
-                };
-                metrics
-                    .certificate_reloads
-                    .get_or_create(&ReloadLabels { outcome })
-                    .inc();
-            }
-        })
+        let what = format!("serving certificate {}", self.cert_path.display());
+        watch_file(
+            interval,
+            what,
+            metrics.certificate_reloads.clone(),
+            move || self.reload_if_changed(),
+        )
     }
+}
+
+/// Calls `reload` every `interval` until the task is dropped; logs and counts what changed. A
+/// failed reload keeps the previous material in use.
+pub fn watch_file(
+    interval: Duration,
+    what: String,
+    counter: Family<ReloadLabels, Counter>,
+    reload: impl Fn() -> Result<bool> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let outcome = match reload() {
+                Ok(false) => continue,
+                Ok(true) => {
+                    tracing::info!(%what, "reloaded");
+                    Reload::Ok
+                }
+                Err(e) => {
+                    tracing::error!(%what, error = %e, "reload failed; the previous version stays in use");
+                    Reload::Error
+                }
+            };
+            counter.get_or_create(&ReloadLabels { outcome }).inc();
+        }
+    })
 }
 
 impl ReloadingCertificate {

@@ -57,6 +57,14 @@ enum Command {
             default_value = "phantom-policy-set"
         )]
         published_set: String,
+        /// Name of the admission serving Secret, whose decision-seal key lets `status` check the
+        /// seals of pods' decision records (skipped, and said so, when it cannot be read).
+        #[arg(
+            long,
+            env = "PHANTOM_SERVING_SECRET",
+            default_value = "phantom-webhook-tls"
+        )]
+        serving_secret: String,
         /// Namespace label (key=value) that enables Phantom.
         #[arg(long, env = "PHANTOM_ENABLE_LABEL", default_value = "phantom.dev/inject=enabled", value_parser = phantom_crds::wellknown::parse_label)]
         enable_label: (String, String),
@@ -199,6 +207,7 @@ fn main() -> ExitCode {
             mutating_webhook,
             validating_webhook,
             published_set,
+            serving_secret,
             enable_label,
             output,
         } => cluster_status(
@@ -208,6 +217,7 @@ fn main() -> ExitCode {
                 mutating: mutating_webhook,
                 validating: validating_webhook,
                 published_set,
+                serving_secret,
                 enable_label,
             },
             output == StatusOutput::Json,

@@ -7,7 +7,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::ListParams;
 use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client, ResourceExt};
@@ -27,6 +27,7 @@ pub struct Target {
     pub mutating: String,
     pub validating: String,
     pub published_set: String,
+    pub serving_secret: String,
     pub enable_label: (String, String),
 }
 
@@ -57,6 +58,9 @@ pub struct Report {
     pub published_digest: Option<String>,
     pub objects: Vec<ObjectState>,
     pub gap_pods: Vec<GapPod>,
+    /// Why the seals of decision records were not checked (the serving Secret could not be
+    /// read): only pods without any record are listed then.
+    pub seals_unchecked: Option<String>,
 }
 
 impl Report {
@@ -133,11 +137,17 @@ impl Report {
         ));
         for g in &self.gap_pods {
             out.push_str(&format!(
-                "  {}/{} (owner {}, created {})\n",
+                "  {}/{} (owner {}, created {}): {}\n",
                 g.namespace,
                 g.name,
                 g.owner.as_deref().unwrap_or("none"),
-                g.created.as_deref().unwrap_or("?")
+                g.created.as_deref().unwrap_or("?"),
+                g.reason.describe()
+            ));
+        }
+        if let Some(why) = &self.seals_unchecked {
+            out.push_str(&format!(
+                "  (decision seals not checked: {why}; pods with a forged record are not listed here — the controller checks them and records AdmittedWithoutPhantom Events)\n"
             ));
         }
         let problems = self.problems();
@@ -295,13 +305,27 @@ pub async fn gather(client: &Client, target: &Target) -> anyhow::Result<Report> 
     let mut settings = WebhookSettings::new(AdmissionEndpoint::Url(String::new()));
     settings.selection.enable_label = target.enable_label.clone();
     settings.excluded_namespaces.push(target.namespace.clone());
-    let gap_pods = gaps::scan(client, &settings).await?;
+    let serving = format!("Secret {}/{}", target.namespace, target.serving_secret);
+    let (key, seals_unchecked) = match Api::<Secret>::namespaced(client.clone(), &target.namespace)
+        .get_opt(&target.serving_secret)
+        .await
+    {
+        Ok(Some(secret)) => match gaps::stored_key(&secret, &serving) {
+            Some(Ok(key)) => (Some(key), None),
+            Some(Err(e)) => (None, Some(e.to_string())),
+            None => (None, Some(format!("{serving} holds no decision.key yet"))),
+        },
+        Ok(None) => (None, Some(format!("{serving} does not exist"))),
+        Err(e) => (None, Some(format!("reading {serving}: {e}"))),
+    };
+    let gap_pods = gaps::scan(client, &settings, key.as_ref()).await?;
     Ok(Report {
         leader,
         configurations,
         published_digest,
         objects,
         gap_pods,
+        seals_unchecked,
     })
 }
 
@@ -328,6 +352,7 @@ mod tests {
                 message: "in force".into(),
             }],
             gap_pods: Vec::new(),
+            seals_unchecked: None,
         }
     }
 
@@ -362,6 +387,7 @@ mod tests {
             uid: "u".into(),
             owner: Some("ReplicaSet/web".into()),
             created: None,
+            reason: gaps::GapReason::ForgedSeal,
         });
         r.leader = None;
         let problems = r.problems();
@@ -372,6 +398,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("shop/web-1 (owner ReplicaSet/web"), "{text}");
+        assert!(text.contains("seal does not verify"), "{text}");
         assert!(text.contains("circuit breaker is open"), "{text}");
     }
 }

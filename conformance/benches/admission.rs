@@ -134,6 +134,7 @@ fn main() {
             .args(["--listen", &format!("127.0.0.1:{listen}"), "--health-listen", &format!("127.0.0.1:{health}")])
             .arg("--tls-cert").arg(dir.join("tls.crt"))
             .arg("--tls-key").arg(dir.join("tls.key"))
+            .arg("--decision-key").arg(env.new_seal_key().expect("seal key"))
             .env("KUBECONFIG", env.kubeconfig())
             .env("PHANTOM_LOG", "warn")
             .stdout(Stdio::null())

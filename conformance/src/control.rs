@@ -8,7 +8,7 @@ use std::time::Duration;
 use phantom_controller::app::{Running, launch};
 use phantom_controller::config::{AdmissionEndpoint, Settings};
 
-use crate::webhook::Webhook;
+use crate::webhook::{ServingFiles, Webhook};
 use crate::{Env, Error, Result};
 
 impl Env {
@@ -94,12 +94,16 @@ impl Env {
                 )
             })?;
         let (cert, key, ca) = (dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt"));
+        let seal_key = dir.join(phantom_controller::gaps::DECISION_KEY);
         crate::wait::until(
-            format!("the controller's serving certificate in {}", dir.display()),
+            format!(
+                "the controller's serving certificate and decision-seal key in {}",
+                dir.display()
+            ),
             Duration::from_secs(30),
             Duration::from_millis(100),
             || {
-                let ready = cert.exists() && key.exists() && ca.exists();
+                let ready = cert.exists() && key.exists() && ca.exists() && seal_key.exists();
                 async move { Ok::<_, Error>(ready.then_some(())) }
             },
         )
@@ -117,7 +121,12 @@ impl Env {
             })?;
         let selection = settings.webhooks.selection.clone();
         let published = (settings.namespace.clone(), settings.published_set.clone());
-        self.start_webhook_serving_as(client, cert, key, ca_pem, |s| {
+        let files = ServingFiles {
+            cert,
+            key,
+            seal_key,
+        };
+        self.start_webhook_serving_as(client, files, ca_pem, |s| {
             s.server.listen = listen;
             s.selection = selection;
             s.published_set = Some(published);

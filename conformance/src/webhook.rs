@@ -23,6 +23,31 @@ pub struct Webhook {
     pub ca_pem: String,
     pub cert_path: std::path::PathBuf,
     pub key_path: std::path::PathBuf,
+    /// The decision-seal key file admission reads.
+    pub seal_key_path: std::path::PathBuf,
+}
+
+/// The files admission serves from: the pair and the decision-seal key.
+#[derive(Debug, Clone)]
+pub struct ServingFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub seal_key: std::path::PathBuf,
+}
+
+impl Env {
+    /// Writes a new decision-seal key into the environment's directory (admission without a
+    /// controller to make one) and returns its path.
+    pub fn new_seal_key(&self) -> Result<std::path::PathBuf> {
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let key = phantom_seal::Key::generate(now)
+            .map_err(|e| Error::Setup(format!("making a decision-seal key: {e}")))?;
+        let path = self
+            .dir()
+            .join(format!("decision-{}.key", crate::random_hex(4)));
+        crate::process::write(&path, &key.encode())?;
+        Ok(path)
+    }
 }
 
 const FIELD_MANAGER: &str = "phantom-conformance";
@@ -54,24 +79,26 @@ impl Env {
         let cert = self
             .ca()
             .serving_cert("phantom-admission", &["localhost"])?;
-        let cert_path = self.dir().join(format!("admission-{id}.crt"));
-        let key_path = self.dir().join(format!("admission-{id}.key"));
-        crate::process::write(&cert_path, &cert.cert_pem)?;
-        crate::process::write(&key_path, &cert.key_pem)?;
-        self.start_webhook_serving(cert_path, key_path, self.ca().cert_pem.clone(), configure)
+        let files = ServingFiles {
+            cert: self.dir().join(format!("admission-{id}.crt")),
+            key: self.dir().join(format!("admission-{id}.key")),
+            seal_key: self.new_seal_key()?,
+        };
+        crate::process::write(&files.cert, &cert.cert_pem)?;
+        crate::process::write(&files.key, &cert.key_pem)?;
+        self.start_webhook_serving(files, self.ca().cert_pem.clone(), configure)
             .await
     }
 
-    /// Starts a webhook on loopback serving the pair in `cert_path`/`key_path`, which `ca_pem`
-    /// signed (reloaded when the files change).
+    /// Starts a webhook on loopback serving `files`, whose pair `ca_pem` signed (reloaded when
+    /// the files change).
     pub async fn start_webhook_serving(
         &self,
-        cert_path: std::path::PathBuf,
-        key_path: std::path::PathBuf,
+        files: ServingFiles,
         ca_pem: String,
         configure: impl FnOnce(&mut Settings),
     ) -> Result<Webhook> {
-        self.start_webhook_serving_as(self.client(), cert_path, key_path, ca_pem, configure)
+        self.start_webhook_serving_as(self.client(), files, ca_pem, configure)
             .await
     }
 
@@ -79,12 +106,17 @@ impl Env {
     pub async fn start_webhook_serving_as(
         &self,
         client: kube::Client,
-        cert_path: std::path::PathBuf,
-        key_path: std::path::PathBuf,
+        files: ServingFiles,
         ca_pem: String,
         configure: impl FnOnce(&mut Settings),
     ) -> Result<Webhook> {
-        let mut settings = Settings::new(cert_path.clone(), key_path.clone());
+        let ServingFiles {
+            cert: cert_path,
+            key: key_path,
+            seal_key: seal_key_path,
+        } = files;
+        let mut settings =
+            Settings::new(cert_path.clone(), key_path.clone(), seal_key_path.clone());
         settings.server.listen = ([127, 0, 0, 1], 0).into();
         settings.server.health_listen = ([127, 0, 0, 1], 0).into();
         settings.server.shutdown_grace = Duration::from_secs(2);
@@ -97,6 +129,7 @@ impl Env {
             ca_pem,
             cert_path,
             key_path,
+            seal_key_path,
         })
     }
 }

@@ -894,6 +894,7 @@ async fn overload_is_shed_under_the_memory_limit(env: Arc<Env>) -> anyhow::Resul
         .env("PHANTOM_HEALTH_LISTEN", format!("127.0.0.1:{health}"))
         .env("PHANTOM_TLS_CERT", dir.path().join("tls.crt"))
         .env("PHANTOM_TLS_KEY", dir.path().join("tls.key"))
+        .env("PHANTOM_DECISION_KEY", env.new_seal_key()?)
         .env("PHANTOM_PUBLISHED_POLICY_SET", "")
         .env("PHANTOM_LOG", "warn")
         .stdout(std::process::Stdio::null())

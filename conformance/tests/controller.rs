@@ -3,6 +3,7 @@
 //! time (they stop admission and kill controllers, and every controller writes the status of every
 //! policy), each with its own controller namespace, configuration names and enable label.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use phantom_conformance::{Env, EnvOptions, random_hex};
 use phantom_controller::app::Running;
 use phantom_controller::breaker::State;
 use phantom_controller::config::Settings;
-use phantom_crds::wellknown::{CRITICAL_LABEL, DECISION_ANNOTATION};
+use phantom_controller::gaps::GapReason;
+use phantom_crds::wellknown::{CRITICAL_LABEL, DECISION_ANNOTATION, SEAL_ANNOTATION};
 use phantom_crds::{PhantomPolicy, condition_types};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -296,6 +298,17 @@ async fn breaker_and_broken_edit(env: Arc<Env>) -> anyhow::Result<()> {
         "v1 refuses an unlabelled pod: {refused:?}"
     );
 
+    // A pod admission saw: its decision record carries admission's seal.
+    let sealed = Api::<Pod>::namespaced(env.client(), &ns)
+        .create(&PostParams::default(), &pod("sealed", json!({"team": "a"})))
+        .await
+        .context("a labelled pod through the webhook")?;
+    ensure!(
+        sealed.annotations().contains_key(SEAL_ANNOTATION),
+        "admission seals its record: {:?}",
+        sealed.annotations()
+    );
+
     // Admission goes away: the breaker opens, non-critical namespaces fail open.
     hook.launched.shutdown().await;
     wait_for_state(&controller, State::Open).await?;
@@ -332,6 +345,23 @@ async fn breaker_and_broken_edit(env: Arc<Env>) -> anyhow::Result<()> {
         "admitted without Phantom: {:?}",
         gap.annotations()
     );
+    // Pods the webhook never saw, dressed as decided: a record written by hand, and the sealed
+    // pod's record copied whole.
+    let mut forged = pod("forged", json!({}));
+    forged.metadata.annotations = Some(BTreeMap::from([(
+        DECISION_ANNOTATION.to_owned(),
+        r#"{"outcome":"not-selected","policy":null,"mode":null,"matched":[]}"#.to_owned(),
+    )]));
+    let mut copied = pod("copied", json!({}));
+    copied.metadata.annotations = sealed.metadata.annotations.clone();
+    for dressed in [&forged, &copied] {
+        Api::<Pod>::namespaced(env.client(), &ns)
+            .create(&PostParams::default(), dressed)
+            .await
+            .with_context(|| {
+                format!("creating {} while the breaker is open", dressed.name_any())
+            })?;
+    }
     match Api::<Pod>::namespaced(env.client(), &critical)
         .create(&PostParams::default(), &pod("held", json!({"team": "a"})))
         .await
@@ -387,24 +417,42 @@ async fn breaker_and_broken_edit(env: Arc<Env>) -> anyhow::Result<()> {
     .await?;
     wait_for_event(&env, &s.settings.namespace, "CircuitBreakerClosed", name).await?;
 
-    // The pod admitted while the breaker was open is reported.
-    let reported = wait_for_event(&env, &ns, "AdmittedWithoutPhantom", "gap").await?;
+    // The pods admitted while the breaker was open are reported, the dressed-up ones too; the
+    // pod admission sealed is not.
+    for (name, says) in [
+        ("gap", "admitted without Phantom's webhook"),
+        ("forged", "carries no seal"),
+        ("copied", "seal does not verify"),
+    ] {
+        let reported = wait_for_event(&env, &ns, "AdmittedWithoutPhantom", name).await?;
+        ensure!(
+            reported.note.as_deref().unwrap_or_default().contains(says),
+            "{name}: {reported:?}"
+        );
+    }
     ensure!(
-        reported
-            .note
-            .as_deref()
-            .unwrap_or_default()
-            .contains("no Phantom sidecar"),
-        "{reported:?}"
-    );
-    ensure!(
-        metric(&controller.metrics.encode(), "phantom_controller_gap_pods ") == Some(1.0),
+        metric(&controller.metrics.encode(), "phantom_controller_gap_pods ") == Some(3.0),
         "gap pod metric: {}",
         controller.metrics.encode()
     );
-    let gaps = phantom_controller::gaps::scan(&env.client(), &s.settings.webhooks).await?;
+    let dir = s.settings.certs.write_dir.clone().context("write_dir")?;
+    let key_text = std::fs::read_to_string(dir.join(phantom_controller::gaps::DECISION_KEY))?;
+    let key = phantom_seal::Key::decode(&key_text, "the controller's decision.key")?;
+    let gaps =
+        phantom_controller::gaps::scan(&env.client(), &s.settings.webhooks, Some(&key)).await?;
+    let mut found: Vec<(&str, GapReason)> = gaps
+        .iter()
+        .filter(|g| g.namespace == ns)
+        .map(|g| (g.name.as_str(), g.reason))
+        .collect();
+    found.sort();
     ensure!(
-        gaps.iter().any(|g| g.name == "gap" && g.namespace == ns),
+        found
+            == [
+                ("copied", GapReason::ForgedSeal),
+                ("forged", GapReason::Unsealed),
+                ("gap", GapReason::Unrecorded),
+            ],
         "{gaps:?}"
     );
 
@@ -420,6 +468,7 @@ async fn breaker_and_broken_edit(env: Arc<Env>) -> anyhow::Result<()> {
             &w.validating_name,
         ])
         .args(["--enable-label", &format!("{}=enabled", s.enable_key)])
+        .args(["--serving-secret", &s.settings.certs.serving_secret])
         .env("KUBECONFIG", env.kubeconfig())
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -430,6 +479,8 @@ async fn breaker_and_broken_edit(env: Arc<Env>) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     ensure!(text.contains(&format!("{ns}/gap (owner none")), "{text}");
+    ensure!(text.contains(&format!("{ns}/forged (owner none")), "{text}");
+    ensure!(!text.contains("decision seals not checked"), "{text}");
     ensure!(text.contains("PreviousVersionEnforced"), "{text}");
     ensure!(text.contains("circuit breaker closed"), "{text}");
 

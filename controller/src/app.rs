@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::breaker::{self, Breaker, State};
 use crate::config::Settings;
 use crate::leader::Elector;
-use crate::manager::{self, Manager};
+use crate::manager::{self, Manager, Published};
 use crate::metrics::{self, Metrics, StateLabels};
 use crate::reconcile::{self, Context};
 use crate::{Error, Result, gaps};
@@ -184,6 +184,7 @@ fn lead(
         Reporter::from(settings.field_manager.clone()),
     );
     let (bundle_tx, bundle) = watch::channel(None::<String>);
+    let (seal_key_tx, mut seal_key) = watch::channel(None::<phantom_seal::Key>);
     let restored = Arc::new(Notify::new());
     let scan_now = Arc::new(Notify::new());
 
@@ -225,7 +226,10 @@ fn lead(
             metrics.clone(),
             recorder.clone(),
             breaker_tx.subscribe(),
-            bundle_tx,
+            Published {
+                bundle: bundle_tx,
+                seal_key: seal_key_tx,
+            },
             restored.clone(),
         )
         .run(),
@@ -243,12 +247,18 @@ fn lead(
     duties.spawn(async move {
         let mut reporter = gaps::Reporter::default();
         loop {
+            // Seals are checked from the first scan on: the key is what the manager holds.
+            let Ok(key) = seal_key.wait_for(Option::is_some).await.map(|k| k.clone()) else {
+                return;
+            };
+            let Some(key) = key else { continue };
             if let Err(e) = reporter
                 .run_once(
                     &client,
                     &settings.webhooks,
                     &recorder,
                     &metrics,
+                    &key,
                     settings.gaps.evict,
                 )
                 .await

@@ -142,6 +142,11 @@ pub struct Material {
     pub serving: Pair,
     /// The serving certificate's DNS names and IPs (a changed endpoint re-issues).
     pub subject: String,
+    /// The key admission seals its decision records with, kept beside the serving pair (the
+    /// Secret admission mounts). Made once and never rotated by time: a new key breaks the seal
+    /// of every running pod. `None` only in material read from a Secret written before seals
+    /// existed; [`renew`] makes one then.
+    pub decision_key: Option<phantom_seal::Key>,
 }
 
 impl Material {
@@ -160,6 +165,8 @@ impl Material {
 pub struct Renewal {
     pub ca_rotated: bool,
     pub serving_issued: bool,
+    /// A decision-seal key was made (none was held or stored).
+    pub decision_key_made: bool,
 }
 
 /// The subject string recorded with a serving certificate.
@@ -170,7 +177,8 @@ pub fn subject(dns: &[String], ips: &[IpAddr]) -> String {
 }
 
 /// Brings `held` up to date at `now`: a new CA when there is none or it is due, a new serving
-/// certificate when there is none, it is due, the CA changed, or the subject changed.
+/// certificate when there is none, it is due, the CA changed, or the subject changed; a
+/// decision-seal key when there is none.
 pub fn renew(
     held: Option<Material>,
     dns: &[String],
@@ -215,12 +223,28 @@ pub fn renew(
             issue_serving(&ca, dns, ips, now, serving_validity)?
         }
     };
+    let upgrading = held.is_some();
+    let decision_key = match held.and_then(|m| m.decision_key) {
+        Some(key) => key,
+        None => {
+            renewal.decision_key_made = true;
+            // Material without a key was written by a release without seals: its admission
+            // replicas keep admitting unsealed pods until the rollout replaces them.
+            let grace = if upgrading {
+                crate::gaps::UNSEALED_GRACE_SECONDS
+            } else {
+                0
+            };
+            phantom_seal::Key::generate(now + grace)?
+        }
+    };
     Ok((
         Material {
             ca,
             previous_ca_pem,
             serving,
             subject: wanted_subject,
+            decision_key: Some(decision_key),
         },
         renewal,
     ))
@@ -280,6 +304,36 @@ mod tests {
     }
 
     #[test]
+    fn material_stored_before_seals_existed_gets_a_decision_key_and_keeps_its_certificates() {
+        let (dns, ips) = names();
+        let now = 1_800_000_000;
+        let validity = Duration::from_secs(300 * DAY);
+        let (fresh, r) = renew(None, &dns, &ips, now, validity, validity).unwrap();
+        assert!(r.decision_key_made);
+        assert_eq!(
+            fresh.decision_key.as_ref().map(|k| k.sealed_from()),
+            Some(now)
+        );
+        let mut old = fresh.clone();
+        old.decision_key = None;
+        let (upgraded, r) = renew(Some(old), &dns, &ips, now + 60, validity, validity).unwrap();
+        assert_eq!(
+            r,
+            Renewal {
+                ca_rotated: false,
+                serving_issued: false,
+                decision_key_made: true,
+            }
+        );
+        assert_eq!(upgraded.serving.cert_pem, fresh.serving.cert_pem);
+        assert_eq!(
+            upgraded.decision_key.as_ref().map(|k| k.sealed_from()),
+            Some(now + 60 + crate::gaps::UNSEALED_GRACE_SECONDS),
+            "an upgrade accepts unsealed records while admission rolls out"
+        );
+    }
+
+    #[test]
     fn certificates_are_replaced_with_a_third_of_their_life_left_and_the_old_ca_stays_trusted() {
         let (dns, ips) = names();
         let now = 1_800_000_000;
@@ -312,7 +366,8 @@ mod tests {
             r,
             Renewal {
                 ca_rotated: false,
-                serving_issued: true
+                serving_issued: true,
+                decision_key_made: false,
             }
         );
         assert_eq!(reissued.ca.cert_pem, m.ca.cert_pem);
@@ -342,7 +397,13 @@ mod tests {
             serving_validity,
         )
         .unwrap();
-        assert!(r.ca_rotated && r.serving_issued);
+        assert!(r.ca_rotated && r.serving_issued && !r.decision_key_made);
+        let key = |m: &Material| m.decision_key.as_ref().map(|k| k.encode());
+        assert_eq!(
+            key(&rotated),
+            key(&m),
+            "the decision-seal key outlives a CA rotation: a new one would break every running pod's seal"
+        );
         assert_eq!(
             rotated.previous_ca_pem.as_deref(),
             Some(m.ca.cert_pem.as_str())

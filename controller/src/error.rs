@@ -28,6 +28,9 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
 
+    /// The decision-seal key could not be made or read.
+    #[error(transparent)]
+    Seal(#[from] phantom_seal::Error),
     /// The status port could not be served (`--metrics-listen`).
     #[cfg(feature = "server")]
     #[error(transparent)]

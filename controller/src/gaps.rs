@@ -1,11 +1,20 @@
-//! Pods admitted without Phantom: in a namespace the injector covers, yet without the decision
-//! annotation admission writes on every pod it sees. They were created while the circuit breaker
-//! was open, while the webhook configuration was missing, or before Phantom was installed; they
-//! run without their secrets' sidecar. Found by [`scan`], reported with an Event and a metric (and
-//! by `phantomctl status`), optionally evicted so their owner re-creates them through the webhook.
+//! Pods admitted without Phantom: in a namespace the injector covers, yet without a decision
+//! record that admission wrote. They were created while the circuit breaker was open, while the
+//! webhook configuration was missing, or before Phantom was installed; they run without their
+//! secrets' sidecar and without the policies' verdict. Found by [`scan`], reported with an Event
+//! and a metric (and by `phantomctl status`), optionally evicted so their owner re-creates them
+//! through the webhook.
+//!
+//! A record counts only when its seal (`phantom-seal`) verifies under the controller's key, was
+//! made within two minutes of the pod's creation, and no other live pod carries the same seal: a
+//! pod creator can write or copy the annotations onto a pod the webhook never saw, not the seal.
+//! After an upgrade from a release without seals, pods created up to [`UNSEALED_GRACE_SECONDS`]
+//! after the key was made may keep an unsealed record (admission rolls out meanwhile); on a fresh
+//! installation seals are required at once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
@@ -16,6 +25,7 @@ use kube::{
     runtime::events::{Event, EventType, Recorder},
 };
 use phantom_crds::wellknown::{DECISION_ANNOTATION, OVERRIDE_BYPASS, OVERRIDE_LABEL};
+use phantom_seal::{Broken, Key};
 use serde::Serialize;
 
 use crate::config::WebhookSettings;
@@ -33,7 +43,65 @@ pub struct GapPod {
     pub owner: Option<String>,
     /// RFC 3339 creation time.
     pub created: Option<String>,
+    /// Why its decision record does not count.
+    pub reason: GapReason,
 }
+
+/// Why a pod counts as admitted without Phantom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GapReason {
+    /// No decision record: the webhook was not called.
+    Unrecorded,
+    /// A decision record without a seal, on a pod created after seals began.
+    Unsealed,
+    /// A seal that does not verify: the record (or the pod's names, ServiceAccount) was written
+    /// or changed by someone other than admission.
+    ForgedSeal,
+    /// A seal made far from the pod's creation: taken from another pod's admission.
+    UntimelySeal,
+    /// A seal another live, older pod carries: copied from it.
+    CopiedSeal,
+}
+
+impl GapReason {
+    /// What the reason means, for Events and `phantomctl status`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Unrecorded => {
+                "admitted without Phantom's webhook (circuit breaker open or webhook configuration missing)"
+            }
+            Self::Unsealed => {
+                "its Phantom decision record carries no seal, so admission did not write it (the webhook was not called)"
+            }
+            Self::ForgedSeal => {
+                "its Phantom decision record's seal does not verify: the record was written or changed by someone other than admission (the webhook was not called)"
+            }
+            Self::UntimelySeal => {
+                "its Phantom decision record's seal was made more than two minutes from the pod's creation: it was taken from another pod (the webhook was not called)"
+            }
+            Self::CopiedSeal => {
+                "its Phantom decision record's seal is also on an older live pod: it was copied from it (the webhook was not called)"
+            }
+        }
+    }
+}
+
+/// When a seal key is made for an installation that ran without seals, how long pods with an
+/// unsealed record are still accepted: they were admitted by a replica of the previous release
+/// while admission rolled out. A fresh installation requires seals at once.
+pub const UNSEALED_GRACE_SECONDS: i64 = 15 * 60;
+
+/// The decision-seal key in the serving Secret (entry `decision.key`): `None` when it has none,
+/// an error when it is damaged.
+pub fn stored_key(serving: &Secret, what: &str) -> Option<Result<Key>> {
+    let bytes = serving.data.as_ref()?.get(DECISION_KEY)?;
+    let text = zeroize::Zeroizing::new(String::from_utf8_lossy(&bytes.0).into_owned());
+    Some(Key::decode(&text, what).map_err(Error::from))
+}
+
+/// The serving Secret's entry (and the file beside `tls.key`) holding the decision-seal key.
+pub const DECISION_KEY: &str = "decision.key";
 
 /// Whether the injector's configuration covers `namespace`.
 pub fn covers(namespace: &Namespace, settings: &WebhookSettings) -> bool {
@@ -47,48 +115,118 @@ pub fn covers(namespace: &Namespace, settings: &WebhookSettings) -> bool {
             .any(|n| Some(n.as_str()) == namespace.metadata.name.as_deref())
 }
 
-/// The gap pods among `pods` (pure).
-pub fn find(namespaces: &[Namespace], pods: &[Pod], settings: &WebhookSettings) -> Vec<GapPod> {
+/// Why `pod`'s decision record does not count, before looking for copies; `Ok(seal)` when it
+/// counts (the seal's value, when there is one). Without a key only the record's presence counts.
+fn judge(pod: &Pod, key: Option<&Key>) -> Result<Option<String>, GapReason> {
+    if !pod.annotations().contains_key(DECISION_ANNOTATION) {
+        return Err(GapReason::Unrecorded);
+    }
+    let Some(key) = key else { return Ok(None) };
+    match phantom_seal::check(key, pod) {
+        Ok(sealed) => Ok(Some(sealed.value)),
+        Err(Broken::Unsealed) => {
+            let created = pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(i64::MAX, |t| t.0.as_second());
+            if created < key.sealed_from() {
+                Ok(None)
+            } else {
+                Err(GapReason::Unsealed)
+            }
+        }
+        Err(Broken::Malformed | Broken::Mismatch) => Err(GapReason::ForgedSeal),
+        Err(Broken::Untimely { .. }) => Err(GapReason::UntimelySeal),
+    }
+}
+
+/// The gap pods among `pods` (pure), checking seals with `key` when given.
+pub fn find(
+    namespaces: &[Namespace],
+    pods: &[Pod],
+    settings: &WebhookSettings,
+    key: Option<&Key>,
+) -> Vec<GapPod> {
     let covered: BTreeSet<&str> = namespaces
         .iter()
         .filter(|ns| covers(ns, settings))
         .filter_map(|ns| ns.metadata.name.as_deref())
         .collect();
-    pods.iter()
+    let candidates: Vec<&Pod> = pods
+        .iter()
         .filter(|p| {
             p.namespace()
                 .is_some_and(|ns| covered.contains(ns.as_str()))
         })
-        .filter(|p| !p.annotations().contains_key(DECISION_ANNOTATION))
         // Mirror pods of static manifests never pass admission webhooks.
         .filter(|p| !p.annotations().contains_key("kubernetes.io/config.mirror"))
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .map(|p| GapPod {
-            namespace: p.namespace().unwrap_or_default(),
-            name: p.name_any(),
-            uid: p.uid().unwrap_or_default(),
-            owner: p
-                .owner_references()
-                .iter()
-                .find(|o| o.controller == Some(true))
-                .map(|o| format!("{}/{}", o.kind, o.name)),
-            created: p
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.to_string()),
+        .collect();
+    let judged: Vec<(&Pod, Result<Option<String>, GapReason>)> =
+        candidates.iter().map(|p| (*p, judge(p, key))).collect();
+    // The oldest pod carrying a seal keeps it; every younger one copied it.
+    let creation = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let mut first_holder: BTreeMap<&str, &Pod> = BTreeMap::new();
+    for (pod, verdict) in &judged {
+        if let Ok(Some(seal)) = verdict {
+            first_holder
+                .entry(seal.as_str())
+                .and_modify(|held| {
+                    if creation(pod) < creation(held) {
+                        *held = pod;
+                    }
+                })
+                .or_insert(pod);
+        }
+    }
+    judged
+        .iter()
+        .filter_map(|(pod, verdict)| {
+            let reason = match verdict {
+                Err(reason) => *reason,
+                Ok(Some(seal)) if !std::ptr::eq(first_holder[seal.as_str()], *pod) => {
+                    GapReason::CopiedSeal
+                }
+                Ok(_) => return None,
+            };
+            Some(gap_pod(pod, reason))
         })
         .collect()
 }
 
-/// Lists the covered namespaces and their pods and returns the gap pods.
-pub async fn scan(client: &Client, settings: &WebhookSettings) -> Result<Vec<GapPod>> {
-    let (key, value) = &settings.selection.enable_label;
+fn gap_pod(p: &Pod, reason: GapReason) -> GapPod {
+    GapPod {
+        namespace: p.namespace().unwrap_or_default(),
+        name: p.name_any(),
+        uid: p.uid().unwrap_or_default(),
+        owner: p
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| format!("{}/{}", o.kind, o.name)),
+        created: p
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string()),
+        reason,
+    }
+}
+
+/// Lists the covered namespaces and their pods and returns the gap pods, checking seals with
+/// `key` when given.
+pub async fn scan(
+    client: &Client,
+    settings: &WebhookSettings,
+    seal_key: Option<&Key>,
+) -> Result<Vec<GapPod>> {
+    let (label, value) = &settings.selection.enable_label;
     let namespaces = Api::<Namespace>::all(client.clone())
-        .list(&ListParams::default().labels(&format!("{key}={value}")))
+        .list(&ListParams::default().labels(&format!("{label}={value}")))
         .await
         .map_err(Error::kube(format!(
-            "listing namespaces labelled {key}={value}"
+            "listing namespaces labelled {label}={value}"
         )))?
         .items;
     let mut pods = Vec::new();
@@ -102,7 +240,7 @@ pub async fn scan(client: &Client, settings: &WebhookSettings) -> Result<Vec<Gap
                 .items,
         );
     }
-    Ok(find(&namespaces, &pods, settings))
+    Ok(find(&namespaces, &pods, settings, seal_key))
 }
 
 /// Reports each gap pod once (Event on the pod), keeps the gauge current, evicts when asked.
@@ -121,9 +259,10 @@ impl Reporter {
         settings: &WebhookSettings,
         recorder: &Recorder,
         metrics: &Metrics,
+        key: &Key,
         evict: bool,
     ) -> Result<Vec<GapPod>> {
-        let gaps = scan(client, settings).await?;
+        let gaps = scan(client, settings, Some(key)).await?;
         metrics
             .gap_pods
             .set(i64::try_from(gaps.len()).unwrap_or(i64::MAX));
@@ -133,20 +272,26 @@ impl Reporter {
             if !self.reported.insert(gap.uid.clone()) {
                 continue;
             }
-            tracing::warn!(namespace = %gap.namespace, pod = %gap.name, owner = ?gap.owner, "pod admitted without Phantom (webhook not called): it has no Phantom sidecar");
+            tracing::warn!(namespace = %gap.namespace, pod = %gap.name, owner = ?gap.owner, reason = ?gap.reason, "pod admitted without Phantom: {}", gap.reason.describe());
             let mut pod = Pod::default();
             pod.metadata.name = Some(gap.name.clone());
             pod.metadata.namespace = Some(gap.namespace.clone());
             pod.metadata.uid = Some(gap.uid.clone());
             let note = if evict && gap.owner.is_some() {
-                "admitted without Phantom's webhook (circuit breaker open or webhook configuration missing); evicting it so its owner re-creates it with its secrets"
+                format!(
+                    "{}; evicting it so its owner re-creates it through the webhook",
+                    gap.reason.describe()
+                )
             } else {
-                "admitted without Phantom's webhook (circuit breaker open or webhook configuration missing): it has no Phantom sidecar; delete it so that its owner re-creates it through the webhook"
+                format!(
+                    "{}: Phantom's policies never judged it; delete it so that its owner re-creates it through the webhook",
+                    gap.reason.describe()
+                )
             };
             let event = Event {
                 type_: EventType::Warning,
                 reason: "AdmittedWithoutPhantom".into(),
-                note: Some(note.into()),
+                note: Some(note),
                 action: "Audit".into(),
                 secondary: None,
             };
@@ -173,55 +318,4 @@ impl Reporter {
 }
 
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-    use crate::config::AdmissionEndpoint;
-
-    fn ns(name: &str, labels: serde_json::Value) -> Namespace {
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
-    }
-
-    fn pod(namespace: &str, name: &str, annotations: serde_json::Value) -> Pod {
-        serde_json::from_value(json!({"metadata": {
-            "name": name, "namespace": namespace, "uid": format!("uid-{name}"),
-            "annotations": annotations,
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "u", "controller": true}]
-        }}))
-        .unwrap()
-    }
-
-    #[test]
-    fn only_unannotated_pods_of_covered_namespaces_are_gaps() {
-        let settings = WebhookSettings::new(AdmissionEndpoint::Url("https://127.0.0.1:1".into()));
-        let namespaces = [
-            ns("shop", json!({"phantom.dev/inject": "enabled"})),
-            ns("plain", json!({})),
-            ns("out", json!({"phantom.dev/inject": "disabled"})),
-            ns(
-                "glass",
-                json!({"phantom.dev/inject": "enabled", "phantom.dev/override": "bypass"}),
-            ),
-            ns("kube-system", json!({"phantom.dev/inject": "enabled"})),
-        ];
-        let decided = json!({DECISION_ANNOTATION: "{\"outcome\":\"injected\"}"});
-        let pods = [
-            pod("shop", "seen", decided.clone()),
-            pod("shop", "missed", json!({})),
-            pod(
-                "shop",
-                "static",
-                json!({"kubernetes.io/config.mirror": "x"}),
-            ),
-            pod("plain", "a", json!({})),
-            pod("out", "b", json!({})),
-            pod("glass", "c", json!({})),
-            pod("kube-system", "d", json!({})),
-        ];
-        let gaps = find(&namespaces, &pods, &settings);
-        assert_eq!(gaps.len(), 1, "{gaps:?}");
-        assert_eq!(gaps[0].name, "missed");
-        assert_eq!(gaps[0].owner.as_deref(), Some("ReplicaSet/web-1"));
-    }
-}
+mod tests;

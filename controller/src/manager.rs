@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 use crate::breaker::State;
 use crate::certs::{self, Material, Pair};
 use crate::config::Settings;
+use crate::gaps::{self, DECISION_KEY};
 use crate::metrics::{
     Cause, Certificate, CertificateLabels, Configuration, Metrics, RestorationLabels,
 };
@@ -38,6 +39,15 @@ pub use classify::{
 };
 
 const SUBJECT_ANNOTATION: &str = "phantom.dev/certificate-subject";
+
+/// What the manager hands the other duties.
+#[derive(Debug)]
+pub struct Published {
+    /// The CA bundle (for the breaker's probes).
+    pub bundle: watch::Sender<Option<String>>,
+    /// The decision-seal key (for the gap scan).
+    pub seal_key: watch::Sender<Option<phantom_seal::Key>>,
+}
 
 /// One configuration the manager keeps in shape.
 struct Owned<K> {
@@ -55,7 +65,7 @@ pub struct Manager {
     recorder: Recorder,
     material: Option<Material>,
     breaker: watch::Receiver<State>,
-    bundle: watch::Sender<Option<String>>,
+    published: Published,
     restored: Arc<Notify>,
     mutating: Owned<MutatingWebhookConfiguration>,
     validating: Owned<ValidatingWebhookConfiguration>,
@@ -83,7 +93,7 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
 }
 
 impl Manager {
-    /// A manager publishing the CA bundle on `bundle` and notifying `restored` after it put a
+    /// A manager publishing what it holds on `published` and notifying `restored` after it put a
     /// deleted configuration back (pods may have slipped through meanwhile).
     pub fn new(
         client: Client,
@@ -91,7 +101,7 @@ impl Manager {
         metrics: Arc<Metrics>,
         recorder: Recorder,
         breaker: watch::Receiver<State>,
-        bundle: watch::Sender<Option<String>>,
+        published: Published,
         restored: Arc<Notify>,
     ) -> Self {
         Self {
@@ -111,7 +121,7 @@ impl Manager {
             recorder,
             material: None,
             breaker,
-            bundle,
+            published,
             restored,
         }
     }
@@ -158,12 +168,29 @@ impl Manager {
                     .as_ref()
                     .and_then(|a| a.get(SUBJECT_ANNOTATION).cloned())
                     .unwrap_or_default(),
+                decision_key: self.stored_decision_key(&serving),
             })
         })();
         if parsed.is_none() {
             tracing::warn!(namespace = %self.settings.namespace, ca = %certs.ca_secret, serving = %certs.serving_secret, "the webhook certificate Secrets are incomplete or unreadable: generating a new CA and serving certificate");
         }
         Ok(parsed)
+    }
+
+    /// The serving Secret's decision-seal key; `None` when it has none (written before seals
+    /// existed) or it is damaged, and then a new one is made.
+    fn stored_decision_key(&self, serving: &Secret) -> Option<phantom_seal::Key> {
+        let what = format!(
+            "in Secret {}/{} ({DECISION_KEY})",
+            self.settings.namespace, self.settings.certs.serving_secret
+        );
+        match gaps::stored_key(serving, &what)? {
+            Ok(key) => Some(key),
+            Err(e) => {
+                tracing::warn!(error = %e, "making a new decision-seal key: pods sealed with the damaged one will be reported as admitted without Phantom");
+                None
+            }
+        }
     }
 
     async fn apply_secret(
@@ -222,6 +249,9 @@ impl Manager {
 
     async fn write_serving(&self, m: &Material) -> Result<()> {
         let bundle = m.bundle();
+        let decision_key = m.decision_key.as_ref().map(phantom_seal::Key::encode).ok_or_else(|| {
+            Error::Config("the webhook material holds no decision-seal key (renew makes one); this is a bug".into())
+        })?;
         self.apply_secret(
             &self.settings.certs.serving_secret,
             "kubernetes.io/tls",
@@ -229,12 +259,13 @@ impl Manager {
                 ("tls.crt", &m.serving.cert_pem),
                 ("tls.key", &m.serving.key_pem),
                 ("ca.crt", &bundle),
+                (DECISION_KEY, &decision_key),
             ],
             json!({SUBJECT_ANNOTATION: m.subject}),
         )
         .await?;
         if let Some(dir) = &self.settings.certs.write_dir {
-            write_files(dir, &m.serving, &bundle)?;
+            write_files(dir, &m.serving, &bundle, &decision_key)?;
         }
         Ok(())
     }
@@ -312,19 +343,29 @@ impl Manager {
             Some(SecretWrite::WrittenBack) => self.write_serving(&material).await?,
             None => {
                 if let Some(dir) = &self.settings.certs.write_dir
-                    && !dir.join("tls.crt").exists()
+                    && !(dir.join("tls.crt").exists() && dir.join(DECISION_KEY).exists())
+                    && let Some(key) = &material.decision_key
                 {
-                    write_files(dir, &material.serving, &bundle)?;
+                    write_files(dir, &material.serving, &bundle, &key.encode())?;
                 }
             }
         }
         self.record_expiry(&material);
-        self.material = Some(material);
-        self.bundle.send_if_modified(|held| {
+        if let Some(key) = &material.decision_key {
+            self.published.seal_key.send_if_modified(|held| {
+                let changed = held.as_ref().is_none_or(|h| *h.encode() != *key.encode());
+                if changed {
+                    *held = Some(key.clone());
+                }
+                changed
+            });
+        }
+        self.published.bundle.send_if_modified(|held| {
             let changed = held.as_deref() != Some(bundle.as_str());
             *held = Some(bundle);
             changed
         });
+        self.material = Some(material);
         if restored {
             self.restored.notify_one();
         }
@@ -487,9 +528,9 @@ where
     Ok(action)
 }
 
-/// Writes `tls.key`, `tls.crt` and `ca.crt` into `dir` (each atomically, the key 0600), for an
-/// admission process that reads files.
-pub fn write_files(dir: &Path, serving: &Pair, bundle: &str) -> Result<()> {
+/// Writes `tls.key`, `tls.crt`, `ca.crt` and `decision.key` into `dir` (each atomically, the keys
+/// 0600), for an admission process that reads files.
+pub fn write_files(dir: &Path, serving: &Pair, bundle: &str, decision_key: &str) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let io = |path: &Path| {
@@ -501,6 +542,7 @@ pub fn write_files(dir: &Path, serving: &Pair, bundle: &str) -> Result<()> {
         ("tls.key", serving.key_pem.as_str(), 0o600),
         ("tls.crt", serving.cert_pem.as_str(), 0o644),
         ("ca.crt", bundle, 0o644),
+        (DECISION_KEY, decision_key, 0o600),
     ] {
         let target = dir.join(name);
         let temporary = dir.join(format!(".{name}.tmp"));

@@ -26,6 +26,19 @@ pub const BINDINGS_ANNOTATION: &str = "phantom.dev/bindings";
 pub const CANARY_ANNOTATION: &str = "phantom.dev/canary";
 /// Pod annotation recording that the namespace override bypassed injection, and who asked.
 pub const OVERRIDE_ANNOTATION: &str = "phantom.dev/override";
+/// Pod annotation sealing the decision record: a MAC (keyed by a secret only admission and the
+/// controller hold) over the annotations of [`DECISION_RECORD`] and the pod's immutable identity,
+/// so that the gap scan can tell a record admission wrote from one a pod creator copied or forged.
+pub const SEAL_ANNOTATION: &str = "phantom.dev/decision-seal";
+/// The annotations that record admission's decision on a pod, in the order the seal covers them.
+pub const DECISION_RECORD: [&str; 6] = [
+    INJECTED_ANNOTATION,
+    DECISION_ANNOTATION,
+    POLICY_DIGEST_ANNOTATION,
+    BINDINGS_ANNOTATION,
+    CANARY_ANNOTATION,
+    OVERRIDE_ANNOTATION,
+];
 /// Pod annotation giving a container's entrypoint when its spec has no `command`:
 /// `phantom.dev/command` (every wrapped container) or `phantom.dev/command.<container>`, a JSON
 /// array of strings.

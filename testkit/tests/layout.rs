@@ -16,13 +16,24 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("phantom-openbao", &[]),
     ("phantom-testkit", &[]),
     ("phantom-policies", &["phantom-crds"]),
+    ("phantom-seal", &["phantom-crds"]),
     (
         "phantom-admission",
-        &["phantom-crds", "phantom-policies", "phantom-process"],
+        &[
+            "phantom-crds",
+            "phantom-policies",
+            "phantom-process",
+            "phantom-seal",
+        ],
     ),
     (
         "phantom-controller",
-        &["phantom-crds", "phantom-policies", "phantom-process"],
+        &[
+            "phantom-crds",
+            "phantom-policies",
+            "phantom-process",
+            "phantom-seal",
+        ],
     ),
     (
         "phantom-runtime-proxy",
@@ -39,7 +50,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "phantomctl",
-        &["phantom-crds", "phantom-policies", "phantom-controller"],
+        &[
+            "phantom-crds",
+            "phantom-policies",
+            "phantom-controller",
+            "phantom-seal",
+        ],
     ),
     // The test environment drives every component.
     (
@@ -52,6 +68,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "phantom-runtime-proxy",
             "phantom-openbao",
             "phantom-process",
+            "phantom-seal",
         ],
     ),
     ("phantom-plugin-sdk", &[]),
@@ -71,6 +88,18 @@ const FORBIDDEN_EXTERNAL: &[(&str, &[&str])] = &[
     (
         "phantom-openbao",
         &["kube", "k8s-openapi", "cel", "wasmtime"],
+    ),
+    // The seal is pure: no runtime, no client.
+    (
+        "phantom-seal",
+        &[
+            "tokio",
+            "hyper",
+            "reqwest",
+            "kube",
+            "clap",
+            "tracing-subscriber",
+        ],
     ),
     // Process support knows no Phantom API.
     ("phantom-process", &["kube", "k8s-openapi"]),

@@ -4,11 +4,15 @@ use clap::Parser;
 
 use super::*;
 
-/// Parses a map of flags, always with the two required certificate paths.
+/// Parses a map of flags, always with the required certificate and decision-key paths.
 fn parse(flags: &[(&str, &str)]) -> std::result::Result<Args, clap::Error> {
     Args::try_parse_from(phantom_testkit::argv(
         "phantom-admission",
-        &["--tls-cert=/tls/tls.crt", "--tls-key=/tls/tls.key"],
+        &[
+            "--tls-cert=/tls/tls.crt",
+            "--tls-key=/tls/tls.key",
+            "--decision-key=/tls/decision.key",
+        ],
         flags,
     ))
 }
@@ -25,6 +29,7 @@ fn defaults_describe_a_webhook_on_8443_with_health_on_8080() {
     assert_eq!(s.server.max_body_bytes, 8 * 1024 * 1024);
     assert_eq!(s.server.shutdown_grace, Duration::from_secs(10));
     assert_eq!(s.cert_reload_interval, Duration::from_secs(5));
+    assert_eq!(s.seal_key_path, std::path::Path::new("/tls/decision.key"));
     assert_eq!(s.concurrency, 8);
     assert_eq!(s.evaluation_timeout, Duration::from_secs(2));
     assert_eq!(

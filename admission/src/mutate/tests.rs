@@ -1,10 +1,29 @@
 use std::collections::BTreeMap;
 
+use kube::ResourceExt as _;
+use phantom_crds::wellknown::SEAL_ANNOTATION;
 use phantom_crds::{Injection, KeyReleasePolicyPlan};
 use phantom_policies::{BindingRef, CanaryOutcome, MonitoringScope, PolicyOutcome};
 use serde_json::{Value, json};
 
 use super::*;
+
+const SEALED_AT: i64 = 1_800_000_000;
+
+fn seal_key() -> std::sync::Arc<phantom_seal::Key> {
+    static KEY: std::sync::OnceLock<std::sync::Arc<phantom_seal::Key>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| std::sync::Arc::new(phantom_seal::Key::generate(0).expect("random")))
+        .clone()
+}
+
+fn sealing() -> Sealing {
+    Sealing {
+        key: seal_key(),
+        namespace: "shop".into(),
+        purpose: phantom_seal::Purpose::Stored,
+        now: SEALED_AT,
+    }
+}
 
 fn decision(mode: InjectionMode) -> Decision {
     Decision {
@@ -72,6 +91,7 @@ fn injected(original: &Pod, mode: InjectionMode) -> Pod {
         &[],
         None,
         &InjectConfig::default(),
+        &sealing(),
     )
     .expect("injects");
     apply(original, &patch)
@@ -207,6 +227,7 @@ fn native_sidecar_and_init_only_place_the_proxy_among_init_containers() {
         }],
         None,
         &InjectConfig::default(),
+        &sealing(),
     )
     .expect_err("env needs the running sidecar");
     assert!(
@@ -224,6 +245,7 @@ fn daemonset_mode_is_refused_with_what_to_change() {
         &[],
         None,
         &InjectConfig::default(),
+        &sealing(),
     )
     .expect_err("no node agent");
     assert!(err.to_string().contains("spec.injection.mode"), "{err}");
@@ -235,10 +257,19 @@ fn a_pod_that_arrives_injected_is_refused_not_passed_through() {
     let d = decision(InjectionMode::Sidecar);
     let once = apply(
         &original,
-        &mutate(&original, &d, &[], None, &InjectConfig::default()).expect("once"),
+        &mutate(
+            &original,
+            &d,
+            &[],
+            None,
+            &InjectConfig::default(),
+            &sealing(),
+        )
+        .expect("once"),
     );
     assert!(is_injected(&once));
-    let err = mutate(&once, &d, &[], None, &InjectConfig::default()).expect_err("a copy");
+    let err =
+        mutate(&once, &d, &[], None, &InjectConfig::default(), &sealing()).expect_err("a copy");
     assert!(
         err.to_string().contains("annotation phantom.dev/"),
         "a copied injection is named: {err}"
@@ -252,7 +283,8 @@ fn a_container_without_command_needs_the_annotation() {
         "spec": {"containers": [{"name": "app", "image": "shop/web:1", "args": ["-v"]}]}
     }));
     let d = decision(InjectionMode::Sidecar);
-    let err = mutate(&bare, &d, &[], None, &InjectConfig::default()).expect_err("no command");
+    let err =
+        mutate(&bare, &d, &[], None, &InjectConfig::default(), &sealing()).expect_err("no command");
     let message = err.to_string();
     assert!(
         message.contains("container app has no command")
@@ -269,7 +301,15 @@ fn a_container_without_command_needs_the_annotation() {
         )]));
         let out = apply(
             &annotated,
-            &mutate(&annotated, &d, &[], None, &InjectConfig::default()).expect(key),
+            &mutate(
+                &annotated,
+                &d,
+                &[],
+                None,
+                &InjectConfig::default(),
+                &sealing(),
+            )
+            .expect(key),
         );
         let app = &out.spec.expect("spec").containers[0];
         assert_eq!(
@@ -284,7 +324,8 @@ fn a_container_without_command_needs_the_annotation() {
         "phantom.dev/command".to_owned(),
         "/entry serve".to_owned(),
     )]));
-    let err = mutate(&broken, &d, &[], None, &InjectConfig::default()).expect_err("not JSON");
+    let err =
+        mutate(&broken, &d, &[], None, &InjectConfig::default(), &sealing()).expect_err("not JSON");
     assert!(err.to_string().contains("JSON array"), "{err}");
 }
 
@@ -295,7 +336,15 @@ fn listed_containers_only_and_clear_errors_for_clashes() {
     let original = web();
     let out = apply(
         &original,
-        &mutate(&original, &d, &[], None, &InjectConfig::default()).expect("app"),
+        &mutate(
+            &original,
+            &d,
+            &[],
+            None,
+            &InjectConfig::default(),
+            &sealing(),
+        )
+        .expect("app"),
     );
     let spec = out.spec.expect("spec");
     assert_eq!(
@@ -304,8 +353,15 @@ fn listed_containers_only_and_clear_errors_for_clashes() {
     );
 
     d.injection.as_mut().expect("injection").containers = Some(vec!["api".into()]);
-    let err =
-        mutate(&original, &d, &[], None, &InjectConfig::default()).expect_err("no such container");
+    let err = mutate(
+        &original,
+        &d,
+        &[],
+        None,
+        &InjectConfig::default(),
+        &sealing(),
+    )
+    .expect_err("no such container");
     assert!(
         err.to_string().contains("spec.injection.containers"),
         "{err}"
@@ -322,6 +378,7 @@ fn listed_containers_only_and_clear_errors_for_clashes() {
         &[],
         None,
         &InjectConfig::default(),
+        &sealing(),
     )
     .expect_err("clash");
     assert!(err.to_string().contains("phantom-secrets"), "{err}");
@@ -335,7 +392,9 @@ fn annotate_records_a_decision_without_touching_the_spec() {
     let patch = annotate(
         &original,
         decision_annotations(&d, crate::metrics::Outcome::NotSelected),
-    );
+        &sealing(),
+    )
+    .expect("annotates");
     let out = apply(&original, &patch);
     assert_eq!(out.spec, original.spec);
     let summary: Value =
@@ -378,6 +437,7 @@ fn the_sidecar_receives_the_bindings_specs_never_values() {
                 &plan,
                 key_release,
                 &InjectConfig::default(),
+                &sealing(),
             )
             .expect("injects"),
         );
@@ -421,7 +481,15 @@ fn openbao_trust_client_certificate_and_status_port_reach_the_sidecar() {
     let inject = |pod: &Pod| {
         let out = apply(
             pod,
-            &mutate(pod, &decision(InjectionMode::Sidecar), &[], None, &config).expect("injects"),
+            &mutate(
+                pod,
+                &decision(InjectionMode::Sidecar),
+                &[],
+                None,
+                &config,
+                &sealing(),
+            )
+            .expect("injects"),
         );
         let spec = out.spec.expect("spec");
         let proxy = spec
@@ -546,4 +614,39 @@ fn each_wrapped_container_mounts_its_own_socket_directory_and_the_files_only() {
         Some(1000),
         "as the sidecar's user, so the sidecar may bind its sockets there"
     );
+}
+
+#[test]
+fn the_decision_record_is_sealed_over_the_pod_as_stored() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let original = web();
+    for out in [
+        injected(&original, InjectionMode::Sidecar),
+        apply(
+            &original,
+            &annotate(
+                &original,
+                decision_annotations(
+                    &decision(InjectionMode::Sidecar),
+                    crate::metrics::Outcome::NotInjected,
+                ),
+                &sealing(),
+            )
+            .expect("annotates"),
+        ),
+    ] {
+        assert!(out.annotations().contains_key(SEAL_ANNOTATION));
+        let mut stored = out.clone();
+        stored.metadata.namespace = Some("shop".into());
+        stored.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(SEALED_AT + 2).unwrap(),
+        ));
+        phantom_seal::check(&seal_key(), &stored).expect("admission's seal verifies");
+        // The record on another namespace's pod does not.
+        stored.metadata.namespace = Some("other".into());
+        assert_eq!(
+            phantom_seal::check(&seal_key(), &stored),
+            Err(phantom_seal::Broken::Mismatch)
+        );
+    }
 }

@@ -67,6 +67,9 @@ pub(super) fn admitter(synced: bool) -> Admitter {
         selection: Selection::default(),
         metrics: Arc::new(Metrics::default()),
         evaluation_timeout: Duration::from_secs(2),
+        seal_key: crate::seal::ReloadingSealKey::fixed(
+            phantom_seal::Key::generate(0).expect("random"),
+        ),
     }
 }
 

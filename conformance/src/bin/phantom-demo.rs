@@ -259,7 +259,9 @@ async fn start_phantom(
         WAIT,
         Duration::from_millis(100),
         || {
-            let ready = cert.exists() && cert_dir.join("tls.key").exists();
+            let ready = cert.exists()
+                && cert_dir.join("tls.key").exists()
+                && cert_dir.join("decision.key").exists();
             let alive = controller.check_alive();
             async move { alive.map(|()| ready.then_some(())) }
         },
@@ -276,7 +278,7 @@ async fn start_phantom(
     )
     .await?;
     p.step(format!(
-        "phantom-controller (local process) leads Lease {PHANTOM_NAMESPACE}/phantom-controller; created MutatingWebhookConfiguration phantom-injector ({} webhooks, failurePolicy Fail) and ValidatingWebhookConfiguration phantom-validator, generated the webhook CA and admission's certificate",
+        "phantom-controller (local process) leads Lease {PHANTOM_NAMESPACE}/phantom-controller; created MutatingWebhookConfiguration phantom-injector ({} webhooks, failurePolicy Fail) and ValidatingWebhookConfiguration phantom-validator, generated the webhook CA, admission's certificate and the key admission seals its decisions with",
         mwc.webhooks.as_ref().map_or(0, Vec::len)
     ));
 
@@ -293,6 +295,8 @@ async fn start_phantom(
             cert.display().to_string(),
             "--tls-key".into(),
             cert_dir.join("tls.key").display().to_string(),
+            "--decision-key".into(),
+            cert_dir.join("decision.key").display().to_string(),
             "--tls-reload-seconds".into(),
             "1".into(),
             "--proxy-image".into(),

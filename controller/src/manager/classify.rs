@@ -102,7 +102,10 @@ pub fn secret_writes(source: MaterialSource, renewal: Renewal) -> SecretWrites {
     };
     SecretWrites {
         ca: write(renewal.ca_rotated),
-        serving: write(renewal.serving_issued),
+        // A new seal key alone is no certificate rotation: the same pair is written with it.
+        serving: write(renewal.serving_issued).or(renewal
+            .decision_key_made
+            .then_some(SecretWrite::WrittenBack)),
     }
 }
 
@@ -179,6 +182,7 @@ mod tests {
         let quiet = Renewal {
             ca_rotated: false,
             serving_issued: false,
+            decision_key_made: false,
         };
         assert_eq!(
             secret_writes(MaterialSource::Stored, quiet),
@@ -197,6 +201,7 @@ mod tests {
         let serving_due = Renewal {
             ca_rotated: false,
             serving_issued: true,
+            decision_key_made: false,
         };
         assert_eq!(
             secret_writes(MaterialSource::Stored, serving_due),
@@ -208,12 +213,25 @@ mod tests {
         let fresh = Renewal {
             ca_rotated: true,
             serving_issued: true,
+            decision_key_made: false,
         };
         assert_eq!(
             secret_writes(MaterialSource::Fresh, fresh),
             SecretWrites {
                 ca: Some(SecretWrite::Rotated),
                 serving: Some(SecretWrite::Rotated)
+            }
+        );
+        // A Secret from before decision seals: the same pair is written with the new key.
+        let key_made = Renewal {
+            decision_key_made: true,
+            ..quiet
+        };
+        assert_eq!(
+            secret_writes(MaterialSource::Stored, key_made),
+            SecretWrites {
+                ca: None,
+                serving: Some(SecretWrite::WrittenBack)
             }
         );
     }
