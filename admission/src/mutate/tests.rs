@@ -83,11 +83,11 @@ fn apply(original: &Pod, patch: &Patch) -> Pod {
     serde_json::from_value(value).expect("a pod")
 }
 
-/// `original` as admission injects it in `mode`, with no binding plan.
-fn injected(original: &Pod, mode: InjectionMode) -> Pod {
+/// `original` as `decision` injects it (default configuration), with no binding plan.
+fn injected_by(original: &Pod, decision: &Decision) -> Pod {
     let patch = mutate(
         original,
-        &decision(mode),
+        decision,
         &[],
         None,
         &InjectConfig::default(),
@@ -95,6 +95,11 @@ fn injected(original: &Pod, mode: InjectionMode) -> Pod {
     )
     .expect("injects");
     apply(original, &patch)
+}
+
+/// `original` as admission injects it in `mode`, with no binding plan.
+fn injected(original: &Pod, mode: InjectionMode) -> Pod {
+    injected_by(original, &decision(mode))
 }
 
 fn names(containers: &Option<Vec<Container>>) -> Vec<&str> {
@@ -255,18 +260,7 @@ fn daemonset_mode_is_refused_with_what_to_change() {
 fn a_pod_that_arrives_injected_is_refused_not_passed_through() {
     let original = web();
     let d = decision(InjectionMode::Sidecar);
-    let once = apply(
-        &original,
-        &mutate(
-            &original,
-            &d,
-            &[],
-            None,
-            &InjectConfig::default(),
-            &sealing(),
-        )
-        .expect("once"),
-    );
+    let once = injected_by(&original, &d);
     assert!(is_injected(&once));
     let err =
         mutate(&once, &d, &[], None, &InjectConfig::default(), &sealing()).expect_err("a copy");
@@ -334,18 +328,7 @@ fn listed_containers_only_and_clear_errors_for_clashes() {
     let mut d = decision(InjectionMode::Sidecar);
     d.injection.as_mut().expect("injection").containers = Some(vec!["app".into()]);
     let original = web();
-    let out = apply(
-        &original,
-        &mutate(
-            &original,
-            &d,
-            &[],
-            None,
-            &InjectConfig::default(),
-            &sealing(),
-        )
-        .expect("app"),
-    );
+    let out = injected_by(&original, &d);
     let spec = out.spec.expect("spec");
     assert_eq!(
         spec.containers[1].command.as_deref(),
