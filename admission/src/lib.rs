@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod mutate;
+pub mod pod_security;
 pub mod reserved;
 pub mod review;
 pub mod seal;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource,
+    HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource, SeccompProfile,
     SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
     VolumeProjection,
 };
@@ -90,6 +90,8 @@ pub fn mutate(
     }
     check_deliveries(plan, &targets).map_err(|conflict| Error::Inject(conflict.to_string()))?;
     let mut run_as_user = None;
+    let pod_context = spec.security_context.clone().unwrap_or_default();
+    let (pod_user, pod_non_root) = (pod_context.run_as_user, pod_context.run_as_non_root);
     for c in spec
         .containers
         .iter_mut()
@@ -99,7 +101,20 @@ pub fn mutate(
         mounts.push(sub_mount(SECRETS_VOLUME, FILES_SUBPATH, SECRETS_DIR));
         let env = c.env.get_or_insert_with(Vec::new);
         env.push(literal("PHANTOM_SECRETS_DIR", SECRETS_DIR));
-        run_as_user = run_as_user.or(c.security_context.as_ref().and_then(|s| s.run_as_user));
+        let own_user = c.security_context.as_ref().and_then(|s| s.run_as_user);
+        if own_user.or(pod_user).is_none()
+            && c.security_context
+                .as_ref()
+                .and_then(|s| s.run_as_non_root)
+                .or(pod_non_root)
+                == Some(true)
+        {
+            return Err(Error::Inject(format!(
+                "container {} runs as non-root without a runAsUser, so its user is whatever its image says, which admission cannot know; Phantom's sidecar must run as that same user (it writes the secret files 0400 and its socket answers only its own uid). Set securityContext.runAsUser (on the container or the pod) to the image's user",
+                c.name
+            )));
+        }
+        run_as_user = run_as_user.or(own_user);
         if init_only {
             continue;
         }
@@ -152,8 +167,9 @@ pub fn mutate(
     }
     let host_network = spec.host_network == Some(true);
 
-    let init = init_container(config, &targets, run_as_user);
-    let mut proxy = proxy_container(decision, plan, key_release, &targets, config, run_as_user)?;
+    let security = injected_security(spec, run_as_user);
+    let init = init_container(config, &targets, &security);
+    let mut proxy = proxy_container(decision, plan, key_release, &targets, config, &security)?;
     if config.proxy_status_port != 0 && !host_network {
         add_status_port(&mut proxy, config.proxy_status_port, injection.mode);
     }
@@ -406,7 +422,29 @@ fn token_volume(config: &InjectConfig) -> Volume {
     }
 }
 
-fn hardened(run_as_user: Option<i64>) -> SecurityContext {
+/// The security context of Phantom's containers: as locked down as the `restricted` Pod Security
+/// profile asks, within what the application's pod lets them run as. They run as the wrapped
+/// containers' user (`run_as_user`, else the pod's, which they inherit); with a known non-root
+/// user they say `runAsNonRoot`, and when every application container confines itself with a
+/// seccomp profile (and the pod sets none for all) they use the runtime's default profile, so an
+/// injection never takes a pod out of the profile.
+fn injected_security(spec: &PodSpec, run_as_user: Option<i64>) -> SecurityContext {
+    let pod = spec.security_context.as_ref();
+    let user = run_as_user.or(pod.and_then(|p| p.run_as_user));
+    let confined = |c: &Container| {
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.seccomp_profile.as_ref())
+            .is_some_and(|p| p.type_ != "Unconfined")
+    };
+    let app_confined = pod.and_then(|p| p.seccomp_profile.as_ref()).is_none()
+        && !spec.containers.is_empty()
+        && spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .all(confined);
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
@@ -415,6 +453,11 @@ fn hardened(run_as_user: Option<i64>) -> SecurityContext {
             ..Default::default()
         }),
         run_as_user,
+        run_as_non_root: user.is_some_and(|u| u != 0).then_some(true),
+        seccomp_profile: app_confined.then(|| SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -424,7 +467,7 @@ fn hardened(run_as_user: Option<i64>) -> SecurityContext {
 fn init_container(
     config: &InjectConfig,
     wrapped: &[String],
-    run_as_user: Option<i64>,
+    security: &SecurityContext,
 ) -> Container {
     let mut command = vec![
         "/phantom-exec".to_owned(),
@@ -450,7 +493,7 @@ fn init_container(
             },
         ]),
         resources: Some(resources("10m", "8Mi", "16Mi")),
-        security_context: Some(hardened(run_as_user)),
+        security_context: Some(security.clone()),
         ..Default::default()
     }
 }
@@ -463,7 +506,7 @@ fn proxy_container(
     key_release: Option<&KeyReleasePlan>,
     targets: &[String],
     config: &InjectConfig,
-    run_as_user: Option<i64>,
+    security: &SecurityContext,
 ) -> Result<Container> {
     let plan_json = serde_json::to_string(plan)
         .map_err(|e| Error::Config(format!("encoding the sidecar's plan: {e}")))?;
@@ -536,7 +579,7 @@ fn proxy_container(
         // Its error (OpenBao unreachable, a refused login or key release) becomes the container
         // status message, readable with `kubectl describe pod` while the pod waits.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        security_context: Some(hardened(run_as_user)),
+        security_context: Some(security.clone()),
         ..Default::default()
     })
 }

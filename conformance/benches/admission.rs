@@ -63,7 +63,7 @@ fn review(namespace: &str, nonce: Option<usize>) -> String {
                              "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5f7", "uid": "u", "controller": true}]},
                 "spec": {"serviceAccountName": "default", "containers": [
                     {"name": "web", "image": "registry.example/web:1.4.2", "command": ["/web"], "env": [{"name": "MODE", "value": "prod"}],
-                     "securityContext": {"runAsNonRoot": true}},
+                     "securityContext": {"runAsNonRoot": true, "runAsUser": 1000}},
                     {"name": "log", "image": "registry.example/log:2.0", "command": ["/log"]}]}}}
     })
     .to_string()

@@ -633,3 +633,60 @@ fn the_decision_record_is_sealed_over_the_pod_as_stored() {
         );
     }
 }
+
+#[test]
+fn a_non_root_container_without_a_uid_is_refused_and_a_pods_uid_is_the_sidecars() {
+    let mut original = web();
+    let spec = original.spec.as_mut().unwrap();
+    spec.containers[0].security_context = Some(SecurityContext {
+        run_as_non_root: Some(true),
+        ..Default::default()
+    });
+    let err = mutate(
+        &original,
+        &decision(InjectionMode::Sidecar),
+        &[],
+        None,
+        &InjectConfig::default(),
+        &sealing(),
+    )
+    .expect_err("the sidecar's user is unknown");
+    assert!(
+        err.to_string()
+            .contains("container app runs as non-root without a runAsUser"),
+        "{err}"
+    );
+
+    // The pod's user is the application's, and so the sidecar's: it says runAsNonRoot, and
+    // follows the application's seccomp confinement.
+    let spec = original.spec.as_mut().unwrap();
+    spec.security_context = Some(k8s_openapi::api::core::v1::PodSecurityContext {
+        run_as_user: Some(65532),
+        ..Default::default()
+    });
+    for c in &mut spec.containers {
+        c.security_context
+            .get_or_insert_with(Default::default)
+            .seccomp_profile = Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        });
+    }
+    let out = injected(&original, InjectionMode::Sidecar);
+    let spec = out.spec.expect("spec");
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| c.name.starts_with("phantom-"))
+    {
+        let sc = c.security_context.as_ref().expect("hardened");
+        assert_eq!(sc.run_as_non_root, Some(true), "{}", c.name);
+        assert_eq!(
+            sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault"),
+            "{}",
+            c.name
+        );
+    }
+}
