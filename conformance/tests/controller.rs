@@ -881,6 +881,25 @@ async fn gap_eviction(env: Arc<Env>) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(replaced.uid() != gap.uid());
+    // The replacement's record is sealed under its generateName (admission never sees the
+    // generated name) and verifies on the stored pod: it is not a gap pod.
+    let dir = s.settings.certs.write_dir.clone().context("write_dir")?;
+    let key_text = std::fs::read_to_string(dir.join(phantom_controller::gaps::DECISION_KEY))?;
+    let key = phantom_seal::Key::decode(&key_text, "the controller's decision.key")?;
+    ensure!(
+        replaced.metadata.generate_name.is_some()
+            && replaced.annotations().contains_key(SEAL_ANNOTATION),
+        "{:?}",
+        replaced.metadata
+    );
+    phantom_seal::check(&key, &replaced)
+        .map_err(|broken| anyhow::anyhow!("the replacement's seal: {broken}"))?;
+    let gaps =
+        phantom_controller::gaps::scan(&env.client(), &s.settings.webhooks, Some(&key)).await?;
+    ensure!(
+        !gaps.iter().any(|g| g.namespace == ns),
+        "the replacement is not a gap pod: {gaps:?}"
+    );
     ensure!(
         metric(
             &controller.metrics.encode(),
