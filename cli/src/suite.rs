@@ -211,8 +211,14 @@ fn run_case(
             .join(","),
     );
     if problems.is_empty() {
-        Ok(())
-    } else {
-        bail!("{}", problems.join("; "))
+        return Ok(());
     }
+    // Why the pod was decided so: what refused it is the first thing an author needs.
+    for denial in &d.denials {
+        problems.push(format!(
+            "refused by {}/{}: {}",
+            denial.policy, denial.rule, denial.message
+        ));
+    }
+    bail!("{}", problems.join("; "))
 }

@@ -81,6 +81,9 @@ fn test_fails_on_a_wrong_expectation() {
     assert!(
         out.contains("FAIL")
             && out.contains("allowed: expected true, got false")
+            && out.contains(
+                "refused by payments/team-label: pods that receive secrets need a team label"
+            )
             && out.contains("0 passed, 1 failed"),
         "{out}"
     );
