@@ -90,8 +90,9 @@ pub fn mutate(
     }
     check_deliveries(plan, &targets).map_err(|conflict| Error::Inject(conflict.to_string()))?;
     let mut run_as_user = None;
-    let pod_context = spec.security_context.clone().unwrap_or_default();
-    let (pod_user, pod_non_root) = (pod_context.run_as_user, pod_context.run_as_non_root);
+    let pod_context = spec.security_context.as_ref();
+    let pod_user = pod_context.and_then(|p| p.run_as_user);
+    let pod_non_root = pod_context.and_then(|p| p.run_as_non_root);
     for c in spec
         .containers
         .iter_mut()

@@ -15,8 +15,16 @@ mod tests;
 /// Capabilities `baseline` lets a container add; `restricted` allows only `NET_BIND_SERVICE`.
 const RESTRICTED_ADD: &[&str] = &["NET_BIND_SERVICE"];
 /// Volume types `restricted` allows.
-const ALLOWED_VOLUMES: &str =
-    "configMap, csi, downwardAPI, emptyDir, ephemeral, persistentVolumeClaim, projected, secret";
+const ALLOWED_VOLUMES: &[&str] = &[
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+];
 /// Sysctls `baseline` allows.
 const SAFE_SYSCTLS: &[&str] = &[
     "kernel.shm_rmid_forced",
@@ -75,10 +83,11 @@ pub fn restricted(spec: &PodSpec) -> Vec<String> {
             .filter(|k| k.as_str() != "name")
             .collect();
         for kind in kinds {
-            if !ALLOWED_VOLUMES.split(", ").any(|a| a == kind) {
+            if !ALLOWED_VOLUMES.contains(&kind.as_str()) {
                 out.push(format!(
-                    "volume {} is of type {kind} (allowed: {ALLOWED_VOLUMES})",
-                    volume.name
+                    "volume {} is of type {kind} (allowed: {})",
+                    volume.name,
+                    ALLOWED_VOLUMES.join(", ")
                 ));
             }
         }

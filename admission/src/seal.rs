@@ -11,18 +11,16 @@ use phantom_crds::wellknown::SEAL_ANNOTATION;
 use phantom_seal::{Key, Purpose};
 
 use crate::metrics::Metrics;
+use crate::tls::modified;
 use crate::{Error, Result};
 
 /// The seal key read from a file and re-read when the file changes.
 #[derive(Debug)]
 pub struct ReloadingSealKey {
-    path: PathBuf,
+    /// `None` for a key held in memory only.
+    path: Option<PathBuf>,
     current: RwLock<Arc<Key>>,
     stamp: Mutex<Option<SystemTime>>,
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn read(path: &Path) -> Result<Key> {
@@ -44,7 +42,7 @@ impl ReloadingSealKey {
         let stamp = modified(path);
         let key = read(path)?;
         Ok(Arc::new(Self {
-            path: path.to_owned(),
+            path: Some(path.to_owned()),
             current: RwLock::new(Arc::new(key)),
             stamp: Mutex::new(stamp),
         }))
@@ -53,7 +51,7 @@ impl ReloadingSealKey {
     /// A key held in memory only (unit tests and in-process harnesses that have no file).
     pub fn fixed(key: Key) -> Arc<Self> {
         Arc::new(Self {
-            path: PathBuf::new(),
+            path: None,
             current: RwLock::new(Arc::new(key)),
             stamp: Mutex::new(None),
         })
@@ -70,15 +68,15 @@ impl ReloadingSealKey {
     /// Re-reads the file if its modification time changed; `Ok(true)` when a new key is in use.
     /// On error the previous key stays.
     pub fn reload_if_changed(&self) -> Result<bool> {
-        if self.path.as_os_str().is_empty() {
+        let Some(path) = &self.path else {
             return Ok(false);
-        }
-        let stamp = modified(&self.path);
+        };
+        let stamp = modified(path);
         let mut seen = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
         if *seen == stamp {
             return Ok(false);
         }
-        let key = read(&self.path)?;
+        let key = read(path)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
         *seen = stamp;
         Ok(true)
@@ -90,7 +88,10 @@ impl ReloadingSealKey {
         interval: Duration,
         metrics: Arc<Metrics>,
     ) -> tokio::task::JoinHandle<()> {
-        let what = format!("decision-seal key {}", self.path.display());
+        let what = match &self.path {
+            Some(path) => format!("decision-seal key {}", path.display()),
+            None => "decision-seal key (in memory)".to_owned(),
+        };
         crate::tls::watch_file(
             interval,
             what,

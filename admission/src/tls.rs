@@ -29,7 +29,8 @@ pub struct ReloadingCertificate {
     stamp: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
+/// A file's modification time, `None` when it cannot be read (a reload then compares unequal).
+pub(crate) fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
