@@ -88,7 +88,7 @@ fn check(
             ));
         }
         let tee: Option<TeeType> = attestation
-            .get("teeType")
+            .get("tee")
             .cloned()
             .and_then(|t| serde_json::from_value(t).ok());
         if !tee.is_some_and(|t| requirement.object.spec.tee_types.contains(&t)) {

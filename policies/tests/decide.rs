@@ -378,7 +378,7 @@ fn attestation_gated_release_needs_matching_evidence() {
             .contains("presented none")
     );
     let debug = KeyReleaseInput {
-        attestation: Some(json!({"teeType": "sev-snp", "debug": true})),
+        attestation: Some(json!({"tee": "sev-snp", "debug": true})),
         ..base.clone()
     };
     assert_eq!(
@@ -388,12 +388,12 @@ fn attestation_gated_release_needs_matching_evidence() {
         "snp/no-debug"
     );
     let tdx = KeyReleaseInput {
-        attestation: Some(json!({"teeType": "tdx", "debug": false})),
+        attestation: Some(json!({"tee": "tdx", "debug": false})),
         ..base.clone()
     };
     assert!(set.check_key_release(&policies, &tdx).is_err());
     let good = KeyReleaseInput {
-        attestation: Some(json!({"teeType": "sev-snp", "debug": false})),
+        attestation: Some(json!({"tee": "sev-snp", "debug": false})),
         ..base
     };
     assert_eq!(set.check_key_release(&policies, &good), Ok(()));
@@ -469,10 +469,7 @@ fn the_sidecars_key_release_set_answers_like_the_policy_set() {
             .message
             .contains("presented none")
     );
-    assert_eq!(
-        gated.check(&own, Some(&json!({"teeType": "sev-snp"}))),
-        Ok(())
-    );
+    assert_eq!(gated.check(&own, Some(&json!({"tee": "sev-snp"}))), Ok(()));
 
     let mut broken = plan.clone();
     broken.policies[0].key_release.conditions[0].expression =

@@ -17,6 +17,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("phantom-testkit", &[]),
     ("phantom-policies", &["phantom-crds"]),
     ("phantom-seal", &["phantom-crds"]),
+    ("phantom-attestation", &["phantom-crds"]),
     (
         "phantom-admission",
         &[
@@ -99,6 +100,19 @@ const FORBIDDEN_EXTERNAL: &[(&str, &[&str])] = &[
             "kube",
             "clap",
             "tracing-subscriber",
+        ],
+    ),
+    // Verification is pure and offline: no runtime, no HTTP client (collateral is never fetched).
+    (
+        "phantom-attestation",
+        &[
+            "tokio",
+            "hyper",
+            "reqwest",
+            "kube",
+            "clap",
+            "tracing-subscriber",
+            "openssl",
         ],
     ),
     // Process support knows no Phantom API.
@@ -269,5 +283,42 @@ fn every_crate_declares_the_workspace_rust_version() {
     assert!(
         (major, minor) >= (1, 88),
         "the code uses let-chains (Rust 1.88); rust-version {declared} promises less"
+    );
+}
+
+/// serde_json's `preserve_order` changes the key order of every map Phantom serialises (CRD YAML,
+/// the rendered chart, policy digests), and features unify across the workspace: one dependency
+/// turning it on would make a binary built alone disagree with one built in the workspace.
+#[test]
+fn no_dependency_turns_on_serde_json_preserve_order() {
+    // `cargo tree` resolves for the host only, so it needs no crate of another platform offline.
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--offline",
+            "--workspace",
+            "-e",
+            "features",
+            "-i",
+            "serde_json",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        tree.contains("serde_json feature \"std\""),
+        "unexpected cargo tree output: {tree}"
+    );
+    assert!(
+        !tree.contains("serde_json feature \"preserve_order\""),
+        "serde_json is built with preserve_order; find the dependency that enables it (`cargo tree -e features -i serde_json`) and turn that feature off"
     );
 }

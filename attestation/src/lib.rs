@@ -1,0 +1,30 @@
+//! TEE evidence for attested key release.
+//!
+//! What the broker (the relying party next to OpenBao) needs to decide whether a pod's TEE may
+//! receive a secret, and what the sidecar needs to produce the evidence, in one library:
+//!
+//! - [`report_data`]: the 64 bytes a report carries, binding the broker's nonce, the sidecar's
+//!   ephemeral key, the pinned OpenBao key and the pod UID;
+//! - [`tsm`]: evidence collection through Linux configfs-tsm;
+//! - [`snp`] and [`tdx`]: offline verification of AMD SEV-SNP reports and Intel TDX quotes
+//!   against pinned vendor roots and operator-supplied collateral, never fetched at release time;
+//! - [`claims`]: what verification established, in the one shape CEL conditions read
+//!   (`attestation.tee`, `.snp.*`, `.tdx.*`, `.pod`, `.serviceAccount`, `.openbao`);
+//! - [`requirement`]: every structured field of an `AttestationRequirement`, enforced over the
+//!   claims with a refusal that names the field and what was found.
+//!
+//! Verification never runs in the sidecar: a check inside the node its owner controls is no gate.
+
+pub mod claims;
+#[cfg(feature = "emulator")]
+pub mod emulator;
+mod error;
+pub mod report_data;
+pub mod requirement;
+pub mod snp;
+pub mod tdx;
+pub mod tsm;
+
+pub use claims::{Claims, SnpClaims, TdxClaims, Tee};
+pub use error::{Error, Result};
+pub use requirement::{Reason, Refusal};

@@ -1,0 +1,293 @@
+//! AMD SEV-SNP report verification, offline.
+//!
+//! The report is parsed by the `sev` crate; every signature is checked with ring, so the verifier
+//! links neither OpenSSL nor a second RSA/ECDSA implementation (ring is already in every Phantom
+//! binary through rustls). The checks, in order:
+//!
+//! 1. the report is 1,184 bytes, version ≥ 2, signature algorithm 1 (ECDSA P-384 / SHA-384);
+//! 2. key_info names the signing key (VCEK or VLEK) and the certificate supplied is of that kind;
+//! 3. the certificate was issued by an intermediate (ASK for VCEK, ASVK for VLEK) of a pinned ARK,
+//!    and ARK, intermediate and certificate are valid at `now`;
+//! 4. the certificate's TCB extensions equal the report's `reported_tcb`, and a VCEK's HW_ID equals
+//!    the report's `chip_id` (unless the chip ID is masked, which the claims say);
+//! 5. the report's CPU generation (version ≥ 3) is the product line of the chain;
+//! 6. the report's signature verifies with the certificate's key.
+//!
+//! What the guest *is* (measurement, debug, VMPL, TCB minimums) is policy: [`crate::requirement`].
+
+mod cert;
+pub mod cert_table;
+mod roots;
+
+pub use roots::Roots;
+
+use sev::firmware::guest::AttestationReport;
+use sev::parser::ByteParser;
+
+use self::cert::Cert;
+use crate::claims::{SnpClaims, SnpTcb};
+use crate::{Error, Result};
+
+/// Bytes of an SEV-SNP attestation report.
+pub const REPORT_LEN: usize = 1184;
+/// Bytes the report's signature covers.
+const SIGNED_LEN: usize = 0x2a0;
+
+const OID_BOOTLOADER: &str = "1.3.6.1.4.1.3704.1.3.1";
+const OID_TEE: &str = "1.3.6.1.4.1.3704.1.3.2";
+const OID_SNP: &str = "1.3.6.1.4.1.3704.1.3.3";
+const OID_MICROCODE: &str = "1.3.6.1.4.1.3704.1.3.8";
+const OID_FMC: &str = "1.3.6.1.4.1.3704.1.3.9";
+const OID_HW_ID: &str = "1.3.6.1.4.1.3704.1.4";
+const OID_CSP_ID: &str = "1.3.6.1.4.1.3704.1.5";
+
+/// Which key signed a report (key_info bits 4:2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningKey {
+    /// Versioned Chip Endorsement Key: per chip and TCB.
+    Vcek,
+    /// Versioned Loaded Endorsement Key: per cloud provider, loaded into the chip.
+    Vlek,
+}
+
+impl SigningKey {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Vcek => "VCEK",
+            Self::Vlek => "VLEK",
+        }
+    }
+
+    fn subject(self) -> &'static str {
+        match self {
+            Self::Vcek => "SEV-VCEK",
+            Self::Vlek => "SEV-VLEK",
+        }
+    }
+}
+
+/// Verifies SEV-SNP reports against a set of trusted AMD chains.
+#[derive(Debug, Clone)]
+pub struct SnpVerifier {
+    roots: Roots,
+}
+
+impl SnpVerifier {
+    pub fn new(roots: Roots) -> Self {
+        Self { roots }
+    }
+
+    /// Verifies `report` (raw, 1,184 bytes) with the DER certificate of the key that signed it
+    /// (`endorsement`: the chip's VCEK or the provider's VLEK, from the collateral bundle), at
+    /// `now` (unix seconds). Returns what the report states, for policy to judge.
+    pub fn verify(&self, report: &[u8], endorsement: &[u8], now: i64) -> Result<SnpClaims> {
+        if report.len() != REPORT_LEN {
+            return Err(Error::Malformed {
+                what: "SEV-SNP report",
+                reason: format!("{} bytes, a report has {REPORT_LEN}", report.len()),
+            });
+        }
+        let version = u32::from_le_bytes(report[0..4].try_into().expect("4 bytes"));
+        if version < 2 {
+            return Err(Error::ReportVersion { version });
+        }
+        let parsed =
+            AttestationReport::from_bytes(report).map_err(|source| Error::SnpParse { source })?;
+        if parsed.sig_algo != 1 {
+            return Err(Error::SignatureAlgorithm {
+                algorithm: parsed.sig_algo,
+            });
+        }
+        let key = match parsed.key_info.signing_key() {
+            0 => SigningKey::Vcek,
+            1 => SigningKey::Vlek,
+            other => return Err(Error::Unsigned(other)),
+        };
+
+        let what = key.name();
+        let endorsement_cert = Cert::parse(what, endorsement)?;
+        if endorsement_cert.subject_cn != key.subject() {
+            return Err(Error::EndorsementKind {
+                expected: what,
+                supplied: if endorsement_cert.subject_cn.is_empty() {
+                    "certificate without a common name".into()
+                } else {
+                    endorsement_cert.subject_cn.clone()
+                },
+            });
+        }
+        let product = self.chain(what, &endorsement_cert, now)?;
+
+        let tcb = &parsed.reported_tcb;
+        let mut checks = vec![
+            (OID_BOOTLOADER, "bootloader", tcb.bootloader),
+            (OID_TEE, "tee", tcb.tee),
+            (OID_SNP, "snp", tcb.snp),
+            (OID_MICROCODE, "microcode", tcb.microcode),
+        ];
+        if let Some(fmc) = tcb.fmc {
+            checks.push((OID_FMC, "fmc", fmc));
+        }
+        for (oid, component, report_svn) in checks {
+            let value = endorsement_cert
+                .extension(oid)
+                .ok_or(Error::MissingExtension {
+                    oid,
+                    name: component,
+                })?;
+            let certificate = der_small_integer(value).ok_or_else(|| Error::Malformed {
+                what: "VCEK/VLEK certificate",
+                reason: format!("extension {oid} ({component}) is not a small DER INTEGER"),
+            })?;
+            if certificate != report_svn {
+                return Err(Error::TcbMismatch {
+                    component,
+                    certificate,
+                    report: report_svn,
+                });
+            }
+        }
+        let chip_id_masked = parsed.chip_id.iter().all(|b| *b == 0);
+        if key == SigningKey::Vcek && !chip_id_masked {
+            let hw_id = endorsement_cert
+                .extension(OID_HW_ID)
+                .ok_or(Error::MissingExtension {
+                    oid: OID_HW_ID,
+                    name: "hwID",
+                })?;
+            if !hw_id_matches(hw_id, &parsed.chip_id) {
+                return Err(Error::ChipMismatch);
+            }
+        }
+        if let (Some(family), Some(model)) = (parsed.cpuid_fam_id, parsed.cpuid_mod_id) {
+            let generation = sev::Generation::identify_cpu(family, model)
+                .map_err(|source| Error::SnpParse { source })?;
+            let report_product = match generation {
+                sev::Generation::Milan => "milan",
+                sev::Generation::Genoa => "genoa",
+                sev::Generation::Turin => "turin",
+                sev::Generation::Venice => "venice",
+            }
+            .to_owned();
+            if report_product != product.name {
+                return Err(Error::ProductMismatch {
+                    report: report_product,
+                    chain: product.name.clone(),
+                });
+            }
+        }
+
+        // The signature field is two 72-byte scalars of which 48 bytes are used, then reserved
+        // bytes; none of it is signed, so anything but zeros there makes two different byte
+        // strings of one report (and a replay check keyed on the bytes could be fooled).
+        let unsigned_nonzero = [
+            &report[SIGNED_LEN + 48..SIGNED_LEN + 72],
+            &report[SIGNED_LEN + 72 + 48..SIGNED_LEN + 144],
+            &report[SIGNED_LEN + 144..],
+        ]
+        .iter()
+        .any(|part| part.iter().any(|b| *b != 0));
+        if unsigned_nonzero {
+            return Err(Error::Malformed {
+                what: "SEV-SNP report",
+                reason: "the unsigned bytes around its signature are not zero".into(),
+            });
+        }
+        let point = endorsement_cert.p384_point(what)?;
+        let mut signature = Vec::with_capacity(96);
+        for component in [parsed.signature.r(), parsed.signature.s()] {
+            // 72-byte little-endian fields of which the first 48 bytes are the P-384 scalar.
+            signature.extend(component[..48].iter().rev());
+        }
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_FIXED, &point)
+            .verify(&report[..SIGNED_LEN], &signature)
+            .map_err(|_| Error::BadSignature {
+                what: format!("SEV-SNP report signed by its {what}"),
+            })?;
+
+        let csp = endorsement_cert.extension(OID_CSP_ID).and_then(der_string);
+        Ok(SnpClaims {
+            product: product.name.clone(),
+            version,
+            signing_key: what.to_ascii_lowercase(),
+            measurement: hex::encode(parsed.measurement),
+            host_data: hex::encode(parsed.host_data),
+            report_data: hex::encode(parsed.report_data),
+            family_id: hex::encode(parsed.family_id),
+            image_id: hex::encode(parsed.image_id),
+            id_key_digest: hex::encode(parsed.id_key_digest),
+            author_key_digest: hex::encode(parsed.author_key_digest),
+            guest_svn: parsed.guest_svn,
+            vmpl: parsed.vmpl,
+            policy: parsed.policy.0,
+            debug: parsed.policy.debug_allowed(),
+            migrate_ma: parsed.policy.migrate_ma_allowed(),
+            smt_allowed: parsed.policy.smt_allowed(),
+            reported_tcb: SnpTcb {
+                bootloader: tcb.bootloader,
+                tee: tcb.tee,
+                snp: tcb.snp,
+                microcode: tcb.microcode,
+                fmc: tcb.fmc,
+            },
+            chip_id: hex::encode(parsed.chip_id),
+            chip_id_masked,
+            vlek_csp: csp,
+        })
+    }
+}
+
+impl SnpVerifier {
+    /// Checks a VCEK/VLEK certificate (DER) against the trusted chains at `now`, as when an
+    /// operator's collateral bundle is loaded; returns the product line that endorses it.
+    pub fn check_endorsement(&self, endorsement: &[u8], now: i64) -> Result<String> {
+        let cert = Cert::parse("VCEK/VLEK", endorsement)?;
+        Ok(self.chain("VCEK/VLEK", &cert, now)?.name.clone())
+    }
+
+    fn chain(&self, what: &str, endorsement: &Cert, now: i64) -> Result<&roots::Product> {
+        let (product, intermediate) = self.roots.issuer_of(what, endorsement)?;
+        endorsement.check_signed_by(what, intermediate)?;
+        product
+            .ark
+            .check_valid_at(&format!("{} ARK", product.name), now)?;
+        intermediate.check_valid_at(&format!("{} intermediate", product.name), now)?;
+        endorsement.check_valid_at(what, now)?;
+        Ok(product)
+    }
+}
+
+/// A DER INTEGER that fits a byte (SVNs are 0..=255; DER may prefix a zero byte).
+fn der_small_integer(value: &[u8]) -> Option<u8> {
+    let [0x02, len, body @ ..] = value else {
+        return None;
+    };
+    if usize::from(*len) != body.len() || body.is_empty() || body.len() > 2 {
+        return None;
+    }
+    match body {
+        [v] if *v < 0x80 => Some(*v),
+        [0, v] if *v >= 0x80 => Some(*v),
+        _ => None,
+    }
+}
+
+/// AMD writes HW_ID either as a DER OCTET STRING (current certificates) or as the raw 64 bytes
+/// (older ones); both name the chip.
+fn hw_id_matches(value: &[u8], chip_id: &[u8; 64]) -> bool {
+    match value {
+        [0x04, 0x40, body @ ..] if body.len() == 64 => body == chip_id,
+        raw if raw.len() == 64 => raw == chip_id,
+        _ => false,
+    }
+}
+
+/// An IA5String/UTF8String extension value (the VLEK's CSP ID).
+fn der_string(value: &[u8]) -> Option<String> {
+    let [0x16 | 0x0c, len, body @ ..] = value else {
+        return None;
+    };
+    (usize::from(*len) == body.len())
+        .then(|| String::from_utf8(body.to_vec()).ok())
+        .flatten()
+}
