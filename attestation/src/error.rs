@@ -14,6 +14,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A certificate could not be parsed.
+    #[cfg(feature = "verify")]
     #[error("{what} certificate cannot be parsed: {source}")]
     Certificate {
         what: String,

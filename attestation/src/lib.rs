@@ -3,6 +3,8 @@
 //! What the broker (the relying party next to OpenBao) needs to decide whether a pod's TEE may
 //! receive a secret, and what the sidecar needs to produce the evidence, in one library:
 //!
+//! - [`envelope`]: the secret sealed to the sidecar's ephemeral key (X25519, HKDF-SHA256,
+//!   AES-256-GCM);
 //! - [`report_data`]: the 64 bytes a report carries, binding the broker's nonce, the sidecar's
 //!   ephemeral key, the pinned OpenBao key and the pod UID;
 //! - [`tsm`]: evidence collection through Linux configfs-tsm;
@@ -14,14 +16,18 @@
 //!   claims with a refusal that names the field and what was found.
 //!
 //! Verification never runs in the sidecar: a check inside the node its owner controls is no gate.
+//! The verifiers are behind the default feature `verify`; the sidecar builds without it.
 
 pub mod claims;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+pub mod envelope;
 mod error;
 pub mod report_data;
 pub mod requirement;
+#[cfg(feature = "verify")]
 pub mod snp;
+#[cfg(feature = "verify")]
 pub mod tdx;
 pub mod tsm;
 
