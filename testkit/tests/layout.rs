@@ -18,6 +18,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("phantom-policies", &["phantom-crds"]),
     ("phantom-seal", &["phantom-crds"]),
     ("phantom-attestation", &["phantom-crds"]),
+    // The relying party next to OpenBao; its OpenBao client and process support will come from
+    // phantom-openbao and phantom-process.
+    (
+        "phantom-broker",
+        &[
+            "phantom-attestation",
+            "phantom-crds",
+            "phantom-policies",
+            "phantom-openbao",
+            "phantom-process",
+        ],
+    ),
     (
         "phantom-admission",
         &[
