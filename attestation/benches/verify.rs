@@ -5,7 +5,9 @@
 //! `cargo bench -p phantom-attestation --bench verify`
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use phantom_testkit::bench::{percentiles, time};
 
 use phantom_attestation::snp::{Roots, SnpVerifier};
 use phantom_attestation::tdx::TdxVerifier;
@@ -22,31 +24,6 @@ fn data(path: &str) -> Vec<u8> {
             .join(path),
     )
     .expect("fixture")
-}
-
-fn percentiles(what: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    println!(
-        "{what:<52} n={:<6} p50={:>9.2?} p99={:>9.2?} max={:>9.2?}",
-        samples.len(),
-        at(0.5),
-        at(0.99),
-        at(1.0)
-    );
-}
-
-fn time(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
-    for _ in 0..n / 10 {
-        f();
-    }
-    (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect()
 }
 
 fn main() {

@@ -6,38 +6,14 @@
 //! `make plugins && cargo bench -p phantom-policies --bench decide`
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+
+use phantom_testkit::bench::{percentiles, time};
 
 use phantom_crds::{PhantomPolicy, SecretBinding};
 use phantom_policies::expr::{Expect, Expression, Limits, Scope, context};
 use phantom_policies::wasm::{PluginHost, PluginLimits, module_digest};
 use phantom_policies::{AdmissionInput, Modules, PolicySet, RequestInfo, Sources};
 use serde_json::{Value, json};
-
-fn percentiles(what: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    println!(
-        "{what:<52} n={:<6} p50={:>9.2?} p99={:>9.2?} max={:>9.2?}",
-        samples.len(),
-        at(0.5),
-        at(0.99),
-        at(1.0)
-    );
-}
-
-fn time(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
-    for _ in 0..n / 10 {
-        f();
-    }
-    (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect()
-}
 
 /// Expressions near the budget, on a pod at the input bounds: 1,024 containers whose images fill
 /// the 2 MiB of strings. How long a unit of the estimate takes says how pessimistic it is.

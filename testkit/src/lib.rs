@@ -6,6 +6,7 @@
 //! [`GENERATE_ENV`] set, and then they write the files instead of failing.
 
 pub mod alloc;
+pub mod bench;
 
 use std::path::Path;
 use std::process::Command;

@@ -131,24 +131,31 @@ const FORBIDDEN_EXTERNAL: &[(&str, &[&str])] = &[
     ("phantom-process", &["kube", "k8s-openapi"]),
 ];
 
-fn metadata() -> Value {
+/// Runs cargo with `args` in the workspace and returns what it printed; fails the test otherwise.
+fn cargo(args: &[&str]) -> Vec<u8> {
     let out = Command::new(env!("CARGO"))
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--offline",
-        ])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .expect("cargo metadata runs");
+        .expect("cargo runs");
     assert!(
         out.status.success(),
-        "cargo metadata failed: {}",
+        "cargo {} failed: {}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON")
+    out.stdout
+}
+
+fn metadata() -> Value {
+    let out = cargo(&[
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+        "--offline",
+    ]);
+    serde_json::from_slice(&out).expect("cargo metadata prints JSON")
 }
 
 fn packages(meta: &Value) -> Vec<&Value> {
@@ -304,27 +311,18 @@ fn every_crate_declares_the_workspace_rust_version() {
 #[test]
 fn no_dependency_turns_on_serde_json_preserve_order() {
     // `cargo tree` resolves for the host only, so it needs no crate of another platform offline.
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "--offline",
-            "--workspace",
-            "-e",
-            "features",
-            "-i",
-            "serde_json",
-            "--prefix",
-            "none",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo tree runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tree = String::from_utf8_lossy(&out.stdout);
+    let out = cargo(&[
+        "tree",
+        "--offline",
+        "--workspace",
+        "-e",
+        "features",
+        "-i",
+        "serde_json",
+        "--prefix",
+        "none",
+    ]);
+    let tree = String::from_utf8_lossy(&out);
     assert!(
         tree.contains("serde_json feature \"std\""),
         "unexpected cargo tree output: {tree}"
