@@ -78,7 +78,7 @@ impl Claims {
 }
 
 /// SEV-SNP TCB components.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct SnpTcb {
     pub bootloader: u8,
     pub tee: u8,

@@ -108,6 +108,16 @@ pub enum Error {
     /// The quote is of a TEE other than TDX.
     #[error("quote is of TEE type {tee_type:#x}, not TDX (0x81)")]
     NotTdx { tee_type: u32 },
+    /// The collateral bundle holds no certificate for the key that signed a report.
+    #[error(
+        "the collateral bundle has no {needed}; add it (AMD KDS serves VCEKs at https://kdsintf.amd.com/vcek/v1/<product>/<chip id>?blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=..; VLEKs come from the cloud provider)"
+    )]
+    NoEndorsement { needed: String },
+    /// The collateral bundle holds no TDX collateral for a quote's platform.
+    #[error(
+        "the collateral bundle has no TDX collateral for FMSPC {fmspc}; add a current QuoteCollateralV3 document for it (from Intel PCS or your PCCS)"
+    )]
+    NoTdxCollateral { fmspc: String },
     /// The collateral document is not what dcap-qvl expects.
     #[error("TDX collateral is malformed: {source}")]
     TdxCollateral {

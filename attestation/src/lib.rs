@@ -10,6 +10,8 @@
 //! - [`tsm`]: evidence collection through Linux configfs-tsm;
 //! - [`snp`] and [`tdx`]: offline verification of AMD SEV-SNP reports and Intel TDX quotes
 //!   against pinned vendor roots and operator-supplied collateral, never fetched at release time;
+//! - [`collateral`]: the operator's offline bundle (VCEKs/VLEKs, TDX collateral), each entry with
+//!   a status, looked up by what the evidence needs;
 //! - [`claims`]: what verification established, in the one shape CEL conditions read
 //!   (`attestation.tee`, `.snp.*`, `.tdx.*`, `.pod`, `.serviceAccount`, `.openbao`);
 //! - [`requirement`]: every structured field of an `AttestationRequirement`, enforced over the
@@ -19,6 +21,8 @@
 //! The verifiers are behind the default feature `verify`; the sidecar builds without it.
 
 pub mod claims;
+#[cfg(feature = "verify")]
+pub mod collateral;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod envelope;

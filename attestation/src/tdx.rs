@@ -26,6 +26,27 @@ pub const MAX_QUOTE_LEN: usize = 32 * 1024;
 /// Larger than any QuoteCollateralV3 document (about 16 KiB).
 pub const MAX_COLLATERAL_LEN: usize = 256 * 1024;
 
+/// The FMSPC (upper-case hex) of the platform a quote comes from, read from its PCK certificate:
+/// what selects the quote's collateral.
+pub fn fmspc(quote: &[u8]) -> Result<String> {
+    if quote.len() > MAX_QUOTE_LEN {
+        return Err(Error::Malformed {
+            what: "TDX quote",
+            reason: format!(
+                "{} bytes, more than the {MAX_QUOTE_LEN} any genuine one has",
+                quote.len()
+            ),
+        });
+    }
+    let parsed = dcap_qvl::quote::Quote::parse(quote).map_err(|source| Error::Tdx {
+        source: source.into(),
+    })?;
+    let fmspc = dcap_qvl::intel::quote_fmspc(&parsed).map_err(|source| Error::Tdx {
+        source: source.into(),
+    })?;
+    Ok(hex::encode_upper(fmspc))
+}
+
 /// Verifies TDX quotes against Intel's SGX/TDX root CA (or a test root).
 pub struct TdxVerifier {
     verifier: QuoteVerifier,

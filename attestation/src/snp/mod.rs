@@ -17,6 +17,7 @@
 
 mod cert;
 pub mod cert_table;
+pub mod index;
 mod roots;
 
 pub use roots::Roots;
@@ -25,6 +26,7 @@ use sev::firmware::guest::AttestationReport;
 use sev::parser::ByteParser;
 
 use self::cert::Cert;
+pub(crate) use self::cert::pem_certificates;
 use crate::claims::{SnpClaims, SnpTcb};
 use crate::{Error, Result};
 
@@ -42,7 +44,7 @@ const OID_HW_ID: &str = "1.3.6.1.4.1.3704.1.4";
 const OID_CSP_ID: &str = "1.3.6.1.4.1.3704.1.5";
 
 /// Which key signed a report (key_info bits 4:2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SigningKey {
     /// Versioned Chip Endorsement Key: per chip and TCB.
     Vcek,
@@ -66,6 +68,44 @@ impl SigningKey {
     }
 }
 
+/// A report that passed the format checks (1 and 2 above).
+struct Parsed {
+    report: AttestationReport,
+    version: u32,
+    key: SigningKey,
+}
+
+fn parse(report: &[u8]) -> Result<Parsed> {
+    if report.len() != REPORT_LEN {
+        return Err(Error::Malformed {
+            what: "SEV-SNP report",
+            reason: format!("{} bytes, a report has {REPORT_LEN}", report.len()),
+        });
+    }
+    let version = u32::from_le_bytes(report[0..4].try_into().expect("4 bytes"));
+    if version < 2 {
+        return Err(Error::ReportVersion { version });
+    }
+    let parsed =
+        AttestationReport::from_bytes(report).map_err(|source| Error::SnpParse { source })?;
+    if parsed.sig_algo != 1 {
+        return Err(Error::SignatureAlgorithm {
+            algorithm: parsed.sig_algo,
+        });
+    }
+    let key = match parsed.key_info.signing_key() {
+        0 => SigningKey::Vcek,
+        1 => SigningKey::Vlek,
+        other => return Err(Error::Unsigned(other)),
+    };
+
+    Ok(Parsed {
+        report: parsed,
+        version,
+        key,
+    })
+}
+
 /// Verifies SEV-SNP reports against a set of trusted AMD chains.
 #[derive(Debug, Clone)]
 pub struct SnpVerifier {
@@ -81,29 +121,11 @@ impl SnpVerifier {
     /// (`endorsement`: the chip's VCEK or the provider's VLEK, from the collateral bundle), at
     /// `now` (unix seconds). Returns what the report states, for policy to judge.
     pub fn verify(&self, report: &[u8], endorsement: &[u8], now: i64) -> Result<SnpClaims> {
-        if report.len() != REPORT_LEN {
-            return Err(Error::Malformed {
-                what: "SEV-SNP report",
-                reason: format!("{} bytes, a report has {REPORT_LEN}", report.len()),
-            });
-        }
-        let version = u32::from_le_bytes(report[0..4].try_into().expect("4 bytes"));
-        if version < 2 {
-            return Err(Error::ReportVersion { version });
-        }
-        let parsed =
-            AttestationReport::from_bytes(report).map_err(|source| Error::SnpParse { source })?;
-        if parsed.sig_algo != 1 {
-            return Err(Error::SignatureAlgorithm {
-                algorithm: parsed.sig_algo,
-            });
-        }
-        let key = match parsed.key_info.signing_key() {
-            0 => SigningKey::Vcek,
-            1 => SigningKey::Vlek,
-            other => return Err(Error::Unsigned(other)),
-        };
-
+        let Parsed {
+            report: parsed,
+            version,
+            key,
+        } = parse(report)?;
         let what = key.name();
         let endorsement_cert = Cert::parse(what, endorsement)?;
         if endorsement_cert.subject_cn != key.subject() {
@@ -119,26 +141,14 @@ impl SnpVerifier {
         let product = self.chain(what, &endorsement_cert, now)?;
 
         let tcb = &parsed.reported_tcb;
-        let mut checks = vec![
-            (OID_BOOTLOADER, "bootloader", tcb.bootloader),
-            (OID_TEE, "tee", tcb.tee),
-            (OID_SNP, "snp", tcb.snp),
-            (OID_MICROCODE, "microcode", tcb.microcode),
-        ];
-        if let Some(fmc) = tcb.fmc {
-            checks.push((OID_FMC, "fmc", fmc));
-        }
-        for (oid, component, report_svn) in checks {
-            let value = endorsement_cert
-                .extension(oid)
-                .ok_or(Error::MissingExtension {
-                    oid,
-                    name: component,
-                })?;
-            let certificate = der_small_integer(value).ok_or_else(|| Error::Malformed {
-                what: "VCEK/VLEK certificate",
-                reason: format!("extension {oid} ({component}) is not a small DER INTEGER"),
-            })?;
+        let endorsed = index::endorsed_of(&endorsement_cert)?;
+        let certified = endorsed.key.tcb;
+        for (component, certificate, report_svn) in [
+            ("bootloader", certified.bootloader, tcb.bootloader),
+            ("tee", certified.tee, tcb.tee),
+            ("snp", certified.snp, tcb.snp),
+            ("microcode", certified.microcode, tcb.microcode),
+        ] {
             if certificate != report_svn {
                 return Err(Error::TcbMismatch {
                     component,
@@ -147,16 +157,35 @@ impl SnpVerifier {
                 });
             }
         }
+        match (tcb.fmc, certified.fmc) {
+            (Some(_), None) => {
+                return Err(Error::MissingExtension {
+                    oid: OID_FMC,
+                    name: "fmc",
+                });
+            }
+            (Some(report_svn), Some(certificate)) if report_svn != certificate => {
+                return Err(Error::TcbMismatch {
+                    component: "fmc",
+                    certificate,
+                    report: report_svn,
+                });
+            }
+            _ => {}
+        }
         let chip_id_masked = parsed.chip_id.iter().all(|b| *b == 0);
         if key == SigningKey::Vcek && !chip_id_masked {
-            let hw_id = endorsement_cert
-                .extension(OID_HW_ID)
-                .ok_or(Error::MissingExtension {
-                    oid: OID_HW_ID,
-                    name: "hwID",
-                })?;
-            if !hw_id_matches(hw_id, &parsed.chip_id) {
-                return Err(Error::ChipMismatch);
+            match &endorsed.chip_id {
+                None => {
+                    return Err(Error::MissingExtension {
+                        oid: OID_HW_ID,
+                        name: "hwID",
+                    });
+                }
+                Some(hw_id) if hw_id.as_slice() != parsed.chip_id.as_slice() => {
+                    return Err(Error::ChipMismatch);
+                }
+                Some(_) => {}
             }
         }
         if let (Some(family), Some(model)) = (parsed.cpuid_fam_id, parsed.cpuid_mod_id) {
@@ -269,16 +298,6 @@ fn der_small_integer(value: &[u8]) -> Option<u8> {
         [v] if *v < 0x80 => Some(*v),
         [0, v] if *v >= 0x80 => Some(*v),
         _ => None,
-    }
-}
-
-/// AMD writes HW_ID either as a DER OCTET STRING (current certificates) or as the raw 64 bytes
-/// (older ones); both name the chip.
-fn hw_id_matches(value: &[u8], chip_id: &[u8; 64]) -> bool {
-    match value {
-        [0x04, 0x40, body @ ..] if body.len() == 64 => body == chip_id,
-        raw if raw.len() == 64 => raw == chip_id,
-        _ => false,
     }
 }
 
