@@ -28,7 +28,7 @@ check: toolchain plugins ## the fast loop: fmt, clippy, docs, unit and doc tests
 	$(CARGO) test -q --workspace --exclude phantom-conformance
 	$(CARGO) test -q -p phantom-conformance --lib
 
-DOC_CRATES := phantom-admission phantom-controller phantom-probes phantom-runtime-proxy phantomctl
+DOC_CRATES := phantom-admission phantom-broker phantom-controller phantom-probes phantom-runtime-proxy phantomctl
 generate: toolchain tools ## regenerate every checked-in artefact: CRD YAML (crds/yaml, chart/crds), chart/rendered.yaml, the flag references in docs/
 	PHANTOM_GENERATE=1 $(CARGO) test -q -p phantom-crds --test drift
 	PHANTOM_GENERATE=1 $(CARGO) test -q $(addprefix -p ,$(DOC_CRATES)) --test docs

@@ -11,9 +11,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -268,74 +265,24 @@ pub async fn start(
     let (stop, stopped) = watch::channel(false);
 
     let serve = {
-        let admitter = admitter.clone();
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            let graceful = GracefulShutdown::new();
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connections = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
-            let limits = Limits {
-                max_body: options.max_body_bytes,
-                budget: Budget::new(options.max_inflight_bytes),
-                body_timeout: options.body_timeout,
-            };
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    accepted = webhook_listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                    _ = stopped.changed() => break,
-                };
-                // Closed at once, before the handshake costs anything.
-                let Ok(connection_slot) = connections.clone().try_acquire_owned() else {
-                    admitter.metrics.shed(Shed::Connections);
-                    tracing::debug!(%peer, max = options.max_connections, "connection refused: too many open");
-                    drop(tcp);
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let builder = builder.clone();
-                let admitter = admitter.clone();
-                let watcher = graceful.watcher();
-                let handshake_timeout = options.handshake_timeout;
-                let limits = limits.clone();
-                tokio::spawn(async move {
-                    let _slot = connection_slot;
-                    let tls =
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let service =
-                        service_fn(move |req| webhook(admitter.clone(), limits.clone(), req));
-                    let connection = builder
-                        .serve_connection(TokioIo::new(tls), service)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(connection).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            drop(webhook_listener);
-            if tokio::time::timeout(options.shutdown_grace, graceful.shutdown())
-                .await
-                .is_err()
-            {
-                tracing::warn!(grace = ?options.shutdown_grace, "in-flight requests did not finish within the grace period");
-            }
-        })
+        let limits = Limits {
+            max_body: options.max_body_bytes,
+            budget: Budget::new(options.max_inflight_bytes),
+            body_timeout: options.body_timeout,
+        };
+        let (shedding, handling) = (admitter.clone(), admitter.clone());
+        phantom_process::tls_server::serve_tls(
+            webhook_listener,
+            acceptor,
+            phantom_process::tls_server::ConnectionLimits {
+                max_connections: options.max_connections,
+                handshake_timeout: options.handshake_timeout,
+                shutdown_grace: options.shutdown_grace,
+            },
+            stopped,
+            move || shedding.metrics.shed(Shed::Connections),
+            move |req| webhook(handling.clone(), limits.clone(), req),
+        )
     };
 
     let status = {

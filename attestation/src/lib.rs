@@ -12,6 +12,7 @@
 //!   against pinned vendor roots and operator-supplied collateral, never fetched at release time;
 //! - [`collateral`]: the operator's offline bundle (VCEKs/VLEKs, TDX collateral), each entry with
 //!   a status, looked up by what the evidence needs;
+//! - [`protocol`]: the broker's wire format (challenge, release request, sealed answer);
 //! - [`claims`]: what verification established, in the one shape CEL conditions read
 //!   (`attestation.tee`, `.snp.*`, `.tdx.*`, `.pod`, `.serviceAccount`, `.openbao`);
 //! - [`requirement`]: every structured field of an `AttestationRequirement`, enforced over the
@@ -27,6 +28,7 @@ pub mod collateral;
 pub mod emulator;
 pub mod envelope;
 mod error;
+pub mod protocol;
 pub mod report_data;
 pub mod requirement;
 #[cfg(feature = "verify")]

@@ -3,6 +3,7 @@
 //!
 //! - [`client`]: Kubernetes auth with a projected ServiceAccount token, token renewal and
 //!   revocation, KV v2 and dynamic reads with leases, coalesced reads, health and role lookups.
+//! - [`sessions`]: Kubernetes-auth sessions renewed before they expire, replaced when they cannot be.
 //! - [`tls`]: trust through a CA bundle and/or pinned SubjectPublicKeyInfo digests, mTLS.
 //! - [`SecretValue`]: every value read, zeroized on drop and never printed.
 //! - [`observe`]: how a caller counts requests (its metrics) without this crate knowing them.
@@ -15,6 +16,7 @@ pub mod client;
 pub mod coalesce;
 pub mod observe;
 pub mod secret;
+pub mod sessions;
 pub mod tls;
 
 use std::sync::Arc;

@@ -2,7 +2,8 @@
 //! stderr, filtered by `PHANTOM_LOG` (tracing's `EnvFilter` syntax), as text or one JSON object
 //! per line ([`logging`]); it shuts down on SIGTERM or SIGINT and says which arrived
 //! ([`signal`]); and it answers `/metrics`, `/healthz` and `/readyz` on a plain-HTTP status port
-//! ([`status`]). Metric label values are enums declared with [`label_enum!`].
+//! ([`status`]); the TLS binaries share one HTTPS accept loop (`tls_server`, feature
+//! `tls-server`). Metric label values are enums declared with [`label_enum!`].
 //!
 //! This crate knows nothing about Phantom's resources or OpenBao: it may depend on no other
 //! Phantom crate (docs/architecture.md, "Crates and their dependencies").
@@ -11,6 +12,8 @@ pub mod labels;
 pub mod logging;
 pub mod signal;
 pub mod status;
+#[cfg(feature = "tls-server")]
+pub mod tls_server;
 
 pub use logging::{LogFormat, init_logging};
 pub use signal::{Shutdown, ShutdownSignal, shutdown_signal};

@@ -14,6 +14,8 @@ use phantom_attestation::{Error as EvidenceError, Refusal as RequirementRefusal,
 use phantom_policies::{KeyReleaseInput, KeyReleaseRefusal, PolicySet, key_release_pod_view};
 use serde_json::Value;
 
+use crate::metrics::Check;
+
 /// The evidence a sidecar sent, with the collateral the broker picked for it.
 #[derive(Debug, Clone, Copy)]
 pub enum Evidence<'a> {
@@ -85,15 +87,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// A stable name for the refusal's kind (metrics label, audit field).
-    pub fn kind(&self) -> &'static str {
+    /// The check that refused (metrics label, audit field, the refusal's `kind`).
+    pub fn kind(&self) -> Check {
         match self {
-            Self::Identity { .. } | Self::BindingNamespace { .. } => "identity",
-            Self::NotAdmitted { .. } | Self::NotGated { .. } => "policy",
-            Self::Evidence(_) => "evidence",
-            Self::ReportData { .. } => "report_data",
-            Self::Requirement(_) => "requirement",
-            Self::Conditions(_) => "conditions",
+            Self::Identity { .. } | Self::BindingNamespace { .. } => Check::Identity,
+            Self::NotAdmitted { .. } | Self::NotGated { .. } => Check::Policy,
+            Self::Evidence(_) => Check::Evidence,
+            Self::ReportData { .. } => Check::ReportData,
+            Self::Requirement(_) => Check::Requirement,
+            Self::Conditions(_) => Check::Conditions,
         }
     }
 }
@@ -102,13 +104,20 @@ fn text<'v>(value: &'v Value, pointer: &str) -> &'v str {
     value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
+/// A release granted: what was verified, and under which AttestationRequirements.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub claims: Claims,
+    pub requirements: Vec<String>,
+}
+
 /// Decides one release: `Ok` carries the verified claims (for the audit record); only then may
 /// the caller read the secret and seal it to `release.public_key`.
 pub fn decide(
     verifiers: &Verifiers,
     set: &PolicySet,
     release: &Release<'_>,
-) -> Result<Claims, Refusal> {
+) -> Result<Verdict, Refusal> {
     let pod_uid = text(release.pod, "/metadata/uid");
     let pod_namespace = text(release.pod, "/metadata/namespace");
     if release.reviewed_pod.uid != pod_uid || release.reviewed_pod.namespace != pod_namespace {
@@ -205,7 +214,10 @@ pub fn decide(
             attestation: Some(claims.to_value()),
         },
     )?;
-    Ok(claims)
+    Ok(Verdict {
+        claims,
+        requirements: requirements.into_iter().map(|r| r.name).collect(),
+    })
 }
 
 #[cfg(test)]

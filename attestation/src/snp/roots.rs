@@ -62,6 +62,35 @@ impl Roots {
         Ok(roots)
     }
 
+    /// Only the chain given (a PEM bundle: one self-issued ARK and its ASK/ASVK, in any order):
+    /// for test chains and private labs, configured explicitly, never a production default.
+    pub fn only_chain(product: &str, pem: &[u8]) -> Result<Self> {
+        let what = format!("{product} chain");
+        let (arks, intermediates): (Vec<_>, Vec<_>) = pem_certificates(&what, pem)?
+            .into_iter()
+            .map(|der| Cert::parse(&what, &der))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .partition(|cert| cert.issued_by(cert));
+        let [ark] = arks.as_slice() else {
+            return Err(Error::Pem {
+                what,
+                reason: format!(
+                    "{} self-issued certificates where one ARK belongs",
+                    arks.len()
+                ),
+            });
+        };
+        let mut roots = Self {
+            products: Vec::new(),
+        };
+        roots.pin_cert(product, ark.clone())?;
+        for cert in intermediates {
+            roots.add_intermediate(cert)?;
+        }
+        Ok(roots)
+    }
+
     fn pin(&mut self, product: &str, ark_pem: &[u8]) -> Result<()> {
         let what = format!("{product} ARK");
         let der = pem_certificates(&what, ark_pem)?;
@@ -71,7 +100,11 @@ impl Roots {
                 reason: format!("{} certificates where one ARK belongs", der.len()),
             });
         };
-        let ark = Cert::parse(&what, der)?;
+        self.pin_cert(product, Cert::parse(&what, der)?)
+    }
+
+    fn pin_cert(&mut self, product: &str, ark: Cert) -> Result<()> {
+        let what = format!("{product} ARK");
         if !ark.issued_by(&ark) {
             return Err(Error::Malformed {
                 what: "ARK",
@@ -91,30 +124,34 @@ impl Roots {
     /// skipped when it equals the pinned one). Each must be signed by a pinned ARK; anything else
     /// is refused rather than ignored, so a wrong bundle is noticed when it is loaded.
     pub fn add_intermediates(&mut self, pem: &[u8]) -> Result<()> {
+        for der in pem_certificates("intermediate bundle", pem)? {
+            self.add_intermediate(Cert::parse("intermediate", &der)?)?;
+        }
+        Ok(())
+    }
+
+    fn add_intermediate(&mut self, cert: Cert) -> Result<()> {
         let self_pinned = self
             .products
             .iter()
             .map(|p| p.ark.subject_cn.as_str())
             .collect::<Vec<_>>()
             .join(", ");
-        for der in pem_certificates("intermediate bundle", pem)? {
-            let cert = Cert::parse("intermediate", &der)?;
-            if self.products.iter().any(|p| p.ark.der == cert.der) {
-                continue;
-            }
-            let product = self
-                .products
-                .iter_mut()
-                .find(|p| cert.issued_by(&p.ark))
-                .ok_or_else(|| Error::UnknownIssuer {
-                    what: format!("intermediate {}", cert.subject_cn),
-                    issuer: cert.issuer_cn.clone(),
-                    pinned: self_pinned.clone(),
-                })?;
-            cert.check_signed_by(&format!("{} intermediate", product.name), &product.ark)?;
-            if !product.intermediates.iter().any(|c| c.der == cert.der) {
-                product.intermediates.push(cert);
-            }
+        if self.products.iter().any(|p| p.ark.der == cert.der) {
+            return Ok(());
+        }
+        let product = self
+            .products
+            .iter_mut()
+            .find(|p| cert.issued_by(&p.ark))
+            .ok_or_else(|| Error::UnknownIssuer {
+                what: format!("intermediate {}", cert.subject_cn),
+                issuer: cert.issuer_cn.clone(),
+                pinned: self_pinned,
+            })?;
+        cert.check_signed_by(&format!("{} intermediate", product.name), &product.ark)?;
+        if !product.intermediates.iter().any(|c| c.der == cert.der) {
+            product.intermediates.push(cert);
         }
         Ok(())
     }
