@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -107,6 +107,39 @@ impl Env {
             .await
             .map_err(Error::kube(format!(
                 "TokenRequest for {namespace}/{service_account}"
+            )))?;
+        Ok(resp.status.map(|s| s.token).unwrap_or_default())
+    }
+
+    /// A token bound to the pod `namespace/pod` (UID `pod_uid`), as the kubelet projects it: the
+    /// API server's TokenReview then names the pod.
+    pub async fn pod_bound_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        pod: &str,
+        pod_uid: &str,
+        audience: &str,
+    ) -> Result<String> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![audience.to_owned()],
+                expiration_seconds: Some(600),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(pod.to_owned()),
+                    uid: Some(pod_uid.to_owned()),
+                }),
+            },
+            ..Default::default()
+        };
+        let resp = api
+            .create_token_request(service_account, &PostParams::default(), &request)
+            .await
+            .map_err(Error::kube(format!(
+                "TokenRequest for {namespace}/{service_account} bound to pod {pod}"
             )))?;
         Ok(resp.status.map(|s| s.token).unwrap_or_default())
     }
