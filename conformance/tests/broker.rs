@@ -319,7 +319,6 @@ spec:
         },
     )
     .await;
-    drop(alive);
     if let Err(e) = ready {
         let log = std::fs::read_to_string(process.log()).unwrap_or_default();
         anyhow::bail!("{e}\n--- broker log ---\n{log}");
