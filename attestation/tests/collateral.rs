@@ -1,37 +1,16 @@
 //! The offline collateral bundle: each file gets a status, and a lookup returns exactly the
 //! certificate or document the evidence needs, or says what to add.
 
-use std::path::PathBuf;
-
 use phantom_attestation::collateral::{Collateral, EntryStatus};
 use phantom_attestation::emulator::SnpReportBuilder;
-use phantom_attestation::snp::{Roots, SnpVerifier};
 use phantom_attestation::{Error, Tee};
 
-/// 2027-01-01T00:00:00Z, inside the synthetic chain's validity.
-const NOW: i64 = 1_798_761_600;
+mod common;
+
+use common::{NOW, chip, data, synthetic_verifier as synthetic};
+
 /// 2025-07-01T00:00:00Z, inside the TDX fixtures' collateral window.
 const TDX_NOW: i64 = 1_751_328_000;
-
-fn data(path: &str) -> Vec<u8> {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(path);
-    std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
-}
-
-fn chip(name: &str) -> [u8; 64] {
-    let bytes: Vec<u8> = format!("chip-{name}").bytes().cycle().take(64).collect();
-    bytes.try_into().unwrap()
-}
-
-fn synthetic() -> SnpVerifier {
-    let mut roots = Roots::only("milan", &data("synthetic/ark.pem")).expect("test ARK");
-    roots
-        .add_intermediates(&data("synthetic/ask.pem"))
-        .expect("test ASK");
-    SnpVerifier::new(roots)
-}
 
 fn pem(der: &[u8]) -> Vec<u8> {
     use base64::Engine as _;

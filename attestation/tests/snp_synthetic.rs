@@ -2,8 +2,6 @@
 //! (tests/data/synthetic, made by its generate.sh) that is trusted only because these tests
 //! configure its root.
 
-use std::path::PathBuf;
-
 use phantom_attestation::claims::{Claims, OpenBaoClaims};
 use phantom_attestation::emulator::SnpReportBuilder;
 use phantom_attestation::report_data::Binding;
@@ -14,28 +12,14 @@ use phantom_crds::{
     PinnedEndpoint, SevSnpRequirement, SnpTcb, TeeType,
 };
 
-/// 2027-01-01T00:00:00Z, inside the test chain's validity.
-const NOW: i64 = 1_798_761_600;
+mod common;
+
+use common::{NOW, chip, data};
+
 const MEASUREMENT: [u8; 48] = [0x5a; 48];
 
-fn data(path: &str) -> Vec<u8> {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(path);
-    std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
-}
-
-fn chip(name: &str) -> [u8; 64] {
-    let bytes: Vec<u8> = format!("chip-{name}").bytes().cycle().take(64).collect();
-    bytes.try_into().unwrap()
-}
-
 fn verifier() -> SnpVerifier {
-    let mut roots = Roots::only("milan", &data("synthetic/ark.pem")).expect("test ARK");
-    roots
-        .add_intermediates(&data("synthetic/ask.pem"))
-        .expect("test ASK");
-    SnpVerifier::new(roots)
+    common::synthetic_verifier()
 }
 
 fn binding() -> Binding<'static> {

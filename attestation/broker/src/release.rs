@@ -165,16 +165,20 @@ impl Broker {
             .release_seconds
             .observe(started.elapsed().as_secs_f64());
         let tee = subject.tee.unwrap_or(TeeLabel::Unknown);
+        let (outcome, check) = match &result {
+            Ok(_) => (Outcome::Released, None),
+            Err(failure) => (Outcome::Refused, Some(failure.check)),
+        };
+        self.metrics
+            .releases
+            .get_or_create(&ReleaseLabels {
+                outcome,
+                check,
+                tee,
+            })
+            .inc();
         match result {
             Ok(released) => {
-                self.metrics
-                    .releases
-                    .get_or_create(&ReleaseLabels {
-                        outcome: Outcome::Released,
-                        check: None,
-                        tee,
-                    })
-                    .inc();
                 tracing::info!(
                     target: "phantom_broker::audit",
                     outcome = "released",
@@ -188,14 +192,6 @@ impl Broker {
                 Answer::json(200, &released)
             }
             Err(failure) => {
-                self.metrics
-                    .releases
-                    .get_or_create(&ReleaseLabels {
-                        outcome: Outcome::Refused,
-                        check: Some(failure.check),
-                        tee,
-                    })
-                    .inc();
                 tracing::warn!(
                     target: "phantom_broker::audit",
                     outcome = "refused",
