@@ -145,10 +145,15 @@ fn refused(answer: Answer, status: u16, kind: &str, says: &str) -> anyhow::Resul
     }
 }
 
-async fn create_pod(env: &Env, ns: &str, name: &str) -> anyhow::Result<String> {
+async fn create_pod(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    service_account: &str,
+) -> anyhow::Result<String> {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": "api"}},
-        "spec": {"serviceAccountName": "app", "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "3600"]}]}
+        "spec": {"serviceAccountName": service_account, "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "3600"]}]}
     }))?;
     let created = Api::<Pod>::namespaced(env.client(), ns)
         .create(&PostParams::default(), &pod)
@@ -166,7 +171,10 @@ async fn broker(env: std::sync::Arc<Env>) -> anyhow::Result<()> {
     env.create_namespace_named(BROKER_NAMESPACE, &[]).await?;
     env.ensure_service_account(BROKER_NAMESPACE, "phantom-broker")
         .await?;
+    // Created early: the 1.20 API server admits a pod only once its ServiceAccount's token
+    // secret exists.
     env.ensure_service_account(&ns, "app").await?;
+    env.ensure_service_account(&ns, "other").await?;
 
     // OpenBao: the gated secret is readable by the broker's role only; the pod's own role reads
     // its namespace's open paths.
@@ -334,7 +342,7 @@ spec:
         base: format!("https://localhost:{port}"),
         pin,
     };
-    let uid = create_pod(&env, &ns, "api-0").await?;
+    let uid = create_pod(&env, &ns, "api-0", "app").await?;
     let token = env
         .pod_bound_token(&ns, "app", "api-0", &uid, "phantom-broker")
         .await?;
@@ -440,7 +448,7 @@ spec:
     );
 
     // 5. Another pod's token with evidence bound to api-0: the report_data names api-0's UID.
-    let other_uid = create_pod(&env, &ns, "api-1").await?;
+    let other_uid = create_pod(&env, &ns, "api-1", "app").await?;
     let other_token = env
         .pod_bound_token(&ns, "app", "api-1", &other_uid, "phantom-broker")
         .await?;
@@ -448,6 +456,15 @@ spec:
         .release(&other_token, &uid, "api", good("a", vcek_a.clone()))
         .await?;
     refused(answer, 403, "report_data", "does not bind this release")?;
+    // A pod of another ServiceAccount, attested and bound correctly, is not selected by `api`.
+    let stranger = create_pod(&env, &ns, "other-0", "other").await?;
+    let stranger_token = env
+        .pod_bound_token(&ns, "other", "other-0", &stranger, "phantom-broker")
+        .await?;
+    let answer = client
+        .release(&stranger_token, &stranger, "api", good("a", vcek_a.clone()))
+        .await?;
+    refused(answer, 403, "binding", "does not select pod")?;
     // A plain ServiceAccount token (not bound to a pod) proves no pod at all.
     let plain = env
         .token_request(

@@ -389,14 +389,7 @@ impl PolicySet {
             .bindings
             .iter()
             .filter(|b| b.namespace().as_deref() == Some(namespace))
-            .filter(|b| {
-                b.spec
-                    .selector
-                    .service_account_name
-                    .as_deref()
-                    .is_none_or(|sa| sa == service_account)
-            })
-            .filter(|b| selector::matches(b.spec.selector.pod_selector.as_ref(), pod_labels))
+            .filter(|b| selector::binding_selects(&b.spec.selector, service_account, pod_labels))
             .map(|b| BindingRef {
                 namespace: namespace.to_owned(),
                 name: b.name_any(),

@@ -38,3 +38,4 @@ pub use deliveries::{
 pub use input::{AdmissionInput, KeyReleaseInput, RequestInfo, UserInfo, key_release_pod_view};
 pub use keyrelease::{KeyReleaseRefusal, KeyReleaseSet};
 pub use pool::DecisionPool;
+pub use selector::{binding_selects, binding_selects_pod};

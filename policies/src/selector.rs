@@ -55,3 +55,34 @@ pub(crate) fn matches(selector: Option<&LabelSelector>, labels: &BTreeMap<String
             }
         })
 }
+
+/// Whether a SecretBinding's `selector` selects a pod running as `service_account` with
+/// `pod_labels` (both parts must hold; an absent part holds). Admission and the broker decide
+/// with this one predicate.
+pub fn binding_selects(
+    selector: &phantom_crds::WorkloadSelector,
+    service_account: &str,
+    pod_labels: &BTreeMap<String, String>,
+) -> bool {
+    selector
+        .service_account_name
+        .as_deref()
+        .is_none_or(|sa| sa == service_account)
+        && matches(selector.pod_selector.as_ref(), pod_labels)
+}
+
+/// [`binding_selects`] for a pod object (its `spec.serviceAccountName`, `default` when unset, and
+/// its labels). A selector with neither part selects nothing here: such a binding does not compile.
+pub fn binding_selects_pod(
+    selector: &phantom_crds::WorkloadSelector,
+    pod: &serde_json::Value,
+) -> bool {
+    if selector.service_account_name.is_none() && selector.pod_selector.is_none() {
+        return false;
+    }
+    let service_account = pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("default");
+    binding_selects(selector, service_account, &crate::input::labels(pod))
+}

@@ -11,7 +11,10 @@ use phantom_attestation::report_data::Binding;
 use phantom_attestation::snp::SnpVerifier;
 use phantom_attestation::tdx::{TdxFailure, TdxVerifier};
 use phantom_attestation::{Error as EvidenceError, Refusal as RequirementRefusal, requirement};
-use phantom_policies::{KeyReleaseInput, KeyReleaseRefusal, PolicySet, key_release_pod_view};
+use phantom_crds::WorkloadSelector;
+use phantom_policies::{
+    KeyReleaseInput, KeyReleaseRefusal, PolicySet, binding_selects_pod, key_release_pod_view,
+};
 use serde_json::Value;
 
 use crate::metrics::Check;
@@ -68,6 +71,10 @@ pub enum Refusal {
     Identity { token: String, found: String },
     #[error("SecretBinding {binding} is not in the pod's namespace {namespace}")]
     BindingNamespace { binding: String, namespace: String },
+    #[error(
+        "SecretBinding {binding} does not select pod {pod} (its ServiceAccount or labels); a pod gets only the bindings that select it"
+    )]
+    NotSelected { binding: String, pod: String },
     #[error("no enforced PhantomPolicy admits SecretBinding {binding} in namespace {namespace}")]
     NotAdmitted { binding: String, namespace: String },
     #[error(
@@ -91,6 +98,7 @@ impl Refusal {
     pub fn kind(&self) -> Check {
         match self {
             Self::Identity { .. } | Self::BindingNamespace { .. } => Check::Identity,
+            Self::NotSelected { .. } => Check::Binding,
             Self::NotAdmitted { .. } | Self::NotGated { .. } => Check::Policy,
             Self::Evidence(_) => Check::Evidence,
             Self::ReportData { .. } => Check::ReportData,
@@ -137,6 +145,18 @@ pub fn decide(
         return Err(Refusal::BindingNamespace {
             binding: binding_name,
             namespace: pod_namespace.to_owned(),
+        });
+    }
+    let selects = release
+        .binding
+        .pointer("/spec/selector")
+        .cloned()
+        .and_then(|v| serde_json::from_value::<WorkloadSelector>(v).ok())
+        .is_some_and(|selector| binding_selects_pod(&selector, release.pod));
+    if !selects {
+        return Err(Refusal::NotSelected {
+            binding: binding_name,
+            pod: format!("{pod_namespace}/{}", text(release.pod, "/metadata/name")),
         });
     }
     let policies = set.policies_admitting(release.namespace);

@@ -97,7 +97,8 @@ impl Case {
             pod: json!({"metadata": {"name": "api-0", "namespace": "shop", "uid": UID},
                         "spec": {"serviceAccountName": "api", "containers": [{"name": "app"}]}}),
             namespace: json!({"metadata": {"name": "shop", "labels": {"phantom.dev/inject": "enabled"}}}),
-            binding: json!({"metadata": {"name": "api", "namespace": "shop"}, "spec": {}}),
+            binding: json!({"metadata": {"name": "api", "namespace": "shop"},
+                            "spec": {"selector": {"serviceAccountName": "api"}}}),
             reviewed: PodClaims {
                 uid: UID.into(),
                 name: "api-0".into(),
@@ -241,4 +242,18 @@ fn a_binding_no_requirement_gates_is_not_the_brokers_to_release() {
         foreign.decide(&set(true)).unwrap_err().kind().as_str(),
         "identity"
     );
+}
+
+#[test]
+fn a_binding_that_does_not_select_the_pod_is_refused() {
+    let mut case = Case::good();
+    case.binding["spec"]["selector"] = json!({"serviceAccountName": "billing"});
+    let err = case.decide(&set(true)).unwrap_err();
+    assert!(matches!(err, Refusal::NotSelected { .. }), "{err}");
+    assert_eq!(err.kind().as_str(), "binding");
+    case.binding["spec"] = json!({});
+    assert!(matches!(
+        case.decide(&set(true)).unwrap_err(),
+        Refusal::NotSelected { .. }
+    ));
 }
