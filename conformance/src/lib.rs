@@ -7,6 +7,7 @@
 //! Every wait has a timeout; a hang becomes an error that says what was awaited.
 
 pub mod bins;
+pub mod broker;
 pub mod chart;
 pub mod control;
 pub mod counting_proxy;

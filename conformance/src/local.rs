@@ -19,6 +19,11 @@ impl LocalProcess {
         self.process.check_alive()
     }
 
+    /// Its process ID.
+    pub fn id(&self) -> u32 {
+        self.process.id()
+    }
+
     /// Its log file (stdout and stderr).
     pub fn log(&self) -> &Path {
         &self.process.log

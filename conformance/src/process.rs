@@ -54,6 +54,10 @@ impl ManagedProcess {
     }
 
     /// Fails with the log's tail when the process has exited.
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn check_alive(&mut self) -> Result<()> {
         match self.child.try_wait() {
             Ok(Some(status)) => Err(Error::Exited {

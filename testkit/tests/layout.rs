@@ -82,6 +82,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "phantom-openbao",
             "phantom-process",
             "phantom-seal",
+            "phantom-attestation",
         ],
     ),
     ("phantom-plugin-sdk", &[]),
