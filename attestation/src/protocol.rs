@@ -51,6 +51,28 @@ pub enum EvidenceRequest {
     Tdx { quote: String },
 }
 
+impl EvidenceRequest {
+    /// SEV-SNP evidence from raw bytes (a report, the host's certificate table if any).
+    pub fn sev_snp(report: &[u8], cert_table: Option<&[u8]>) -> Self {
+        Self::SevSnp {
+            report: base64_encode(report),
+            cert_table: cert_table.map(base64_encode),
+        }
+    }
+
+    /// TDX evidence from a raw quote.
+    pub fn tdx(quote: &[u8]) -> Self {
+        Self::Tdx {
+            quote: base64_encode(quote),
+        }
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// A release request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -78,11 +100,10 @@ pub struct Released {
 
 impl From<&Envelope> for Released {
     fn from(envelope: &Envelope) -> Self {
-        use base64::Engine as _;
         Self {
             ephemeral_public: hex::encode(envelope.ephemeral_public),
             nonce: hex::encode(envelope.nonce),
-            ciphertext: base64::engine::general_purpose::STANDARD.encode(&envelope.ciphertext),
+            ciphertext: base64_encode(&envelope.ciphertext),
         }
     }
 }
@@ -101,6 +122,11 @@ impl TryFrom<&Released> for Envelope {
         })
     }
 }
+
+/// Refusal kinds that say nothing about the pod's TEE (a nonce that expired in transit, a broker
+/// not ready, OpenBao failing the broker's read): asked again, the release may succeed. Every
+/// other kind is a verdict on the pod, and what was released before is withdrawn.
+pub const TRANSIENT_REFUSALS: &[&str] = &["challenge", "unavailable", "openbao"];
 
 /// A refusal: which check failed (a stable kind) and why, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

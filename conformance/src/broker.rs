@@ -9,6 +9,7 @@ use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
+use phantom_attestation::emulator::SnpReportBuilder;
 use phantom_attestation::envelope::{Envelope, Recipient};
 use phantom_attestation::protocol::{
     Challenge, EvidenceRequest, Payload, Refused, ReleaseRequest, Released, envelope_context,
@@ -51,6 +52,9 @@ pub struct BrokerCase {
     pub value: String,
     pub client: AttestingClient,
     pub process: LocalProcess,
+    /// The broker's HTTPS port and the sha256 of its key (what sidecars pin).
+    pub port: u16,
+    pub broker_pin: [u8; 32],
     /// The broker's status port.
     pub health: u16,
     pub bao: TlsOpenBao,
@@ -251,6 +255,8 @@ spec:
             value,
             client,
             process,
+            port,
+            broker_pin: Sha256::digest(&serving.spki_der).into(),
             health,
             bao,
         })
@@ -355,4 +361,94 @@ pub async fn create_pod(
         .await
         .with_context(|| format!("creating pod {ns}/{name}"))?;
     created.metadata.uid.context("the created pod has a UID")
+}
+
+/// A configfs-tsm tree as the kernel serves it on an SEV-SNP guest, emulated in memory: an entry
+/// created, `inblob` written, `outblob` read → a fresh report over `inblob`, signed by the
+/// synthetic chip-a VCEK. Test-only: it hands the
+/// sidecar's real collector ([`phantom_attestation::tsm::Collector`]) evidence as a TEE would.
+#[derive(Clone)]
+pub struct EmulatedTsm {
+    vcek_pkcs8: Vec<u8>,
+    debug: bool,
+    entries: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<PathBuf, Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for EmulatedTsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatedTsm")
+            .field("debug", &self.debug)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmulatedTsm {
+    /// A guest whose reports carry `debug` in their policy.
+    pub fn new(debug: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            vcek_pkcs8: synthetic("vcek-a.pk8")?,
+            debug,
+            entries: Default::default(),
+        })
+    }
+}
+
+impl phantom_attestation::tsm::Fs for EmulatedTsm {
+    fn create_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut entries = self.entries.lock().expect("emulator lock");
+        if entries.contains_key(path) {
+            return Err(std::io::ErrorKind::AlreadyExists.into());
+        }
+        entries.insert(path.to_owned(), Vec::new());
+        Ok(())
+    }
+
+    fn write(&self, path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+        let entry = path.parent().ok_or(std::io::ErrorKind::NotFound)?;
+        match (
+            path.file_name().and_then(|n| n.to_str()),
+            self.entries.lock().expect("emulator lock").get_mut(entry),
+        ) {
+            (Some("inblob"), Some(inblob)) => {
+                *inblob = contents.to_vec();
+                Ok(())
+            }
+            _ => Err(std::io::ErrorKind::PermissionDenied.into()),
+        }
+    }
+
+    fn read(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        let entry = path.parent().ok_or(std::io::ErrorKind::NotFound)?;
+        let inblob = self
+            .entries
+            .lock()
+            .expect("emulator lock")
+            .get(entry)
+            .cloned()
+            .ok_or(std::io::ErrorKind::NotFound)?;
+        match path.file_name().and_then(|n| n.to_str()) {
+            Some("generation") => Ok(b"1\n".to_vec()),
+            Some("provider") => Ok(b"sev_guest\n".to_vec()),
+            Some("outblob") => {
+                let report_data: [u8; 64] = inblob
+                    .try_into()
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+                Ok(SnpReportBuilder::milan(chip("a"))
+                    .measurement(MEASUREMENT)
+                    .report_data(report_data)
+                    .debug(self.debug)
+                    .sign(&self.vcek_pkcs8))
+            }
+            _ => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn remove_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.entries
+            .lock()
+            .expect("emulator lock")
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    }
 }

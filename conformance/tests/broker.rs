@@ -11,9 +11,14 @@ use phantom_attestation::envelope::Recipient;
 use phantom_attestation::protocol::{EvidenceRequest, Refused, ReleaseRequest};
 use phantom_attestation::report_data::Binding;
 use phantom_attestation::snp::cert_table;
-use phantom_conformance::broker::{Answer, MEASUREMENT, b64, chip, create_pod, synthetic};
+use phantom_attestation::tsm::Collector;
+use phantom_conformance::broker::{
+    Answer, EmulatedTsm, MEASUREMENT, b64, chip, create_pod, synthetic,
+};
 use phantom_conformance::harness::{Case, run};
 use phantom_conformance::{Env, EnvOptions};
+use phantom_openbao::tls::TlsSettings;
+use phantom_runtime_proxy::attested::{BrokerClient, BrokerSettings};
 use serde_json::json;
 
 fn main() {
@@ -223,7 +228,39 @@ async fn broker(env: std::sync::Arc<Env>) -> anyhow::Result<()> {
         "the broker stopped releasing after hostile input"
     );
 
-    // 7. The pod's own role cannot go around the broker.
+    // 7. The sidecar's own client (phantom-proxy's code) collects through its configfs-tsm
+    // collector, from an emulated SEV-SNP guest, and opens the release.
+    let sidecar = |debug| -> anyhow::Result<_> {
+        let token_file = env.dir().join(format!("broker-token-{debug}"));
+        std::fs::write(&token_file, &token)?;
+        Ok(BrokerClient::with_collector(
+            BrokerSettings {
+                addr: format!("https://localhost:{}", case.port),
+                tls: TlsSettings {
+                    spki_pins: vec![case.broker_pin],
+                    ..TlsSettings::default()
+                },
+                token_path: token_file,
+                tsm_root: "/sys/kernel/config/tsm".into(),
+                pod_uid: uid.clone(),
+                openbao_spki_sha256: pin,
+            },
+            Collector::with_fs("/sys/kernel/config/tsm", EmulatedTsm::new(debug)?),
+        )?)
+    };
+    let payload = sidecar(false)?.release("api").await?;
+    ensure!(
+        payload.get("db").and_then(|db| db.data.get("password")) == Some(&value),
+        "the sidecar's client did not open the broker's release"
+    );
+    let err = sidecar(true)?.release("api").await.unwrap_err();
+    ensure!(
+        matches!(&err, phantom_runtime_proxy::Error::BrokerRefused { kind, .. } if kind == "requirement")
+            && err.to_string().contains("forbids debug"),
+        "the sidecar's client did not report the broker's reason: {err}"
+    );
+
+    // 8. The pod's own role cannot go around the broker.
     let app_token = env
         .token_request(
             &ns,
@@ -249,7 +286,7 @@ async fn broker(env: std::sync::Arc<Env>) -> anyhow::Result<()> {
         "the pod's own role read the gated path: {direct:?}"
     );
 
-    // 8. Audit and metrics name what happened; nothing holds the value.
+    // 9. Audit and metrics name what happened; nothing holds the value.
     let metrics = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{health}/metrics"))
         .send()
@@ -257,7 +294,7 @@ async fn broker(env: std::sync::Arc<Env>) -> anyhow::Result<()> {
         .text()
         .await?;
     for line in [
-        r#"phantom_broker_releases_total{outcome="released",check="",tee="sev-snp"} 4"#,
+        r#"phantom_broker_releases_total{outcome="released",check="",tee="sev-snp"} 5"#,
         r#"phantom_broker_releases_total{outcome="refused",check="requirement",tee="sev-snp"}"#,
         r#"phantom_broker_releases_total{outcome="refused",check="challenge",tee="sev-snp"}"#,
         r#"phantom_broker_collateral_entries{tee="sev-snp",status="ready"} 1"#,

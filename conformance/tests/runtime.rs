@@ -76,6 +76,7 @@ fn sidecar(
         refresh_override: None,
         namespace: ns.to_owned(),
         key_release: None,
+        broker: None,
         metrics: Default::default(),
         file_root: None,
         revoke_on_shutdown: true,

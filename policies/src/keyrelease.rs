@@ -148,6 +148,13 @@ impl KeyReleaseSet {
         })
     }
 
+    /// The AttestationRequirements the plan gates on: when there are any, the values come from
+    /// the attestation broker, which checks them with verified evidence (a check here would be
+    /// no gate: the node's owner controls the sidecar).
+    pub fn requirement_names(&self) -> Vec<&str> {
+        self.requirements.keys().map(String::as_str).collect()
+    }
+
     /// Names of the policies whose conditions are checked.
     pub fn policy_names(&self) -> Vec<&str> {
         self.policies.iter().map(|p| p.policy.as_str()).collect()

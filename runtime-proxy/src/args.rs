@@ -11,6 +11,7 @@ use phantom_crds::{BindingPlan, KeyReleasePlan};
 use phantom_openbao::tls::{TlsArgs, TlsSettings};
 use phantom_process::LogFormat;
 
+use crate::attested::BrokerSettings;
 use crate::{Error, Result};
 
 /// Phantom's sidecar: fetches the pod's secrets from OpenBao with the pod's own ServiceAccount
@@ -82,9 +83,84 @@ pub struct Args {
     /// Fetch once, write the files and exit (init-only mode).
     #[arg(long)]
     pub once: bool,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// Log format.
     #[arg(long, env = "PHANTOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// How the sidecar reaches the attestation broker (for bindings whose key release gates on an
+/// AttestationRequirement; admission sets them).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BrokerArgs {
+    /// The attestation broker (`https://phantom-broker.phantom-system:8443`).
+    #[arg(long, env = "PHANTOM_BROKER_ADDR")]
+    pub broker_addr: Option<String>,
+    /// Pinned sha256 of the broker's public key (`sha256//BASE64` or hex; comma-separated during
+    /// a rotation). Required with --broker-addr.
+    #[arg(long, env = "PHANTOM_BROKER_SPKI_SHA256", value_delimiter = ',')]
+    pub broker_spki_sha256: Vec<String>,
+    /// PEM CA bundle that signs the broker's certificate (with a pin, both must hold).
+    #[arg(long, env = "PHANTOM_BROKER_CA_FILE")]
+    pub broker_ca_file: Option<PathBuf>,
+    /// The projected ServiceAccount token for the broker (audience `phantom-broker`).
+    #[arg(
+        long,
+        env = "PHANTOM_BROKER_TOKEN_PATH",
+        default_value = "/var/run/secrets/phantom.dev/broker/token"
+    )]
+    pub broker_token_path: PathBuf,
+    /// The configfs-tsm root evidence is collected from.
+    #[arg(long, env = "PHANTOM_TSM_ROOT", default_value = phantom_attestation::tsm::DEFAULT_ROOT)]
+    pub tsm_root: PathBuf,
+    /// This pod's UID (downward API `metadata.uid`), which the evidence binds.
+    #[arg(long, env = "PHANTOM_POD_UID")]
+    pub pod_uid: Option<String>,
+}
+
+impl BrokerArgs {
+    /// The broker settings, `None` without --broker-addr; `openbao_pins` are the sidecar's OpenBao
+    /// pins (the evidence binds the first).
+    pub fn settings(&self, openbao_pins: &[[u8; 32]]) -> Result<Option<BrokerSettings>> {
+        let Some(addr) = &self.broker_addr else {
+            return Ok(None);
+        };
+        let missing = |what: &str| {
+            config(format!(
+                "--broker-addr is set but {what}; attested key release cannot run without it"
+            ))
+        };
+        if self.broker_spki_sha256.iter().all(|p| p.trim().is_empty()) {
+            return Err(missing(
+                "--broker-spki-sha256 is not (the broker's key must be pinned)",
+            ));
+        }
+        let pod_uid = self
+            .pod_uid
+            .clone()
+            .filter(|uid| !uid.is_empty())
+            .ok_or_else(|| missing("--pod-uid (PHANTOM_POD_UID, from the downward API) is not"))?;
+        let openbao_spki_sha256 = *openbao_pins.first().ok_or_else(|| {
+            missing(
+                "OpenBao is not pinned (--openbao-spki-sha256): the evidence binds OpenBao's key",
+            )
+        })?;
+        let tls = TlsArgs {
+            openbao_ca_file: self.broker_ca_file.clone(),
+            openbao_spki_sha256: self.broker_spki_sha256.clone(),
+            ..TlsArgs::default()
+        }
+        .settings()?;
+        Ok(Some(BrokerSettings {
+            addr: addr.clone(),
+            tls,
+            token_path: self.broker_token_path.clone(),
+            tsm_root: self.tsm_root.clone(),
+            pod_uid,
+            openbao_spki_sha256,
+        }))
+    }
 }
 
 /// What `phantom-proxy` runs with.
@@ -108,6 +184,7 @@ pub struct Settings {
     pub status_addr: Option<SocketAddr>,
     pub revoke_on_shutdown: bool,
     pub once: bool,
+    pub broker: Option<BrokerSettings>,
     pub log_format: LogFormat,
 }
 
@@ -143,9 +220,11 @@ impl TryFrom<Args> for Settings {
         // Admission refuses such a pod; a plan written by an older admission is refused here.
         phantom_policies::check_deliveries(&plan, &wrapped_containers)
             .map_err(|conflict| config(format!("PHANTOM_PLAN cannot be delivered: {conflict}")))?;
+        let tls = args.tls.settings()?;
+        let broker = args.broker.settings(&tls.spki_pins)?;
         Ok(Self {
             openbao_addr: args.openbao_addr.unwrap_or_default(),
-            tls: args.tls.settings()?,
+            tls,
             token_path: args.token_path,
             secrets_dir: args.secrets_dir,
             socket: args.socket,
@@ -161,6 +240,7 @@ impl TryFrom<Args> for Settings {
             status_addr: args.status_addr,
             revoke_on_shutdown: args.revoke_on_shutdown,
             once: args.once,
+            broker,
             log_format: args.log_format,
         })
     }

@@ -6,6 +6,7 @@
 //! `docs/architecture.md`, "The runtime".
 
 pub mod args;
+pub mod attested;
 pub mod exec;
 pub mod files;
 pub mod harden;
@@ -43,6 +44,27 @@ pub enum Error {
         "the key-release conditions in PHANTOM_KEY_RELEASE do not compile here ({0}); nothing is released. Is phantom-proxy older than phantom-admission?"
     )]
     KeyReleasePlan(String),
+    /// The pod's TEE evidence could not be collected.
+    #[error(
+        "SecretBinding {binding} needs attested key release but collecting TEE evidence failed: {cause}; is the pod on a confidential node (configfs-tsm at --tsm-root)?"
+    )]
+    Evidence { binding: String, cause: String },
+    /// The attestation broker could not be asked (unreachable, TLS, an odd answer).
+    #[error("asking the attestation broker at {addr} for SecretBinding {binding} failed: {cause}")]
+    Broker {
+        addr: String,
+        binding: String,
+        cause: String,
+    },
+    /// The attestation broker refused the release: nothing was released.
+    #[error(
+        "the attestation broker refused SecretBinding {binding} ({kind}): {message}; nothing was released"
+    )]
+    BrokerRefused {
+        binding: String,
+        kind: String,
+        message: String,
+    },
 }
 
 /// Result with this crate's [`Error`].

@@ -14,6 +14,7 @@ use phantom_openbao::tls::TlsSettings;
 use phantom_policies::KeyReleaseSet;
 use tracing::Instrument as _;
 
+use crate::attested::BrokerClient;
 use crate::files::{parse_mode, write_atomic};
 use crate::metrics::ProxyMetrics;
 use crate::provider::file::FileProvider;
@@ -47,6 +48,9 @@ pub struct ProxyConfig {
     pub namespace: String,
     /// Key-release conditions checked before each binding's values are read and released.
     pub key_release: Option<KeyReleaseSet>,
+    /// The attestation broker, for bindings whose key release gates on an AttestationRequirement
+    /// (their values come from the broker, never from OpenBao as the pod).
+    pub broker: Option<BrokerClient>,
     pub metrics: Arc<ProxyMetrics>,
     /// Revoke the tokens (and the leases of dynamic secrets) when the refresh loop is shut down.
     pub revoke_on_shutdown: bool,
@@ -80,8 +84,54 @@ pub fn check_release(config: &ProxyConfig, binding: &BindingPlan) -> Result<()> 
         })
 }
 
-/// Reads everything the plan names through `provider`, each binding's key-release conditions
-/// checked first.
+/// The broker to ask for `binding`, when its key release gates on an AttestationRequirement; an
+/// error when it does and no broker is configured (nothing is released without one).
+fn attested<'c>(
+    config: &'c ProxyConfig,
+    binding: &BindingPlan,
+) -> Result<Option<&'c BrokerClient>> {
+    let Some(set) = &config.key_release else {
+        return Ok(None);
+    };
+    let requirements = set.requirement_names();
+    if requirements.is_empty() {
+        return Ok(None);
+    }
+    config.broker.as_ref().map(Some).ok_or_else(|| {
+        Error::Config(format!(
+            "SecretBinding {}: key release requires attestation ({}) but this sidecar has no attestation broker (--broker-addr); nothing is released",
+            binding.name,
+            requirements.join(", ")
+        ))
+    })
+}
+
+/// An item of a broker release, delivered like one read from OpenBao (the values move into
+/// zeroizing [`crate::SecretValue`]s).
+fn from_broker(
+    binding: &BindingPlan,
+    item: &phantom_crds::SecretItem,
+    payload: &mut phantom_attestation::protocol::Payload,
+) -> Result<crate::socket::Delivered> {
+    let Some(released) = payload.get_mut(&item.name) else {
+        return Err(Error::Delivery(format!(
+            "SecretBinding {}: the broker's release has no secret {}",
+            binding.name, item.name
+        )));
+    };
+    let data = std::mem::take(&mut released.data)
+        .into_iter()
+        .map(|(key, value)| (key, crate::SecretValue::new(value)))
+        .collect();
+    Ok(crate::socket::Delivered {
+        value: crate::provider::select(binding, item, &data)?,
+        version: released.version,
+        lease: None,
+    })
+}
+
+/// Reads everything the plan names through `provider` (or, for attested bindings, the broker),
+/// each binding's key-release conditions checked first.
 pub async fn fetch<P: SecretProvider>(
     provider: &mut P,
     config: &ProxyConfig,
@@ -89,10 +139,19 @@ pub async fn fetch<P: SecretProvider>(
 ) -> Result<Contents> {
     let mut contents = Contents::default();
     for binding in &config.plan {
-        check_release(config, binding)?;
+        let mut released = match attested(config, binding)? {
+            Some(broker) => Some(broker.release(&binding.name).await?),
+            None => {
+                check_release(config, binding)?;
+                None
+            }
+        };
         for item in &binding.spec.secrets {
             let held = previous.and_then(|p| p.secrets.get(&item.name));
-            let delivered = provider.read(binding, item, held).await?;
+            let delivered = match &mut released {
+                Some(payload) => from_broker(binding, item, payload)?,
+                None => provider.read(binding, item, held).await?,
+            };
             for delivery in &item.delivery {
                 match delivery.kind {
                     DeliveryKind::Socket => {
@@ -187,6 +246,9 @@ pub enum Withdrawal {
 pub fn after_failure(error: &Error, failing_for: Duration, grace: Duration) -> Standing {
     let refused = match error {
         Error::KeyRelease { .. } => true,
+        Error::BrokerRefused { kind, .. } => {
+            !phantom_attestation::protocol::TRANSIENT_REFUSALS.contains(&kind.as_str())
+        }
         Error::OpenBao(e) => e.is_session_refused(),
         _ => false,
     };
@@ -204,7 +266,9 @@ pub fn after_failure(error: &Error, failing_for: Duration, grace: Duration) -> S
 fn withdraw(config: &ProxyConfig, state: &SocketState, why: Withdrawal, error: &Error) -> Contents {
     let reason = match why {
         Withdrawal::Refused => {
-            format!("OpenBao or a key-release condition refused this pod ({error})")
+            format!(
+                "OpenBao, a key-release condition or the attestation broker refused this pod ({error})"
+            )
         }
         Withdrawal::GraceOver => format!(
             "OpenBao has been unreachable for longer than the grace period of {:?} ({error})",
@@ -517,6 +581,106 @@ mod tests {
             after_failure(&missing, Duration::ZERO, grace),
             Standing::Degraded
         );
+    }
+
+    #[test]
+    fn a_broker_verdict_withdraws_and_a_transient_refusal_degrades() {
+        let grace = Duration::from_secs(900);
+        let refusal = |kind: &str| Error::BrokerRefused {
+            binding: "app".into(),
+            kind: kind.into(),
+            message: "why".into(),
+        };
+        assert_eq!(
+            after_failure(&refusal("requirement"), Duration::ZERO, grace),
+            Standing::Withdraw(Withdrawal::Refused)
+        );
+        for transient in phantom_attestation::protocol::TRANSIENT_REFUSALS {
+            assert_eq!(
+                after_failure(&refusal(transient), Duration::ZERO, grace),
+                Standing::Degraded
+            );
+        }
+    }
+
+    #[test]
+    fn a_gated_binding_without_a_broker_releases_nothing_and_says_why() {
+        let plan: phantom_crds::KeyReleasePlan = serde_json::from_value(serde_json::json!({
+            "policyDigest": "d",
+            "policies": [{"name": "p", "keyRelease": {"attestationRequirementRef": {"name": "prod-snp"}}}],
+            "requirements": [{"name": "prod-snp", "spec": {"teeTypes": ["sev-snp"], "sevSnp": {
+                "measurements": ["5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a"],
+                "minTcb": {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 209}}}}],
+            "pod": {"metadata": {"namespace": "shop"}}
+        }))
+        .expect("plan");
+        let set = KeyReleaseSet::compile(&plan, Some("api-0")).expect("compiles");
+        assert_eq!(set.requirement_names(), ["prod-snp"]);
+        let binding = &plan_with_secret()[0];
+        let config = ProxyConfig {
+            key_release: Some(set),
+            ..test_config(plan_with_secret())
+        };
+        let err = attested(&config, binding).unwrap_err().to_string();
+        assert!(
+            err.contains("SecretBinding app")
+                && err.contains("prod-snp")
+                && err.contains("--broker-addr"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_broker_item_moves_into_the_delivery_with_its_key_selected() {
+        let binding = &plan_with_secret()[0];
+        let item = &binding.spec.secrets[0];
+        let mut payload: phantom_attestation::protocol::Payload = [(
+            "db".to_owned(),
+            phantom_attestation::protocol::PayloadItem {
+                version: 4,
+                data: [("password".to_owned(), "from-the-broker".to_owned())].into(),
+            },
+        )]
+        .into();
+        let delivered = from_broker(binding, item, &mut payload).expect("delivered");
+        assert_eq!(delivered.value.expose(), "from-the-broker");
+        assert_eq!(delivered.version, 4);
+        assert!(payload["db"].data.is_empty(), "moved, not copied");
+        let err = from_broker(binding, item, &mut Default::default()).unwrap_err();
+        assert!(err.to_string().contains("has no secret db"), "{err}");
+    }
+
+    fn plan_with_secret() -> Vec<BindingPlan> {
+        serde_json::from_value(serde_json::json!([{
+            "name": "app",
+            "spec": {
+                "selector": {"serviceAccountName": "app"},
+                "openbao": {"role": "app"},
+                "secrets": [{"name": "db", "path": "shop/db", "key": "password", "delivery": [{"kind": "file", "path": "db"}]}]
+            }
+        }]))
+        .expect("plan")
+    }
+
+    fn test_config(plan: Vec<BindingPlan>) -> ProxyConfig {
+        ProxyConfig {
+            openbao_addr: "https://openbao.example:8200".into(),
+            tls: TlsSettings::default(),
+            token_path: "/nonexistent".into(),
+            secrets_dir: "/nonexistent".into(),
+            socket_path: "/nonexistent".into(),
+            sockets_dir: None,
+            plan,
+            wrapped_containers: Vec::new(),
+            grace: Duration::from_secs(900),
+            refresh_override: None,
+            namespace: "shop".into(),
+            key_release: None,
+            broker: None,
+            metrics: Arc::default(),
+            revoke_on_shutdown: false,
+            file_root: None,
+        }
     }
 
     #[test]

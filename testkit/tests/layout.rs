@@ -55,6 +55,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "phantom-policies",
             "phantom-openbao",
             "phantom-process",
+            "phantom-attestation",
         ],
     ),
     (

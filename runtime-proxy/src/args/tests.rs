@@ -105,3 +105,60 @@ fn a_plan_whose_deliveries_collide_is_refused_naming_both_bindings() {
         "{err}"
     );
 }
+
+const PIN: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+#[test]
+fn the_broker_is_off_unless_its_address_is_given() {
+    assert_eq!(settings(&[]).expect("defaults").broker, None);
+}
+
+#[test]
+fn broker_settings_bind_the_pod_uid_and_the_first_openbao_pin() {
+    let s = settings(&[
+        ("broker-addr", "https://phantom-broker:8443"),
+        ("broker-spki-sha256", PIN),
+        (
+            "openbao-spki-sha256",
+            &format!("{},{}", "22".repeat(32), PIN),
+        ),
+        ("pod-uid", "uid-1"),
+    ])
+    .expect("broker settings");
+    let broker = s.broker.expect("a broker");
+    assert_eq!(broker.addr, "https://phantom-broker:8443");
+    assert_eq!(broker.pod_uid, "uid-1");
+    assert_eq!(broker.openbao_spki_sha256, [0x22; 32]);
+    assert_eq!(broker.tls.spki_pins.len(), 1);
+    assert_eq!(
+        broker.token_path,
+        std::path::PathBuf::from("/var/run/secrets/phantom.dev/broker/token")
+    );
+    assert_eq!(
+        broker.tsm_root,
+        std::path::PathBuf::from("/sys/kernel/config/tsm")
+    );
+}
+
+#[test]
+fn a_broker_without_its_pin_the_pod_uid_or_an_openbao_pin_is_refused_by_name() {
+    let base = [
+        ("broker-addr", "https://phantom-broker:8443"),
+        ("broker-spki-sha256", PIN),
+        ("openbao-spki-sha256", PIN),
+        ("pod-uid", "uid-1"),
+    ];
+    for (dropped, says) in [
+        ("broker-spki-sha256", "--broker-spki-sha256"),
+        ("pod-uid", "--pod-uid"),
+        ("openbao-spki-sha256", "--openbao-spki-sha256"),
+    ] {
+        let flags: Vec<_> = base
+            .iter()
+            .copied()
+            .filter(|(f, _)| *f != dropped)
+            .collect();
+        let err = settings(&flags).expect_err(dropped).to_string();
+        assert!(err.contains(says), "{dropped}: {err}");
+    }
+}

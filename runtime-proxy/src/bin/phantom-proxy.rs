@@ -42,6 +42,14 @@ async fn main() -> anyhow::Result<()> {
     metrics
         .memory_locked
         .set(i64::from(hardening.memory_locked.is_ok()));
+    let broker = settings
+        .broker
+        .clone()
+        .map(phantom_runtime_proxy::attested::BrokerClient::new)
+        .transpose()?;
+    if let Some(broker) = &settings.broker {
+        tracing::info!(addr = %broker.addr, "attested key release through the broker");
+    }
     let once = settings.once;
     let status_addr = settings.status_addr;
     let config = Arc::new(ProxyConfig {
@@ -57,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         refresh_override: settings.refresh_override,
         namespace: settings.pod_namespace,
         key_release,
+        broker,
         metrics: metrics.clone(),
         file_root: settings.dev_file_provider,
         revoke_on_shutdown: settings.revoke_on_shutdown,
