@@ -9,7 +9,7 @@ use clap::Parser;
 use phantom_process::LogFormat;
 
 use crate::app::Settings;
-use crate::config::{InjectConfig, Selection, parse_label};
+use crate::config::{BrokerConfig, InjectConfig, Selection, parse_label};
 use crate::server::ServerOptions;
 use crate::{Error, Result};
 
@@ -82,6 +82,17 @@ pub struct Args {
     /// Audience of the projected ServiceAccount token the sidecar presents to OpenBao.
     #[arg(long, env = "PHANTOM_OPENBAO_AUDIENCE", default_value = "openbao")]
     pub openbao_audience: String,
+    /// The attestation broker handed to sidecars whose key release gates on an
+    /// AttestationRequirement (unset: such sidecars release nothing and say why).
+    #[arg(long, env = "PHANTOM_BROKER_ADDR", requires = "broker_spki_sha256")]
+    pub broker_addr: Option<String>,
+    /// Pinned sha256 of the broker's public key for the sidecars (`sha256//BASE64` or hex;
+    /// comma-separated during a rotation).
+    #[arg(long, env = "PHANTOM_BROKER_SPKI_SHA256", value_delimiter = ',')]
+    pub broker_spki_sha256: Vec<String>,
+    /// Audience of the projected token the sidecar presents to the broker.
+    #[arg(long, env = "PHANTOM_BROKER_AUDIENCE", default_value = phantom_crds::wellknown::BROKER_AUDIENCE)]
+    pub broker_audience: String,
     /// Size limit of the memory-backed secrets volume when the policy sets none.
     #[arg(long, env = "PHANTOM_TMPFS_SIZE", default_value = "1Mi")]
     pub tmpfs_size: String,
@@ -187,6 +198,23 @@ impl TryFrom<Args> for Settings {
                 .collect(),
             openbao_client_cert_secret: args.openbao_client_cert_secret,
             proxy_status_port: args.proxy_status_port,
+            broker: match args.broker_addr {
+                None => None,
+                Some(address) if !address.starts_with("https://") => {
+                    return Err(Error::Config(format!(
+                        "PHANTOM_BROKER_ADDR (--broker-addr) {address} is not https://; sidecars reach the broker over TLS only"
+                    )));
+                }
+                Some(address) => Some(BrokerConfig {
+                    address,
+                    spki_pins: args
+                        .broker_spki_sha256
+                        .into_iter()
+                        .filter(|p| !p.trim().is_empty())
+                        .collect(),
+                    audience: args.broker_audience,
+                }),
+            },
             ..InjectConfig::default()
         };
         settings.selection = Selection {

@@ -33,9 +33,23 @@ pub struct InjectConfig {
     /// A `kubernetes.io/tls` Secret in the pod's namespace with the sidecar's client certificate
     /// for OpenBao listeners that require mTLS.
     pub openbao_client_cert_secret: Option<String>,
+    /// The attestation broker handed to sidecars whose key release gates on an
+    /// AttestationRequirement (`None`: such sidecars release nothing and say why).
+    pub broker: Option<BrokerConfig>,
     /// Port of the sidecar's `/metrics`, `/healthz`, `/readyz` (0: off). Not used for
     /// `hostNetwork` pods, where every pod on the node would want the same port.
     pub proxy_status_port: u16,
+}
+
+/// Where sidecars find the attestation broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// `https://phantom-broker.phantom-system:8443`.
+    pub address: String,
+    /// Pinned sha256 digests of the broker's public key.
+    pub spki_pins: Vec<String>,
+    /// Audience of the projected token the sidecar presents to the broker.
+    pub audience: String,
 }
 
 impl Default for InjectConfig {
@@ -53,6 +67,7 @@ impl Default for InjectConfig {
             openbao_spki_pins: Vec::new(),
             openbao_client_cert_secret: None,
             proxy_status_port: 9102,
+            broker: None,
         }
     }
 }

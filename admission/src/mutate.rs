@@ -153,7 +153,22 @@ pub fn mutate(
         volumes.push(empty_dir(BIN_VOLUME, None, "64Mi"));
     }
     volumes.push(empty_dir(SECRETS_VOLUME, Some("Memory"), &tmpfs));
-    volumes.push(token_volume(config));
+    volumes.push(token_volume(
+        TOKEN_VOLUME,
+        &config.openbao_audience,
+        config.token_expiration_seconds,
+    ));
+    let broker = config
+        .broker
+        .as_ref()
+        .filter(|_| key_release.is_some_and(|k| !k.requirements.is_empty()));
+    if let Some(broker) = broker {
+        volumes.push(token_volume(
+            BROKER_TOKEN_VOLUME,
+            &broker.audience,
+            config.token_expiration_seconds,
+        ));
+    }
     if let Some(secret) = &config.openbao_client_cert_secret {
         volumes.push(Volume {
             name: CLIENT_CERT_VOLUME.into(),
@@ -405,14 +420,15 @@ fn empty_dir(name: &str, medium: Option<&str>, size: &str) -> Volume {
     }
 }
 
-fn token_volume(config: &InjectConfig) -> Volume {
+/// A projected ServiceAccount token for `audience`: the kubelet binds it to the pod and rotates it.
+fn token_volume(name: &str, audience: &str, expiration_seconds: i64) -> Volume {
     Volume {
-        name: TOKEN_VOLUME.into(),
+        name: name.into(),
         projected: Some(ProjectedVolumeSource {
             sources: Some(vec![VolumeProjection {
                 service_account_token: Some(ServiceAccountTokenProjection {
-                    audience: Some(config.openbao_audience.clone()),
-                    expiration_seconds: Some(config.token_expiration_seconds),
+                    audience: Some(audience.to_owned()),
+                    expiration_seconds: Some(expiration_seconds),
                     path: "token".into(),
                 }),
                 ..Default::default()
@@ -568,6 +584,22 @@ fn proxy_container(
         let json = serde_json::to_string(key_release)
             .map_err(|e| Error::Config(format!("encoding the sidecar's key-release plan: {e}")))?;
         env.push(literal(KEY_RELEASE_ENV, &json));
+        if let Some(broker) = config
+            .broker
+            .as_ref()
+            .filter(|_| !key_release.requirements.is_empty())
+        {
+            env.push(literal("PHANTOM_BROKER_ADDR", &broker.address));
+            env.push(literal(
+                "PHANTOM_BROKER_SPKI_SHA256",
+                &broker.spki_pins.join(","),
+            ));
+            env.push(literal(
+                "PHANTOM_BROKER_TOKEN_PATH",
+                &format!("{BROKER_TOKEN_DIR}/token"),
+            ));
+            mounts.push(mount(BROKER_TOKEN_VOLUME, BROKER_TOKEN_DIR));
+        }
     }
     Ok(Container {
         name: PROXY_CONTAINER.into(),

@@ -32,7 +32,13 @@ pub const CONTAINERS: [&str; 2] = [PROXY_CONTAINER, INIT_CONTAINER];
 
 /// Volumes admission adds; a user container mounting one by name would get the secrets, the
 /// token or the wrapper once admission adds the volume.
-pub const VOLUMES: [&str; 4] = [BIN_VOLUME, SECRETS_VOLUME, TOKEN_VOLUME, CLIENT_CERT_VOLUME];
+pub const VOLUMES: [&str; 5] = [
+    BIN_VOLUME,
+    SECRETS_VOLUME,
+    TOKEN_VOLUME,
+    CLIENT_CERT_VOLUME,
+    BROKER_TOKEN_VOLUME,
+];
 
 /// Environment variables admission sets on wrapped containers (and the plans it hands the
 /// sidecar): a user-set copy would redirect `phantom-exec` or shadow Phantom's value.

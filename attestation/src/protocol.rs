@@ -23,7 +23,7 @@ pub const CHALLENGE_PATH: &str = "/v1/challenge";
 /// Where releases are asked for.
 pub const RELEASE_PATH: &str = "/v1/release";
 /// The audience the pod's projected token must carry for the broker.
-pub const DEFAULT_AUDIENCE: &str = "phantom-broker";
+pub const DEFAULT_AUDIENCE: &str = phantom_crds::wellknown::BROKER_AUDIENCE;
 
 /// A challenge: the nonce the evidence's report_data must bind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -115,6 +115,9 @@ mod tests {
 }
 
 /// Names of the objects admission adds to a pod.
+/// The audience a pod's projected token carries for the attestation broker.
+pub const BROKER_AUDIENCE: &str = "phantom-broker";
+
 pub mod injected {
     /// Init container copying `phantom-exec` into [`BIN_VOLUME`].
     pub const INIT_CONTAINER: &str = "phantom-init";
@@ -150,6 +153,11 @@ pub mod injected {
     pub const CLIENT_CERT_VOLUME: &str = "phantom-openbao-client";
     /// Where [`CLIENT_CERT_VOLUME`] is mounted (the sidecar only).
     pub const CLIENT_CERT_DIR: &str = "/var/run/secrets/phantom.dev/openbao-client";
+    /// Projected ServiceAccount token with the attestation broker's audience (pods whose key
+    /// release gates on an AttestationRequirement).
+    pub const BROKER_TOKEN_VOLUME: &str = "phantom-broker-token";
+    /// Where [`BROKER_TOKEN_VOLUME`] is mounted (the sidecar only).
+    pub const BROKER_TOKEN_DIR: &str = "/var/run/secrets/phantom.dev/broker";
     /// Name of the sidecar's status port (`/metrics`, `/healthz`, `/readyz`).
     pub const STATUS_PORT_NAME: &str = "phantom-status";
 }

@@ -690,3 +690,119 @@ fn a_non_root_container_without_a_uid_is_refused_and_a_pods_uid_is_the_sidecars(
         );
     }
 }
+
+#[test]
+fn a_gated_key_release_hands_the_sidecar_the_broker_and_its_own_token() {
+    let spec: phantom_crds::SecretBindingSpec = serde_json::from_value(json!({
+        "selector": {"podSelector": {}}, "openbao": {"role": "shop"},
+        "secrets": [{"name": "pw", "path": "shop/db", "key": "password",
+                     "delivery": [{"kind": "file", "path": "pw"}]}]
+    }))
+    .expect("spec");
+    let plan = vec![BindingPlan {
+        name: "db".into(),
+        spec,
+    }];
+    let gated = KeyReleasePlan {
+        policy_digest: "sha256:00".into(),
+        policies: vec![KeyReleasePolicyPlan {
+            name: "payments".into(),
+            key_release: serde_json::from_value(
+                json!({"attestationRequirementRef": {"name": "prod-snp"}}),
+            )
+            .expect("keyRelease"),
+        }],
+        requirements: vec![phantom_crds::RequirementPlan {
+            name: "prod-snp".into(),
+            spec: serde_json::from_value(json!({"teeTypes": ["sev-snp"]})).expect("spec"),
+        }],
+        pod: json!({"metadata": {"namespace": "shop"}}),
+    };
+    let config = InjectConfig {
+        broker: Some(crate::config::BrokerConfig {
+            address: "https://phantom-broker.phantom-system:8443".into(),
+            spki_pins: vec!["sha256//AAAA".into()],
+            audience: "phantom-broker".into(),
+        }),
+        ..InjectConfig::default()
+    };
+    let original = web();
+    let inject = |key_release: &KeyReleasePlan| {
+        apply(
+            &original,
+            &mutate(
+                &original,
+                &decision(InjectionMode::Sidecar),
+                &plan,
+                Some(key_release),
+                &config,
+                &sealing(),
+            )
+            .expect("injects"),
+        )
+        .spec
+        .expect("spec")
+    };
+    let spec = inject(&gated);
+    let proxy = spec
+        .containers
+        .iter()
+        .find(|c| c.name == PROXY_CONTAINER)
+        .expect("proxy");
+    let env: BTreeMap<_, _> = proxy
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
+        .collect();
+    assert_eq!(
+        env["PHANTOM_BROKER_ADDR"],
+        "https://phantom-broker.phantom-system:8443"
+    );
+    assert_eq!(env["PHANTOM_BROKER_SPKI_SHA256"], "sha256//AAAA");
+    assert_eq!(
+        env["PHANTOM_BROKER_TOKEN_PATH"],
+        format!("{BROKER_TOKEN_DIR}/token")
+    );
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == BROKER_TOKEN_VOLUME)
+        .expect("the broker token volume");
+    let projection = volume
+        .projected
+        .as_ref()
+        .expect("projected")
+        .sources
+        .as_ref()
+        .expect("sources")[0]
+        .service_account_token
+        .as_ref()
+        .expect("a token");
+    assert_eq!(projection.audience.as_deref(), Some("phantom-broker"));
+    for c in spec.containers.iter().filter(|c| c.name != PROXY_CONTAINER) {
+        assert!(
+            !c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == BROKER_TOKEN_VOLUME),
+            "{} must not see the broker token",
+            c.name
+        );
+    }
+
+    let ungated = KeyReleasePlan {
+        requirements: vec![],
+        ..gated
+    };
+    let spec = inject(&ungated);
+    assert!(
+        !spec
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == BROKER_TOKEN_VOLUME),
+        "no requirement, no broker token"
+    );
+}
