@@ -37,8 +37,8 @@ fn main() {
     )
 }
 
-/// Values the checked-in rendering uses: the defaults, with a pin and a CA so every optional
-/// block renders.
+/// Values the checked-in rendering uses: the defaults, with a pin, a CA and the broker so every
+/// optional block renders.
 fn showcase_values() -> serde_json::Value {
     json!({
         "openbao": {
@@ -47,7 +47,14 @@ fn showcase_values() -> serde_json::Value {
             "caBundle": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
             "cidrs": ["203.0.113.0/24"]
         },
-        "networkPolicy": {"webhookFrom": ["198.51.100.0/24"]}
+        "networkPolicy": {"webhookFrom": ["198.51.100.0/24"]},
+        "broker": {
+            "enabled": true,
+            "tlsSecret": "phantom-broker-tls",
+            "spkiSha256": ["sha256//BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB="],
+            "jurisdiction": "DE",
+            "collateralConfigMap": "phantom-collateral"
+        }
     })
 }
 
@@ -67,6 +74,25 @@ async fn lint_and_drift(env: Arc<Env>) -> anyhow::Result<()> {
         let name = entry.file_name().to_string_lossy().into_owned();
         ensure!(!text.contains("helm.sh/hook"), "{name} uses a Helm hook");
         ensure!(!text.contains("lookup"), "{name} uses lookup");
+    }
+
+    // A broker without its certificate or pins is refused, naming the value to set.
+    for (values, says) in [
+        (json!({"broker": {"enabled": true}}), "broker.tlsSecret"),
+        (
+            json!({"broker": {"enabled": true, "tlsSecret": "t"}}),
+            "broker.spkiSha256",
+        ),
+        (
+            json!({"broker": {"enabled": true, "tlsSecret": "t",
+                "spkiSha256": ["sha256//BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB="]}}),
+            "openbao.spkiSha256",
+        ),
+    ] {
+        match render(tools, "phantom", "phantom-system", Some(&values)) {
+            Ok(_) => bail!("an incomplete broker rendered: {values}"),
+            Err(e) => ensure!(e.to_string().contains(says), "{says}: {e}"),
+        }
     }
 
     // Unknown values are refused, naming the key.
@@ -126,9 +152,17 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
         &release,
         &ns,
         Some(&json!({
-            "openbao": {"address": env.openbao().addr()},
+            "openbao": {
+                "address": env.openbao().addr(),
+                "spkiSha256": ["sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]
+            },
             // Kubernetes 1.20 serves PodDisruptionBudgets as policy/v1beta1 only.
-            "admission": {"podDisruptionBudget": {"apiVersion": "policy/v1beta1"}}
+            "admission": {"podDisruptionBudget": {"apiVersion": "policy/v1beta1"}},
+            "broker": {
+                "enabled": true,
+                "tlsSecret": "phantom-broker-tls",
+                "spkiSha256": ["sha256//BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB="]
+            }
         })),
     )?;
     let mut crds = String::new();
@@ -146,6 +180,8 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
         "networkpolicy.networking.k8s.io/phantom created",
         "job.batch/phantom-preflight-1 created",
         "serviceaccount/phantom-controller created",
+        "deployment.apps/phantom-broker created",
+        "service/phantom-broker created",
     ] {
         ensure!(applied.contains(expected), "{expected} in:\n{applied}");
     }
@@ -299,6 +335,40 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
     let _ = Api::<MutatingWebhookConfiguration>::all(env.client())
         .delete(&foreign, &kube::api::DeleteParams::default())
         .await;
+
+    // The broker, as its ServiceAccount: it reviews tokens, reads the policy set, pods and
+    // namespaces, and nothing else.
+    let broker_client = env.client_as_service_account(&ns, "phantom-broker").await?;
+    let review =
+        Api::<k8s_openapi::api::authentication::v1::TokenReview>::all(broker_client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                    "spec": {"token": "not-a-token", "audiences": ["phantom-broker"]}
+                }))?,
+            )
+            .await
+            .context("the broker's ServiceAccount creating a TokenReview")?;
+    ensure!(
+        review.status.and_then(|s| s.authenticated) != Some(true),
+        "a garbage token was authenticated"
+    );
+    Api::<PhantomPolicy>::all(broker_client.clone())
+        .list(&Default::default())
+        .await
+        .context("the broker's ServiceAccount listing PhantomPolicies")?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(broker_client.clone())
+        .get(&app_ns)
+        .await
+        .context("the broker's ServiceAccount reading a namespace")?;
+    match Api::<Secret>::namespaced(broker_client, &ns)
+        .get(&settings.certs.ca_secret)
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => bail!("the broker's ServiceAccount reading the CA Secret: {other:?}"),
+    }
 
     controller.shutdown().await;
     hook.launched.shutdown().await;
