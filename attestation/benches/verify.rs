@@ -47,6 +47,19 @@ fn main() {
         }),
     );
 
+    let endorsement = snp
+        .endorsement(&vcek, NOW)
+        .expect("the VCEK chains to AMD's root");
+    percentiles(
+        "SEV-SNP report, VCEK checked at collateral load",
+        time(2000, || {
+            drop(
+                snp.verify_endorsed(&report, &endorsement, NOW)
+                    .expect("verifies"),
+            )
+        }),
+    );
+
     let claims = Claims::snp(snp.verify(&report, &vcek, NOW).unwrap());
     let spec = AttestationRequirementSpec {
         tee_types: vec![TeeType::SevSnp],

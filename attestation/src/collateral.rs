@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::snp::index::{EndorsementKey, endorsed_by, needed_by};
 use crate::snp::pem_certificates;
-use crate::snp::{SigningKey, SnpVerifier};
+use crate::snp::{Endorsement, SigningKey, SnpVerifier};
 use crate::tdx::MAX_COLLATERAL_LEN;
 use crate::{Error, Result, Tee};
 
@@ -46,15 +46,15 @@ pub struct Entry {
 }
 
 #[derive(Debug, Clone)]
-struct Endorsement {
+struct Indexed {
     chip_id: Option<Vec<u8>>,
-    der: Vec<u8>,
+    endorsement: Endorsement,
 }
 
 /// The loaded bundle.
 #[derive(Debug, Clone, Default)]
 pub struct Collateral {
-    snp: HashMap<EndorsementKey, Vec<Endorsement>>,
+    snp: HashMap<EndorsementKey, Vec<Indexed>>,
     /// FMSPC (upper-case hex) → QuoteCollateralV3 JSON.
     tdx: HashMap<String, Vec<u8>>,
     entries: Vec<Entry>,
@@ -159,17 +159,21 @@ impl Collateral {
             Ok(endorsed) => endorsed,
             Err(e) => return entry(EntryStatus::Invalid, e.to_string()),
         };
-        let product = match snp.check_endorsement(&der, now) {
-            Ok(product) => product,
+        let endorsement = match snp.endorsement(&der, now) {
+            Ok(endorsement) => endorsement,
             Err(e @ Error::NotValidAt { .. }) if endorsed.not_after < now => {
                 return entry(EntryStatus::Expired, e.to_string());
             }
             Err(e) => return entry(EntryStatus::Invalid, e.to_string()),
         };
-        let detail = describe(&endorsed.key, endorsed.chip_id.as_deref(), &product);
-        self.snp.entry(endorsed.key).or_default().push(Endorsement {
+        let detail = describe(
+            &endorsed.key,
+            endorsed.chip_id.as_deref(),
+            endorsement.product(),
+        );
+        self.snp.entry(endorsed.key).or_default().push(Indexed {
             chip_id: endorsed.chip_id,
-            der,
+            endorsement,
         });
         entry(EntryStatus::Ready, detail)
     }
@@ -210,17 +214,18 @@ impl Collateral {
         }
     }
 
-    /// The certificates that may have signed `report`: those of its key kind and TCB and, for a
-    /// VCEK whose chip ID is not masked, of its chip.
-    pub fn snp_endorsements(&self, report: &[u8]) -> Result<Vec<&[u8]>> {
+    /// The endorsements that may have signed `report`: those of its key kind and TCB and, for a
+    /// VCEK whose chip ID is not masked, of its chip. Their chains were checked at load
+    /// ([`SnpVerifier::verify_endorsed`] re-checks only the validity windows).
+    pub fn snp_endorsements(&self, report: &[u8]) -> Result<Vec<&Endorsement>> {
         let (key, chip) = needed_by(report)?;
-        let found: Vec<&[u8]> = self
+        let found: Vec<&Endorsement> = self
             .snp
             .get(&key)
             .into_iter()
             .flatten()
             .filter(|e| chip.is_none() || e.chip_id == chip)
-            .map(|e| e.der.as_slice())
+            .map(|e| &e.endorsement)
             .collect();
         if found.is_empty() {
             return Err(Error::NoEndorsement {

@@ -111,10 +111,23 @@ fn a_report_finds_its_chips_vcek_and_verifies_with_it() {
     let collateral = bundle(NOW);
     let report = SnpReportBuilder::milan(chip("a")).sign(&data("synthetic/vcek-a.pk8"));
     let found = collateral.snp_endorsements(&report).expect("vcek-a");
-    assert_eq!(found, [data("synthetic/vcek-a.der").as_slice()]);
-    synthetic()
-        .verify(&report, found[0], NOW)
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].der(), data("synthetic/vcek-a.der"));
+    let verifier = synthetic();
+    let endorsed = verifier
+        .verify_endorsed(&report, found[0], NOW)
         .expect("the report verifies with the VCEK the bundle picked");
+    assert_eq!(
+        endorsed,
+        verifier
+            .verify(&report, &data("synthetic/vcek-a.der"), NOW)
+            .expect("and with its DER")
+    );
+    // Checked once at load, the validity windows still hold at each verification.
+    let err = verifier
+        .verify_endorsed(&report, found[0], 4_102_444_800)
+        .unwrap_err();
+    assert!(matches!(err, Error::NotValidAt { .. }), "{err}");
 }
 
 #[test]
@@ -149,7 +162,7 @@ fn a_masked_chip_id_is_matched_by_tcb_alone() {
     assert!(
         found
             .iter()
-            .any(|der| synthetic().verify(&masked, der, NOW).is_ok()),
+            .any(|e| synthetic().verify_endorsed(&masked, e, NOW).is_ok()),
         "one of them signed it"
     );
 }

@@ -18,7 +18,7 @@ use phantom_attestation::protocol::{
     Challenge, EvidenceRequest, Payload, Refused, ReleaseRequest, Released, envelope_context,
     fixed_hex,
 };
-use phantom_attestation::snp::cert_table;
+use phantom_attestation::snp::{Endorsement, cert_table};
 use phantom_crds::SecretBinding;
 use phantom_policies::store::PolicyStore;
 use serde_json::Value;
@@ -303,8 +303,8 @@ impl Broker {
         let verdict: Verdict = match &request.evidence {
             EvidenceRequest::SevSnp { report, cert_table } => {
                 let report = base64("evidence.report", report)?;
-                let mut candidates: Vec<Vec<u8>> = match collateral.snp_endorsements(&report) {
-                    Ok(found) => found.into_iter().map(<[u8]>::to_vec).collect(),
+                let mut candidates: Vec<Endorsement> = match collateral.snp_endorsements(&report) {
+                    Ok(found) => found.into_iter().cloned().collect(),
                     Err(e) => match cert_table {
                         None => return Err(Refusal::Evidence(e).into()),
                         Some(_) => Vec::new(),
@@ -312,7 +312,16 @@ impl Broker {
                 };
                 if let Some(table) = cert_table {
                     let table = base64("evidence.certTable", table)?;
-                    candidates.extend(table_endorsement(&table)?);
+                    if let Some(der) = table_endorsement(&table)? {
+                        // Trusted only through the pinned chain, checked here once.
+                        let unix_now = i64::try_from(now()).unwrap_or(i64::MAX);
+                        candidates.push(
+                            self.verifiers
+                                .snp
+                                .endorsement(&der, unix_now)
+                                .map_err(|e| Failure::from(Refusal::Evidence(e)))?,
+                        );
+                    }
                 }
                 let mut last = None;
                 let mut granted = None;

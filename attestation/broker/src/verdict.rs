@@ -8,7 +8,7 @@
 
 use phantom_attestation::claims::{Claims, OpenBaoClaims, PodClaims, ServiceAccountClaims};
 use phantom_attestation::report_data::Binding;
-use phantom_attestation::snp::SnpVerifier;
+use phantom_attestation::snp::{Endorsement, SnpVerifier};
 use phantom_attestation::tdx::{TdxFailure, TdxVerifier};
 use phantom_attestation::{Error as EvidenceError, Refusal as RequirementRefusal, requirement};
 use phantom_crds::WorkloadSelector;
@@ -22,10 +22,11 @@ use crate::metrics::Check;
 /// The evidence a sidecar sent, with the collateral the broker picked for it.
 #[derive(Debug, Clone, Copy)]
 pub enum Evidence<'a> {
-    /// An SEV-SNP report and the DER certificate of the key that signed it (VCEK/VLEK).
+    /// An SEV-SNP report and the key that signed it (VCEK/VLEK), its chain checked when the
+    /// collateral (or the report's certificate table) was read.
     Snp {
         report: &'a [u8],
-        endorsement: &'a [u8],
+        endorsement: &'a Endorsement,
     },
     /// A TDX quote and its QuoteCollateralV3 JSON.
     Tdx {
@@ -190,7 +191,7 @@ pub fn decide(
                     endorsement,
                 },
                 _,
-            ) => Claims::snp(verifiers.snp.verify(
+            ) => Claims::snp(verifiers.snp.verify_endorsed(
                 report,
                 endorsement,
                 i64::try_from(release.now).unwrap_or(i64::MAX),

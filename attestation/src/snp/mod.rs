@@ -68,6 +68,60 @@ impl SigningKey {
     }
 }
 
+/// A VCEK or VLEK whose signature by a pinned chain was checked; reports verified with it re-check
+/// only the chain's validity windows.
+#[derive(Debug, Clone)]
+pub struct Endorsement {
+    product: String,
+    ark: Cert,
+    intermediate: Cert,
+    cert: Cert,
+}
+
+impl Endorsement {
+    /// The product line of the chain (`milan`, `genoa`, `turin`).
+    pub fn product(&self) -> &str {
+        &self.product
+    }
+
+    /// The certificate, DER.
+    pub fn der(&self) -> &[u8] {
+        &self.cert.der
+    }
+
+    fn check_valid_at(&self, now: i64) -> Result<()> {
+        self.ark
+            .check_valid_at(&format!("{} ARK", self.product), now)?;
+        self.intermediate
+            .check_valid_at(&format!("{} intermediate", self.product), now)?;
+        self.cert.check_valid_at(kind_name(&self.cert), now)
+    }
+}
+
+/// How errors name an endorsement certificate.
+fn kind_name(cert: &Cert) -> &'static str {
+    match cert.subject_cn.as_str() {
+        "SEV-VCEK" => "VCEK",
+        "SEV-VLEK" => "VLEK",
+        _ => "VCEK/VLEK",
+    }
+}
+
+/// The certificate supplied must be of the kind key_info names.
+fn check_kind(key: SigningKey, cert: &Cert) -> Result<()> {
+    if cert.subject_cn == key.subject() {
+        return Ok(());
+    }
+    Err(Error::EndorsementKind {
+        expected: key.name(),
+        supplied: if cert.subject_cn.is_empty() {
+            "certificate without a common name".into()
+        } else {
+            cert.subject_cn.clone()
+        },
+    })
+}
+
 /// A report that passed the format checks (1 and 2 above).
 struct Parsed {
     report: AttestationReport,
@@ -121,27 +175,44 @@ impl SnpVerifier {
     /// (`endorsement`: the chip's VCEK or the provider's VLEK, from the collateral bundle), at
     /// `now` (unix seconds). Returns what the report states, for policy to judge.
     pub fn verify(&self, report: &[u8], endorsement: &[u8], now: i64) -> Result<SnpClaims> {
-        let Parsed {
+        let parsed = parse(report)?;
+        let cert = Cert::parse(parsed.key.name(), endorsement)?;
+        check_kind(parsed.key, &cert)?;
+        let endorsement = self.endorse(cert, now)?;
+        self.verify_parsed(report, parsed, &endorsement)
+    }
+
+    /// [`verify`](Self::verify) with an endorsement whose chain was checked once, when the
+    /// collateral was loaded ([`endorsement`](Self::endorsement)): the validity windows are
+    /// checked again at `now`, the chain's RSA signatures are not.
+    pub fn verify_endorsed(
+        &self,
+        report: &[u8],
+        endorsement: &Endorsement,
+        now: i64,
+    ) -> Result<SnpClaims> {
+        let parsed = parse(report)?;
+        check_kind(parsed.key, &endorsement.cert)?;
+        endorsement.check_valid_at(now)?;
+        self.verify_parsed(report, parsed, endorsement)
+    }
+
+    fn verify_parsed(
+        &self,
+        report: &[u8],
+        Parsed {
             report: parsed,
             version,
             key,
-        } = parse(report)?;
+        }: Parsed,
+        endorsement: &Endorsement,
+    ) -> Result<SnpClaims> {
         let what = key.name();
-        let endorsement_cert = Cert::parse(what, endorsement)?;
-        if endorsement_cert.subject_cn != key.subject() {
-            return Err(Error::EndorsementKind {
-                expected: what,
-                supplied: if endorsement_cert.subject_cn.is_empty() {
-                    "certificate without a common name".into()
-                } else {
-                    endorsement_cert.subject_cn.clone()
-                },
-            });
-        }
-        let product = self.chain(what, &endorsement_cert, now)?;
+        let endorsement_cert = &endorsement.cert;
+        let product = &endorsement.product;
 
         let tcb = &parsed.reported_tcb;
-        let endorsed = index::endorsed_of(&endorsement_cert)?;
+        let endorsed = index::endorsed_of(endorsement_cert)?;
         let certified = endorsed.key.tcb;
         for (component, certificate, report_svn) in [
             ("bootloader", certified.bootloader, tcb.bootloader),
@@ -198,10 +269,10 @@ impl SnpVerifier {
                 sev::Generation::Venice => "venice",
             }
             .to_owned();
-            if report_product != product.name {
+            if report_product != *product {
                 return Err(Error::ProductMismatch {
                     report: report_product,
-                    chain: product.name.clone(),
+                    chain: product.clone(),
                 });
             }
         }
@@ -236,7 +307,7 @@ impl SnpVerifier {
 
         let csp = endorsement_cert.extension(OID_CSP_ID).and_then(der_string);
         Ok(SnpClaims {
-            product: product.name.clone(),
+            product: product.clone(),
             version,
             signing_key: what.to_ascii_lowercase(),
             measurement: hex::encode(parsed.measurement),
@@ -270,19 +341,27 @@ impl SnpVerifier {
     /// Checks a VCEK/VLEK certificate (DER) against the trusted chains at `now`, as when an
     /// operator's collateral bundle is loaded; returns the product line that endorses it.
     pub fn check_endorsement(&self, endorsement: &[u8], now: i64) -> Result<String> {
-        let cert = Cert::parse("VCEK/VLEK", endorsement)?;
-        Ok(self.chain("VCEK/VLEK", &cert, now)?.name.clone())
+        Ok(self.endorsement(endorsement, now)?.product)
     }
 
-    fn chain(&self, what: &str, endorsement: &Cert, now: i64) -> Result<&roots::Product> {
-        let (product, intermediate) = self.roots.issuer_of(what, endorsement)?;
-        endorsement.check_signed_by(what, intermediate)?;
-        product
-            .ark
-            .check_valid_at(&format!("{} ARK", product.name), now)?;
-        intermediate.check_valid_at(&format!("{} intermediate", product.name), now)?;
-        endorsement.check_valid_at(what, now)?;
-        Ok(product)
+    /// Checks a VCEK/VLEK certificate (DER) against the trusted chains at `now` once, for
+    /// [`verify_endorsed`](Self::verify_endorsed).
+    pub fn endorsement(&self, der: &[u8], now: i64) -> Result<Endorsement> {
+        self.endorse(Cert::parse("VCEK/VLEK", der)?, now)
+    }
+
+    fn endorse(&self, cert: Cert, now: i64) -> Result<Endorsement> {
+        let what = kind_name(&cert);
+        let (product, intermediate) = self.roots.issuer_of(what, &cert)?;
+        cert.check_signed_by(what, intermediate)?;
+        let endorsement = Endorsement {
+            product: product.name.clone(),
+            ark: product.ark.clone(),
+            intermediate: intermediate.clone(),
+            cert,
+        };
+        endorsement.check_valid_at(now)?;
+        Ok(endorsement)
     }
 }
 

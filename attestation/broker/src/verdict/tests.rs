@@ -139,7 +139,10 @@ impl Case {
                 public_key: values.public_key,
                 evidence: Evidence::Snp {
                     report: &self.report,
-                    endorsement: &self.endorsement,
+                    endorsement: &verifiers()
+                        .snp
+                        .endorsement(&self.endorsement, NOW as i64)
+                        .expect("the test VCEK chains to the test root"),
                 },
                 reviewed_pod: &self.reviewed,
                 reviewed_service_account: &self.service_account,
