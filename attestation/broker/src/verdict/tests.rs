@@ -260,3 +260,76 @@ fn a_binding_that_does_not_select_the_pod_is_refused() {
         Refusal::NotSelected { .. }
     ));
 }
+
+/// A set whose policy gates on a TDX requirement (the fixture's MRTD is all zeros).
+fn tdx_set() -> PolicySet {
+    let policy: PhantomPolicy = serde_yaml::from_str(
+        "apiVersion: phantom.dev/v1alpha1\nkind: PhantomPolicy\nmetadata: {name: payments}\nspec:\n  match:\n    namespaceSelector: {matchLabels: {phantom.dev/inject: enabled}}\n  keyRelease:\n    attestationRequirementRef: {name: prod-tdx}\n",
+    )
+    .unwrap();
+    let requirement: AttestationRequirement = serde_yaml::from_str(
+        "apiVersion: phantom.dev/v1alpha1\nkind: AttestationRequirement\nmetadata: {name: prod-tdx}\nspec:\n  teeTypes: [tdx]\n  tdx: {mrtd: [\"000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000\"], acceptedTcbStatuses: [UpToDate, SWHardeningNeeded, ConfigurationNeeded, ConfigurationAndSWHardeningNeeded, OutOfDate, OutOfDateConfigurationNeeded]}\n",
+    )
+    .unwrap();
+    let (set, errors) = PolicySet::compile(
+        &Sources {
+            policies: vec![policy],
+            bindings: Vec::new(),
+            requirements: vec![requirement],
+            unreadable: Vec::new(),
+        },
+        &PluginHost::new().unwrap(),
+        &Modules::default(),
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    set
+}
+
+fn tdx_data(file: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data/tdx/dcap-qvl")
+        .join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn a_genuine_tdx_quote_verifies_through_the_broker_and_is_refused_for_not_binding_this_release() {
+    // 2025-07-01, inside the fixture collateral's window.
+    const TDX_NOW: u64 = 1_751_328_000;
+    let case = Case::good();
+    let values = binding_values(UID);
+    let decide_with = |quote: &[u8], collateral: &[u8]| {
+        decide(
+            &verifiers(),
+            &tdx_set(),
+            &Release {
+                now: TDX_NOW,
+                issued_at: TDX_NOW - 5,
+                nonce: values.nonce,
+                public_key: values.public_key,
+                evidence: Evidence::Tdx { quote, collateral },
+                reviewed_pod: &case.reviewed,
+                reviewed_service_account: &case.service_account,
+                pod: &case.pod,
+                namespace: &case.namespace,
+                binding: &case.binding,
+                openbao: &case.openbao,
+                openbao_spki_sha256: values.openbao_spki_sha256,
+            },
+        )
+    };
+    let quote = tdx_data("tdx_quote");
+    // Verified (signature, PCK chain, collateral, TCB policy); its report_data is the fixture's.
+    let err = decide_with(&quote, &tdx_data("tdx_quote_collateral.json")).unwrap_err();
+    assert!(matches!(err, Refusal::ReportData { .. }), "{err}");
+    // Collateral of another platform: refused as evidence, with the verifier's reason.
+    let err = decide_with(&quote, &tdx_data("sgx_quote_collateral.json")).unwrap_err();
+    assert_eq!(err.kind().as_str(), "evidence", "{err}");
+    // A truncated quote.
+    let err = decide_with(
+        &quote[..quote.len() / 2],
+        &tdx_data("tdx_quote_collateral.json"),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind().as_str(), "evidence", "{err}");
+}
