@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use phantom_attestation::emulator::SnpReportBuilder;
 use phantom_attestation::envelope::Recipient;
-use phantom_attestation::protocol::{EvidenceRequest, ReleaseRequest};
 use phantom_attestation::report_data::Binding;
 use phantom_conformance::bins::{build_release, status_kib};
-use phantom_conformance::broker::{AttestingClient, MEASUREMENT, b64, chip, create_pod, synthetic};
+use phantom_conformance::broker::{
+    AttestingClient, MEASUREMENT, chip, create_pod, release_body, synthetic,
+};
 use phantom_conformance::{Env, Tools};
 use phantom_testkit::bench::percentiles;
 
@@ -38,16 +39,7 @@ async fn release(client: &AttestingClient, token: &str, uid: &str, vcek: &[u8]) 
             .report_data(),
         )
         .sign(vcek);
-    let body = serde_json::to_vec(&ReleaseRequest {
-        nonce: hex::encode(nonce),
-        public_key: hex::encode(recipient.public_key()),
-        binding: "api".into(),
-        evidence: EvidenceRequest::SevSnp {
-            report: b64(&report),
-            cert_table: None,
-        },
-    })
-    .expect("request");
+    let body = release_body(&nonce, &recipient.public_key(), "api", &report, None);
     let sent = Instant::now();
     let (status, _) = client.post(token, body).await.expect("release");
     assert_eq!(status, 200, "the release was refused");

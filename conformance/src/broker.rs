@@ -39,11 +39,6 @@ pub fn chip(name: &str) -> [u8; 64] {
     bytes.try_into().expect("64 bytes")
 }
 
-pub fn b64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 /// A running broker case. Dropping it stops the broker and the TLS OpenBao.
 pub struct BrokerCase {
     /// The namespace (label `phantom.dev/tee-case=<ns>`), with ServiceAccounts `app` and `other`.
@@ -325,16 +320,14 @@ impl AttestingClient {
         }
         .report_data();
         let (report, cert_table) = report(report_data);
-        let request = ReleaseRequest {
-            nonce: hex::encode(nonce),
-            public_key: hex::encode(recipient.public_key()),
-            binding: binding.to_owned(),
-            evidence: EvidenceRequest::SevSnp {
-                report: b64(&report),
-                cert_table: cert_table.as_deref().map(b64),
-            },
-        };
-        let (status, body) = self.post(token, serde_json::to_vec(&request)?).await?;
+        let request = release_body(
+            &nonce,
+            &recipient.public_key(),
+            binding,
+            &report,
+            cert_table.as_deref(),
+        );
+        let (status, body) = self.post(token, request).await?;
         if status != 200 {
             return Ok(Answer::Refused(status, serde_json::from_slice(&body)?));
         }
@@ -343,6 +336,23 @@ impl AttestingClient {
         let plaintext = recipient.open(&envelope, &envelope_context(&nonce, uid, binding))?;
         Ok(Answer::Released(serde_json::from_slice(&plaintext)?))
     }
+}
+
+/// A release request's body for SEV-SNP evidence.
+pub fn release_body(
+    nonce: &[u8; 32],
+    public_key: &[u8; 32],
+    binding: &str,
+    report: &[u8],
+    cert_table: Option<&[u8]>,
+) -> Vec<u8> {
+    serde_json::to_vec(&ReleaseRequest {
+        nonce: hex::encode(nonce),
+        public_key: hex::encode(public_key),
+        binding: binding.to_owned(),
+        evidence: EvidenceRequest::sev_snp(report, cert_table),
+    })
+    .expect("a release request serialises")
 }
 
 /// Creates a pod (never scheduled here: the API server alone gives it a UID); returns the UID.

@@ -8,12 +8,12 @@
 use anyhow::{Context, ensure};
 use phantom_attestation::emulator::SnpReportBuilder;
 use phantom_attestation::envelope::Recipient;
-use phantom_attestation::protocol::{EvidenceRequest, Refused, ReleaseRequest};
+use phantom_attestation::protocol::Refused;
 use phantom_attestation::report_data::Binding;
 use phantom_attestation::snp::cert_table;
 use phantom_attestation::tsm::Collector;
 use phantom_conformance::broker::{
-    Answer, EmulatedTsm, MEASUREMENT, b64, chip, create_pod, synthetic,
+    Answer, EmulatedTsm, MEASUREMENT, chip, create_pod, release_body, synthetic,
 };
 use phantom_conformance::harness::{Case, run};
 use phantom_conformance::{Env, EnvOptions};
@@ -136,15 +136,7 @@ async fn broker(env: std::sync::Arc<Env>) -> anyhow::Result<()> {
             .report_data(),
         )
         .sign(&vcek_a);
-    let body = serde_json::to_vec(&ReleaseRequest {
-        nonce: hex::encode(nonce),
-        public_key: hex::encode(recipient.public_key()),
-        binding: "api".into(),
-        evidence: EvidenceRequest::SevSnp {
-            report: b64(&report),
-            cert_table: None,
-        },
-    })?;
+    let body = release_body(&nonce, &recipient.public_key(), "api", &report, None);
     let (first, _) = client.post(&token, body.clone()).await?;
     ensure!(first == 200, "the first use of a nonce answered {first}");
     let (second, text) = client.post(&token, body).await?;

@@ -51,10 +51,18 @@ fn set(gated: bool) -> PolicySet {
         "apiVersion: phantom.dev/v1alpha1\nkind: SecretBinding\nmetadata: {name: api, namespace: shop}\nspec:\n  selector: {serviceAccountName: api}\n  openbao: {role: broker}\n  secrets:\n    - {name: db, path: shop/db, key: password, delivery: [{kind: file, path: db}]}\n",
     )
     .unwrap();
+    compile(policy, vec![binding], requirement)
+}
+
+fn compile(
+    policy: PhantomPolicy,
+    bindings: Vec<SecretBinding>,
+    requirement: AttestationRequirement,
+) -> PolicySet {
     let (set, errors) = PolicySet::compile(
         &Sources {
             policies: vec![policy],
-            bindings: vec![binding],
+            bindings,
             requirements: vec![requirement],
             unreadable: Vec::new(),
         },
@@ -271,18 +279,7 @@ fn tdx_set() -> PolicySet {
         "apiVersion: phantom.dev/v1alpha1\nkind: AttestationRequirement\nmetadata: {name: prod-tdx}\nspec:\n  teeTypes: [tdx]\n  tdx: {mrtd: [\"000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000\"], acceptedTcbStatuses: [UpToDate, SWHardeningNeeded, ConfigurationNeeded, ConfigurationAndSWHardeningNeeded, OutOfDate, OutOfDateConfigurationNeeded]}\n",
     )
     .unwrap();
-    let (set, errors) = PolicySet::compile(
-        &Sources {
-            policies: vec![policy],
-            bindings: Vec::new(),
-            requirements: vec![requirement],
-            unreadable: Vec::new(),
-        },
-        &PluginHost::new().unwrap(),
-        &Modules::default(),
-    );
-    assert!(errors.is_empty(), "{errors:?}");
-    set
+    compile(policy, Vec::new(), requirement)
 }
 
 fn tdx_data(file: &str) -> Vec<u8> {
