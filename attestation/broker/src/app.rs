@@ -138,6 +138,11 @@ pub async fn launch(client: Client, settings: Settings) -> Result<Launched> {
         Duration::from_millis(100),
         |_| {},
     ));
+    let (namespaces, namespace_watch) = phantom_policies::cluster::reflect(
+        kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()),
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::default(),
+    );
     let openbao = OpenBaoClient::with_tls(settings.openbao_addr.clone(), &settings.openbao_tls)?;
     let broker = Arc::new(Broker {
         challenges: Mutex::new(Challenges::new(
@@ -150,6 +155,7 @@ pub async fn launch(client: Client, settings: Settings) -> Result<Launched> {
         },
         collateral,
         store,
+        namespaces,
         kube: client,
         secrets: SecretReader::new(openbao, settings.identity.clone()),
         audience: settings.audience.clone(),
@@ -195,6 +201,6 @@ pub async fn launch(client: Client, settings: Settings) -> Result<Launched> {
     Ok(Launched {
         server,
         broker,
-        tasks: vec![compile, reload],
+        tasks: vec![compile, namespace_watch, reload],
     })
 }

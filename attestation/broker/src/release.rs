@@ -11,6 +11,7 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
 use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
 use phantom_attestation::claims::OpenBaoClaims;
 use phantom_attestation::collateral::Collateral;
 use phantom_attestation::envelope::seal;
@@ -20,7 +21,7 @@ use phantom_attestation::protocol::{
 };
 use phantom_attestation::snp::{Endorsement, cert_table};
 use phantom_crds::SecretBinding;
-use phantom_policies::store::PolicyStore;
+use phantom_policies::store::{PolicyStore, Snapshot};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
@@ -36,6 +37,8 @@ pub struct Broker {
     pub verifiers: Verifiers,
     pub collateral: RwLock<Arc<Collateral>>,
     pub store: Arc<PolicyStore>,
+    /// Namespaces, from a reflector (their labels select the policies).
+    pub namespaces: Store<Namespace>,
     pub kube: Client,
     pub secrets: SecretReader,
     /// The audience pod tokens must carry.
@@ -274,7 +277,7 @@ impl Broker {
             ));
         }
         let (pod, namespace_object, binding) = self
-            .objects(namespace, &reviewed.pod.name, &request.binding)
+            .objects(&snapshot, namespace, &reviewed.pod.name, &request.binding)
             .await?;
         subject.requirements = snapshot
             .set
@@ -398,6 +401,7 @@ impl Broker {
     /// The pod (named by the token), its namespace and the binding, as the API server has them.
     async fn objects(
         &self,
+        snapshot: &Snapshot,
         namespace: &str,
         pod: &str,
         binding: &str,
@@ -414,16 +418,37 @@ impl Broker {
             .await
             .map_err(unavailable(format!("pod {namespace}/{pod}")))?
             .ok_or_else(|| missing(format!("pod {namespace}/{pod}")))?;
-        let namespace_object = Api::<Namespace>::all(self.kube.clone())
-            .get_opt(namespace)
-            .await
-            .map_err(unavailable(format!("namespace {namespace}")))?
-            .ok_or_else(|| missing(format!("namespace {namespace}")))?;
-        let binding_object = Api::<SecretBinding>::namespaced(self.kube.clone(), namespace)
-            .get_opt(binding)
-            .await
-            .map_err(unavailable(format!("SecretBinding {namespace}/{binding}")))?
-            .ok_or_else(|| missing(format!("SecretBinding {namespace}/{binding}")))?;
+        // Namespaces and bindings from the reflectors the policy set is built from (the same
+        // versions decide); read directly only when created a moment ago.
+        let cached_namespace = self
+            .namespaces
+            .get(&ObjectRef::new(namespace))
+            .map(|ns| (*ns).clone());
+        let namespace_object = match cached_namespace {
+            Some(ns) => ns,
+            None => Api::<Namespace>::all(self.kube.clone())
+                .get_opt(namespace)
+                .await
+                .map_err(unavailable(format!("namespace {namespace}")))?
+                .ok_or_else(|| missing(format!("namespace {namespace}")))?,
+        };
+        let cached_binding = snapshot
+            .sources
+            .bindings
+            .iter()
+            .find(|b| {
+                b.metadata.namespace.as_deref() == Some(namespace)
+                    && b.metadata.name.as_deref() == Some(binding)
+            })
+            .cloned();
+        let binding_object = match cached_binding {
+            Some(b) => b,
+            None => Api::<SecretBinding>::namespaced(self.kube.clone(), namespace)
+                .get_opt(binding)
+                .await
+                .map_err(unavailable(format!("SecretBinding {namespace}/{binding}")))?
+                .ok_or_else(|| missing(format!("SecretBinding {namespace}/{binding}")))?,
+        };
         let value = |v: serde_json::Result<Value>| {
             v.map_err(|e| Failure::new(500, Check::Unavailable, e.to_string()))
         };
