@@ -167,6 +167,16 @@ spec:
   openbao: {{role: {ns}-app}}
   secrets:
     - {{name: db, path: {ns}/gated, key: password, delivery: [{{kind: file, path: db}}]}}
+---
+# The namespace's owner naming another namespace's gated path.
+apiVersion: phantom.dev/v1alpha1
+kind: SecretBinding
+metadata: {{name: elsewhere, namespace: {ns}}}
+spec:
+  selector: {{serviceAccountName: app}}
+  openbao: {{role: {ns}-app}}
+  secrets:
+    - {{name: payroll, path: payroll/gated, key: password, delivery: [{{kind: file, path: payroll}}]}}
 "#,
             measurement = hex::encode(MEASUREMENT)
         ))

@@ -164,6 +164,12 @@ async fn broker(env: std::sync::Arc<Env>) -> anyhow::Result<()> {
         .release(&stranger_token, &stranger, "api", good("a", vcek_a.clone()))
         .await?;
     refused(answer, 403, "binding", "does not select pod")?;
+    // A binding of this namespace naming another namespace's path: the broker's role could read
+    // it, the broker does not release it.
+    let answer = client
+        .release(&token, &uid, "elsewhere", good("a", vcek_a.clone()))
+        .await?;
+    refused(answer, 403, "binding", "outside")?;
     // A plain ServiceAccount token (not bound to a pod) proves no pod at all.
     let plain = env
         .token_request(

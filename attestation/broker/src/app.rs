@@ -165,6 +165,7 @@ pub async fn launch(client: Client, settings: Settings) -> Result<Launched> {
             spki_sha256: hex::encode(settings.openbao_spki_sha256),
         },
         openbao_spki_sha256: settings.openbao_spki_sha256,
+        paths: settings.paths.clone(),
         metrics,
     });
     // The first login at start: a broker whose role is wrong says so now, not at the first pod.

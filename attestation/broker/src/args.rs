@@ -12,6 +12,7 @@ use phantom_process::tls_server::ConnectionLimits;
 
 use crate::secrets::Identity;
 use crate::server::ServerOptions;
+use crate::verdict::PathRule;
 use crate::{Error, Result};
 
 /// Phantom's attestation broker: verifies a pod's TEE evidence (SEV-SNP, TDX) against pinned
@@ -75,6 +76,15 @@ pub struct Args {
     /// The product line of --snp-trust-chain.
     #[arg(long, env = "PHANTOM_SNP_TRUST_PRODUCT", default_value = "milan", value_parser = ["milan", "genoa", "turin"])]
     pub snp_trust_product: String,
+    /// Where each namespace's attested secrets live, mount-relative: a binding may have released
+    /// only paths under this prefix (`{namespace}` is the pod's namespace). The broker's role reads
+    /// every gated path, so this is what keeps one namespace from naming another's.
+    #[arg(
+        long,
+        env = "PHANTOM_RELEASE_PATH_TEMPLATE",
+        default_value = "{namespace}/"
+    )]
+    pub release_path_template: String,
     /// Seconds a challenge may be redeemed after it is issued (the evidence's maximum age).
     #[arg(long, env = "PHANTOM_CHALLENGE_TTL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..=600))]
     pub challenge_ttl_seconds: u64,
@@ -114,6 +124,7 @@ pub struct Settings {
     pub snp_trust_chain: Option<(String, PathBuf)>,
     pub challenge_ttl_seconds: u64,
     pub max_challenges: usize,
+    pub paths: PathRule,
 }
 
 impl TryFrom<Args> for Settings {
@@ -168,6 +179,10 @@ impl TryFrom<Args> for Settings {
                 .map(|path| (args.snp_trust_product, path)),
             challenge_ttl_seconds: args.challenge_ttl_seconds,
             max_challenges: args.max_challenges as usize,
+            paths: PathRule::parse(&args.release_path_template).map_err(|reason| Error::Flag {
+                flag: "release-path-template",
+                reason,
+            })?,
         })
     }
 }
@@ -201,6 +216,7 @@ mod tests {
         assert_eq!(settings.server.max_body_bytes, 65_536);
         assert_eq!(settings.openbao_spki_sha256[31], 1);
         assert_eq!(settings.snp_trust_chain, None);
+        assert_eq!(settings.paths.prefix("shop"), "shop/");
     }
 
     #[test]
@@ -215,6 +231,16 @@ mod tests {
         args.openbao_addr = "http://openbao:8200".into();
         let err = Settings::try_from(args).unwrap_err();
         assert!(err.to_string().contains("not https://"), "{err}");
+    }
+
+    #[test]
+    fn a_path_template_without_the_namespace_is_refused() {
+        let err = Settings::try_from(parse(&[PIN, "--release-path-template=shared/"]).unwrap())
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("--release-path-template:"),
+            "{err}"
+        );
     }
 
     #[test]

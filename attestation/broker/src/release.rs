@@ -1,5 +1,5 @@
-//! One release, end to end: parse, redeem the challenge, review the token, read the pod, its
-//! namespace and the binding as the API server has them, pick the collateral, decide
+//! One release, end to end: parse, redeem the challenge, review the token, read the pod (and its
+//! namespace and the binding, from the reflectors), pick the collateral, decide
 //! ([`crate::verdict::decide`]), read the secrets as the broker and seal them to the attested key.
 //! Every answer is an audit record (target `phantom_broker::audit`) that names the pod, the
 //! binding, the requirements and the failed check — never a value.
@@ -29,7 +29,7 @@ use crate::challenges::Challenges;
 use crate::metrics::{Check, Metrics, Outcome, ReleaseLabels, TeeLabel};
 use crate::review::review;
 use crate::secrets::SecretReader;
-use crate::verdict::{Evidence, Refusal, Release, Verdict, Verifiers, decide};
+use crate::verdict::{Evidence, PathRule, Refusal, Release, Verdict, Verifiers, decide};
 
 /// Everything the broker holds.
 pub struct Broker {
@@ -46,6 +46,8 @@ pub struct Broker {
     /// The OpenBao the broker reads from, as claims and as the pin report_data binds.
     pub openbao: OpenBaoClaims,
     pub openbao_spki_sha256: [u8; 32],
+    /// Which paths each namespace's bindings may have released.
+    pub paths: PathRule,
     pub metrics: Arc<Metrics>,
 }
 
@@ -302,6 +304,7 @@ impl Broker {
             binding: &binding,
             openbao: &openbao,
             openbao_spki_sha256: self.openbao_spki_sha256,
+            paths: &self.paths,
         };
         let verdict: Verdict = match &request.evidence {
             EvidenceRequest::SevSnp { report, cert_table } => {

@@ -56,6 +56,69 @@ pub struct Release<'a> {
     /// The OpenBao endpoint the broker reads from, and the SHA-256 of its SPKI.
     pub openbao: &'a OpenBaoClaims,
     pub openbao_spki_sha256: [u8; 32],
+    /// Which paths a namespace's bindings may have released.
+    pub paths: &'a PathRule,
+}
+
+/// Which OpenBao paths (mount-relative) the bindings of a namespace may have released: the
+/// broker's role reads every gated path, so without this a namespace's owner could name another
+/// namespace's path in their own binding. A template over `{namespace}`, e.g. `{namespace}/`
+/// (the default) or `teams/{namespace}/attested/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRule {
+    template: String,
+}
+
+impl PathRule {
+    /// Parses a template; it must name `{namespace}` (a rule without it lets every namespace
+    /// release every path) and no other placeholder.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let rest = template.replace("{namespace}", "");
+        if rest.len() == template.len() {
+            return Err(format!(
+                "{template:?} does not contain {{namespace}}; without it any namespace could have any gated path released"
+            ));
+        }
+        if rest.contains('{') || rest.contains('}') {
+            return Err(format!(
+                "{template:?} has a placeholder other than {{namespace}}"
+            ));
+        }
+        Ok(Self {
+            template: template.to_owned(),
+        })
+    }
+
+    /// The prefix every path of `namespace`'s bindings must start with.
+    pub fn prefix(&self, namespace: &str) -> String {
+        self.template.replace("{namespace}", namespace)
+    }
+}
+
+impl Default for PathRule {
+    fn default() -> Self {
+        Self {
+            template: "{namespace}/".into(),
+        }
+    }
+}
+
+/// The first path of `binding` outside what `rule` allows `namespace` (or with `.`/`..`/empty
+/// segments, which could step out of the prefix).
+fn forbidden_path<'v>(binding: &'v Value, rule: &PathRule, namespace: &str) -> Option<&'v str> {
+    let prefix = rule.prefix(namespace);
+    binding
+        .pointer("/spec/secrets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|item| item.get("path").and_then(Value::as_str).unwrap_or(""))
+        .find(|path| {
+            !path.starts_with(&prefix)
+                || path
+                    .split('/')
+                    .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+        })
 }
 
 /// The verifiers the broker holds (pinned roots, cached chains).
@@ -76,6 +139,15 @@ pub enum Refusal {
         "SecretBinding {binding} does not select pod {pod} (its ServiceAccount or labels); a pod gets only the bindings that select it"
     )]
     NotSelected { binding: String, pod: String },
+    #[error(
+        "SecretBinding {binding} names path {path:?}, outside {prefix:?} where namespace {namespace}'s attested secrets live (the broker's --release-path-template)"
+    )]
+    PathOutside {
+        binding: String,
+        namespace: String,
+        path: String,
+        prefix: String,
+    },
     #[error("no enforced PhantomPolicy admits SecretBinding {binding} in namespace {namespace}")]
     NotAdmitted { binding: String, namespace: String },
     #[error(
@@ -99,7 +171,7 @@ impl Refusal {
     pub fn kind(&self) -> Check {
         match self {
             Self::Identity { .. } | Self::BindingNamespace { .. } => Check::Identity,
-            Self::NotSelected { .. } => Check::Binding,
+            Self::NotSelected { .. } | Self::PathOutside { .. } => Check::Binding,
             Self::NotAdmitted { .. } | Self::NotGated { .. } => Check::Policy,
             Self::Evidence(_) => Check::Evidence,
             Self::ReportData { .. } => Check::ReportData,
@@ -158,6 +230,14 @@ pub fn decide(
         return Err(Refusal::NotSelected {
             binding: binding_name,
             pod: format!("{pod_namespace}/{}", text(release.pod, "/metadata/name")),
+        });
+    }
+    if let Some(path) = forbidden_path(release.binding, release.paths, pod_namespace) {
+        return Err(Refusal::PathOutside {
+            binding: binding_name,
+            namespace: pod_namespace.to_owned(),
+            path: path.to_owned(),
+            prefix: release.paths.prefix(pod_namespace),
         });
     }
     let policies = set.policies_admitting(release.namespace);

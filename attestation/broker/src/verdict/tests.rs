@@ -106,7 +106,8 @@ impl Case {
                         "spec": {"serviceAccountName": "api", "containers": [{"name": "app"}]}}),
             namespace: json!({"metadata": {"name": "shop", "labels": {"phantom.dev/inject": "enabled"}}}),
             binding: json!({"metadata": {"name": "api", "namespace": "shop"},
-                            "spec": {"selector": {"serviceAccountName": "api"}}}),
+                            "spec": {"selector": {"serviceAccountName": "api"},
+                                     "secrets": [{"name": "db", "path": "shop/db"}]}}),
             reviewed: PodClaims {
                 uid: UID.into(),
                 name: "api-0".into(),
@@ -159,6 +160,7 @@ impl Case {
                 binding: &self.binding,
                 openbao: &self.openbao,
                 openbao_spki_sha256: values.openbao_spki_sha256,
+                paths: &PathRule::default(),
             },
         )
         .map(|verdict| verdict.claims)
@@ -312,6 +314,7 @@ fn a_genuine_tdx_quote_verifies_through_the_broker_and_is_refused_for_not_bindin
                 binding: &case.binding,
                 openbao: &case.openbao,
                 openbao_spki_sha256: values.openbao_spki_sha256,
+                paths: &PathRule::default(),
             },
         )
     };
@@ -329,4 +332,37 @@ fn a_genuine_tdx_quote_verifies_through_the_broker_and_is_refused_for_not_bindin
     )
     .unwrap_err();
     assert_eq!(err.kind().as_str(), "evidence", "{err}");
+}
+
+#[test]
+fn a_binding_naming_another_namespaces_path_is_refused() {
+    for path in [
+        "payroll/db",
+        "shop",
+        "shop/../payroll/db",
+        "shop//db",
+        "shop/./db",
+    ] {
+        let mut case = Case::good();
+        case.binding["spec"]["secrets"][0]["path"] = json!(path);
+        let err = case.decide(&set(true)).unwrap_err();
+        assert!(matches!(err, Refusal::PathOutside { .. }), "{path}: {err}");
+        assert_eq!(err.kind().as_str(), "binding");
+    }
+}
+
+#[test]
+fn a_path_template_must_name_the_namespace() {
+    assert_eq!(
+        PathRule::parse("teams/{namespace}/tee/")
+            .unwrap()
+            .prefix("shop"),
+        "teams/shop/tee/"
+    );
+    assert!(
+        PathRule::parse("shared/")
+            .unwrap_err()
+            .contains("{namespace}")
+    );
+    assert!(PathRule::parse("{namespace}/{pod}/").is_err());
 }
