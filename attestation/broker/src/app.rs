@@ -42,12 +42,6 @@ impl Launched {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Reads every regular file of `dir` (a mounted ConfigMap's `..data` links are followed; its
 /// hidden bookkeeping entries are skipped).
 fn read_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
@@ -72,7 +66,7 @@ fn load_collateral(dir: Option<&Path>, snp: &SnpVerifier, metrics: &Metrics) -> 
         Some(dir) => read_dir(dir)?,
         None => Vec::new(),
     };
-    let collateral = Collateral::load(files, snp, unix_now());
+    let collateral = Collateral::load(files, snp, crate::verifier_time(crate::unix_now()));
     metrics.collateral_entries.clear();
     for entry in collateral.entries() {
         let tee = match entry.tee {

@@ -84,5 +84,18 @@ pub enum Error {
     Flag { flag: &'static str, reason: String },
 }
 
+/// Now, unix seconds (0 if the clock is before the epoch: every certificate is then not yet
+/// valid, so a broken clock refuses, never releases).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `seconds` as the evidence verifiers take time.
+pub(crate) fn verifier_time(seconds: u64) -> i64 {
+    i64::try_from(seconds).unwrap_or(i64::MAX)
+}
+
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

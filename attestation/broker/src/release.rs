@@ -29,6 +29,7 @@ use crate::challenges::Challenges;
 use crate::metrics::{Check, Metrics, Outcome, ReleaseLabels, TeeLabel};
 use crate::review::review;
 use crate::secrets::SecretReader;
+use crate::unix_now as now;
 use crate::verdict::{Evidence, PathRule, Refusal, Release, Verdict, Verifiers, decide};
 
 /// Everything the broker holds.
@@ -108,12 +109,6 @@ struct Subject {
     binding: String,
     requirements: Vec<String>,
     tee: Option<TeeLabel>,
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn base64(field: &str, text: &str) -> Result<Vec<u8>, Failure> {
@@ -320,11 +315,10 @@ impl Broker {
                     let table = base64("evidence.certTable", table)?;
                     if let Some(der) = table_endorsement(&table)? {
                         // Trusted only through the pinned chain, checked here once.
-                        let unix_now = i64::try_from(now()).unwrap_or(i64::MAX);
                         candidates.push(
                             self.verifiers
                                 .snp
-                                .endorsement(&der, unix_now)
+                                .endorsement(&der, crate::verifier_time(now()))
                                 .map_err(|e| Failure::from(Refusal::Evidence(e)))?,
                         );
                     }

@@ -274,7 +274,7 @@ pub fn decide(
             ) => Claims::snp(verifiers.snp.verify_endorsed(
                 report,
                 endorsement,
-                i64::try_from(release.now).unwrap_or(i64::MAX),
+                crate::verifier_time(release.now),
             )?),
             // TDX: dcap-qvl applies each requirement's TCB rules inside its policy step.
             (Evidence::Tdx { quote, collateral }, _) => {
