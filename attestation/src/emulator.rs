@@ -120,3 +120,33 @@ impl SnpReportBuilder {
 fn milan_tcb(bootloader: u8, tee: u8, snp: u8, microcode: u8) -> [u8; 8] {
     [bootloader, tee, 0, 0, 0, 0, snp, microcode]
 }
+
+/// What a CoCo attestation-agent answers for an SEV-SNP `report` with `certs` as its certificate
+/// chain (the shape [`crate::aa`] documents), for the test-only agent emulator.
+pub fn attestation_agent_answer(
+    report: &[u8],
+    certs: &[(crate::snp::cert_table::Entry, &[u8])],
+) -> String {
+    use crate::snp::cert_table::Entry;
+    use sev::firmware::guest::AttestationReport;
+    use sev::firmware::host::{CertTableEntry, CertType};
+    use sev::parser::ByteParser as _;
+    let report = AttestationReport::from_bytes(report).expect("an emulated report parses");
+    let chain: Vec<CertTableEntry> = certs
+        .iter()
+        .map(|(entry, data)| CertTableEntry {
+            cert_type: match entry {
+                Entry::Ark => CertType::ARK,
+                Entry::Ask => CertType::ASK,
+                Entry::Vcek => CertType::VCEK,
+                Entry::Vlek => CertType::VLEK,
+            },
+            data: data.to_vec(),
+        })
+        .collect();
+    serde_json::json!({
+        "attestation_report": report,
+        "cert_chain": (!chain.is_empty()).then_some(chain),
+    })
+    .to_string()
+}

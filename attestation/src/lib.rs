@@ -8,6 +8,7 @@
 //! - [`report_data`]: the 64 bytes a report carries, binding the broker's nonce, the sidecar's
 //!   ephemeral key, the pinned OpenBao key and the pod UID;
 //! - [`tsm`]: evidence collection through Linux configfs-tsm;
+//! - [`aa`]: evidence from the CoCo attestation-agent (Kata/CoCo pods), parsed broker-side;
 //! - [`snp`] and [`tdx`]: offline verification of AMD SEV-SNP reports and Intel TDX quotes
 //!   against pinned vendor roots and operator-supplied collateral, never fetched at release time;
 //! - [`collateral`]: the operator's offline bundle (VCEKs/VLEKs, TDX collateral), each entry with
@@ -21,6 +22,7 @@
 //! Verification never runs in the sidecar: a check inside the node its owner controls is no gate.
 //! The verifiers are behind the default feature `verify`; the sidecar builds without it.
 
+pub mod aa;
 pub mod claims;
 #[cfg(feature = "verify")]
 pub mod collateral;

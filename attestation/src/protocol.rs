@@ -49,6 +49,9 @@ pub enum EvidenceRequest {
     },
     /// A TDX quote; its collateral comes from the broker's bundle.
     Tdx { quote: String },
+    /// What a CoCo attestation-agent answered ([`crate::aa`]), forwarded untouched: the broker
+    /// parses it into one of the above (the sidecar links no report parser).
+    AttestationAgent { answer: String },
 }
 
 impl EvidenceRequest {

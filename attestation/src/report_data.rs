@@ -21,6 +21,16 @@
 //! UID ties it to the pod whose ServiceAccount token accompanies the request. The prefix keeps a
 //! report made for another protocol from ever matching. SHA-512's output is exactly 64 bytes, so
 //! nothing is truncated.
+//!
+//! ## The text form (CoCo attestation-agent)
+//!
+//! The attestation-agent takes `runtime_data` as a URL query string and hands its UTF-8 bytes,
+//! zero-padded to 64, to the TEE: it cannot carry 64 arbitrary bytes. For it the binding travels
+//! as [`Binding::runtime_data`]: base64url without padding of the first 48 bytes of the digest
+//! above, exactly 64 ASCII characters that the report then carries verbatim. 384 bits of SHA-512
+//! keep every property the binding needs (a forger needs a preimage, not a collision).
+//! [`Binding::matches`] accepts either form: both are functions of the same values, so accepting
+//! the second opens no way around the first.
 
 use sha2::{Digest, Sha512};
 
@@ -55,17 +65,28 @@ impl Binding<'_> {
         hash.finalize().into()
     }
 
-    /// Whether `report_data` (from a verified report) binds exactly these values. Constant time,
-    /// because the comparison is against bytes an attacker chooses.
-    pub fn matches(&self, report_data: &[u8]) -> bool {
-        let expected = self.report_data();
-        report_data.len() == expected.len()
-            && expected
-                .iter()
-                .zip(report_data)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+    /// The text form for sources that take a string (see the module docs): 64 ASCII characters.
+    pub fn runtime_data(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&self.report_data()[..48])
     }
+
+    /// Whether `report_data` (from a verified report) binds exactly these values, in the raw or
+    /// the text form. Constant time, because the comparison is against bytes an attacker chooses.
+    pub fn matches(&self, report_data: &[u8]) -> bool {
+        let raw = constant_time_eq(&self.report_data(), report_data);
+        let text = constant_time_eq(self.runtime_data().as_bytes(), report_data);
+        raw | text
+    }
+}
+
+fn constant_time_eq(expected: &[u8], got: &[u8]) -> bool {
+    expected.len() == got.len()
+        && expected
+            .iter()
+            .zip(got)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 #[cfg(test)]
@@ -123,5 +144,32 @@ mod tests {
             !base.matches(&data[..63]),
             "a short report_data must not match"
         );
+    }
+
+    #[test]
+    fn the_text_form_is_the_digest_prefix_in_base64url_and_matches_like_the_raw_one() {
+        use base64::Engine as _;
+        let base = binding("uid-a");
+        let text = base.runtime_data();
+        assert_eq!(
+            text.len(),
+            64,
+            "the attestation-agent takes at most 64 bytes"
+        );
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "URL-safe without escaping: {text}"
+        );
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&text)
+            .unwrap();
+        assert_eq!(decoded, base.report_data()[..48]);
+        assert!(base.matches(text.as_bytes()));
+        assert!(!binding("uid-b").matches(text.as_bytes()));
+        // The text padded with zeros (what an agent does with shorter data) is not the text.
+        let mut short = text.as_bytes()[..60].to_vec();
+        short.resize(64, 0);
+        assert!(!base.matches(&short));
     }
 }

@@ -39,6 +39,18 @@ pub fn chip(name: &str) -> [u8; 64] {
     bytes.try_into().expect("64 bytes")
 }
 
+/// The namespace's owner naming another namespace's gated path.
+const FOREIGN_BINDING: &str = r#"---
+apiVersion: phantom.dev/v1alpha1
+kind: SecretBinding
+metadata: {name: elsewhere, namespace: {ns}}
+spec:
+  selector: {serviceAccountName: app}
+  openbao: {role: {ns}-app}
+  secrets:
+    - {name: payroll, path: payroll/gated, key: password, delivery: [{kind: file, path: payroll}]}
+"#;
+
 /// A running broker case. Dropping it stops the broker and the TLS OpenBao.
 pub struct BrokerCase {
     /// The namespace (label `phantom.dev/tee-case=<ns>`), with ServiceAccounts `app` and `other`.
@@ -64,15 +76,52 @@ impl std::fmt::Debug for BrokerCase {
     }
 }
 
+/// What a broker case varies.
+#[derive(Debug, Clone)]
+pub struct BrokerCaseOptions {
+    /// More labels on the namespace (a webhook's enable label).
+    pub namespace_labels: Vec<(String, String)>,
+    /// The PhantomPolicy's `injection` (for pods a webhook injects).
+    pub injection: Option<serde_json::Value>,
+    /// SecretBinding `elsewhere`, naming another namespace's gated path for ServiceAccount `app`
+    /// (the broker refuses it; an injected pod with it would wait for it).
+    pub foreign_binding: bool,
+}
+
+impl Default for BrokerCaseOptions {
+    fn default() -> Self {
+        Self {
+            namespace_labels: Vec::new(),
+            injection: None,
+            foreign_binding: true,
+        }
+    }
+}
+
 impl Env {
     /// Sets up and starts a broker case (see the module docs).
     pub async fn start_broker_case(&self) -> anyhow::Result<BrokerCase> {
+        self.start_broker_case_with(BrokerCaseOptions::default())
+            .await
+    }
+
+    /// [`Env::start_broker_case`] with `options`.
+    pub async fn start_broker_case_with(
+        &self,
+        options: BrokerCaseOptions,
+    ) -> anyhow::Result<BrokerCase> {
         let env = self;
         env.install_crds().await?;
         let bao = env.start_tls_openbao().await?;
         let ns = format!("tee-{}", random_hex(4));
-        env.create_namespace_named(&ns, &[("phantom.dev/tee-case", &ns)])
-            .await?;
+        let mut labels: Vec<(&str, &str)> = vec![("phantom.dev/tee-case", &ns)];
+        labels.extend(
+            options
+                .namespace_labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        env.create_namespace_named(&ns, &labels).await?;
         env.create_namespace_named(BROKER_NAMESPACE, &[]).await?;
         env.ensure_service_account(BROKER_NAMESPACE, "phantom-broker")
             .await?;
@@ -139,6 +188,16 @@ impl Env {
             );
             anyhow::Ok(())
         };
+        let injection = options
+            .injection
+            .as_ref()
+            .map(|i| format!("\n  injection: {i}"))
+            .unwrap_or_default();
+        let foreign = if options.foreign_binding {
+            FOREIGN_BINDING.replace("{ns}", &ns)
+        } else {
+            String::new()
+        };
         apply(format!(
             r#"apiVersion: phantom.dev/v1alpha1
 kind: AttestationRequirement
@@ -153,7 +212,7 @@ kind: PhantomPolicy
 metadata: {{name: {ns}}}
 spec:
   match:
-    namespaceSelector: {{matchLabels: {{phantom.dev/tee-case: {ns}}}}}
+    namespaceSelector: {{matchLabels: {{phantom.dev/tee-case: {ns}}}}}{injection}
   keyRelease:
     attestationRequirementRef: {{name: {ns}-snp}}
     conditions:
@@ -167,17 +226,7 @@ spec:
   openbao: {{role: {ns}-app}}
   secrets:
     - {{name: db, path: {ns}/gated, key: password, delivery: [{{kind: file, path: db}}]}}
----
-# The namespace's owner naming another namespace's gated path.
-apiVersion: phantom.dev/v1alpha1
-kind: SecretBinding
-metadata: {{name: elsewhere, namespace: {ns}}}
-spec:
-  selector: {{serviceAccountName: app}}
-  openbao: {{role: {ns}-app}}
-  secrets:
-    - {{name: payroll, path: payroll/gated, key: password, delivery: [{{kind: file, path: payroll}}]}}
-"#,
+{foreign}"#,
             measurement = hex::encode(MEASUREMENT)
         ))
         .await?;
@@ -383,6 +432,16 @@ pub async fn create_pod(
     created.metadata.uid.context("the created pod has a UID")
 }
 
+/// What the emulated TEE of chip a reports for `report_data`: the allowed measurement, `debug` in
+/// its policy, signed with the VCEK key `vcek_pkcs8`.
+pub fn emulated_report(report_data: [u8; 64], debug: bool, vcek_pkcs8: &[u8]) -> Vec<u8> {
+    SnpReportBuilder::milan(chip("a"))
+        .measurement(MEASUREMENT)
+        .report_data(report_data)
+        .debug(debug)
+        .sign(vcek_pkcs8)
+}
+
 /// A configfs-tsm tree as the kernel serves it on an SEV-SNP guest, emulated in memory: an entry
 /// created, `inblob` written, `outblob` read → a fresh report over `inblob`, signed by the
 /// synthetic chip-a VCEK. Test-only: it hands the
@@ -453,11 +512,7 @@ impl phantom_attestation::tsm::Fs for EmulatedTsm {
                 let report_data: [u8; 64] = inblob
                     .try_into()
                     .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-                Ok(SnpReportBuilder::milan(chip("a"))
-                    .measurement(MEASUREMENT)
-                    .report_data(report_data)
-                    .debug(self.debug)
-                    .sign(&self.vcek_pkcs8))
+                Ok(emulated_report(report_data, self.debug, &self.vcek_pkcs8))
             }
             _ => Err(std::io::ErrorKind::NotFound.into()),
         }

@@ -6,6 +6,7 @@
 //! Tests use one [`Env`] per test binary through [`harness::run`], and keep apart by namespace.
 //! Every wait has a timeout; a hang becomes an error that says what was awaited.
 
+pub mod attestation_agent;
 pub mod bins;
 pub mod broker;
 pub mod chart;

@@ -26,14 +26,27 @@ impl Env {
     /// A webhook injecting `phantom.local` images (`imagePullPolicy: Never`) with OpenBao at
     /// `openbao`, acting on namespaces labelled `label=enabled` (registered as `name`).
     pub async fn node_webhook(&self, name: &str, label: &str, openbao: String) -> Result<Webhook> {
+        self.node_webhook_with(name, label, |settings| {
+            settings.inject.openbao_address = openbao;
+        })
+        .await
+    }
+
+    /// [`Env::node_webhook`] with more settings (`configure` sets at least the OpenBao address).
+    pub async fn node_webhook_with(
+        &self,
+        name: &str,
+        label: &str,
+        configure: impl FnOnce(&mut phantom_admission::app::Settings),
+    ) -> Result<Webhook> {
         self.install_crds().await?;
         let hook = self
             .start_webhook(|settings| {
                 settings.inject.proxy_image = PROXY_IMAGE.into();
                 settings.inject.exec_image = EXEC_IMAGE.into();
                 settings.inject.image_pull_policy = "Never".into();
-                settings.inject.openbao_address = openbao;
                 settings.selection.enable_label = (label.into(), "enabled".into());
+                configure(settings);
             })
             .await?;
         hook.register_mutating(self, name, json!({"matchLabels": {label: "enabled"}}))

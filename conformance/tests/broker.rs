@@ -12,13 +12,14 @@ use phantom_attestation::protocol::Refused;
 use phantom_attestation::report_data::Binding;
 use phantom_attestation::snp::cert_table;
 use phantom_attestation::tsm::Collector;
+use phantom_conformance::attestation_agent::AgentEmulator;
 use phantom_conformance::broker::{
     Answer, EmulatedTsm, MEASUREMENT, chip, create_pod, release_body, synthetic,
 };
 use phantom_conformance::harness::{Case, run};
 use phantom_conformance::{Env, EnvOptions};
 use phantom_openbao::tls::TlsSettings;
-use phantom_runtime_proxy::attested::{BrokerClient, BrokerSettings};
+use phantom_runtime_proxy::attested::{BrokerClient, BrokerSettings, EvidenceChoice, EvidenceMode};
 use serde_json::json;
 
 fn main() {
@@ -239,7 +240,11 @@ async fn broker(env: std::sync::Arc<Env>) -> anyhow::Result<()> {
                     ..TlsSettings::default()
                 },
                 token_path: token_file,
-                tsm_root: "/sys/kernel/config/tsm".into(),
+                evidence: EvidenceChoice {
+                    mode: EvidenceMode::ConfigfsTsm,
+                    tsm_root: "/sys/kernel/config/tsm".into(),
+                    agent_url: phantom_attestation::aa::DEFAULT_URL.into(),
+                },
                 pod_uid: uid.clone(),
                 openbao_spki_sha256: pin,
             },
@@ -256,6 +261,55 @@ async fn broker(env: std::sync::Arc<Env>) -> anyhow::Result<()> {
         matches!(&err, phantom_runtime_proxy::Error::BrokerRefused { kind, .. } if kind == "requirement")
             && err.to_string().contains("forbids debug"),
         "the sidecar's client did not report the broker's reason: {err}"
+    );
+
+    // 7b. The same client where configfs-tsm is absent: evidence from the attestation-agent
+    // emulator (the answer forwarded, parsed by the broker), with the text form of report_data.
+    let agent = AgentEmulator::start("127.0.0.1:0".parse()?).await?;
+    let token_file = env.dir().join("broker-token-agent");
+    std::fs::write(&token_file, &token)?;
+    let through_agent = BrokerClient::new(BrokerSettings {
+        addr: format!("https://localhost:{}", case.port),
+        tls: TlsSettings {
+            spki_pins: vec![case.broker_pin],
+            ..TlsSettings::default()
+        },
+        token_path: token_file,
+        evidence: EvidenceChoice {
+            mode: EvidenceMode::Auto,
+            tsm_root: env.dir().join("no-configfs-tsm-here"),
+            agent_url: format!("http://{}", agent.addr),
+        },
+        pod_uid: uid.clone(),
+        openbao_spki_sha256: pin,
+    })?;
+    ensure!(
+        matches!(
+            through_agent.source(),
+            phantom_runtime_proxy::attested::EvidenceSource::AttestationAgent(_)
+        ),
+        "auto without configfs-tsm did not pick the agent"
+    );
+    let payload = through_agent.release("api").await?;
+    ensure!(
+        payload.get("db").and_then(|db| db.data.get("password")) == Some(&value)
+            && agent.served() == 1,
+        "the release through the attestation-agent did not open"
+    );
+    agent.set_debug(true);
+    let err = through_agent.release("api").await.unwrap_err();
+    ensure!(
+        err.to_string().contains("forbids debug"),
+        "the agent's debug report was not refused: {err}"
+    );
+    drop(agent);
+    let err = through_agent.release("api").await.unwrap_err();
+    ensure!(
+        matches!(&err, phantom_runtime_proxy::Error::Evidence { .. })
+            && err
+                .to_string()
+                .contains("attestation-agent at http://127.0.0.1:"),
+        "an unreachable agent is not named: {err}"
     );
 
     // 8. The pod's own role cannot go around the broker.
@@ -292,7 +346,7 @@ async fn broker(env: std::sync::Arc<Env>) -> anyhow::Result<()> {
         .text()
         .await?;
     for line in [
-        r#"phantom_broker_releases_total{outcome="released",check="",tee="sev-snp"} 5"#,
+        r#"phantom_broker_releases_total{outcome="released",check="",tee="sev-snp"} 6"#,
         r#"phantom_broker_releases_total{outcome="refused",check="requirement",tee="sev-snp"}"#,
         r#"phantom_broker_releases_total{outcome="refused",check="challenge",tee="sev-snp"}"#,
         r#"phantom_broker_collateral_entries{tee="sev-snp",status="ready"} 1"#,

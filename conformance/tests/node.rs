@@ -36,6 +36,10 @@ fn main() {
                 "openbao_down_keeps_the_pod_in_init_until_it_is_back",
                 openbao_down_keeps_pods_in_init,
             ),
+            Case::new(
+                "a_pod_gated_on_sev_snp_gets_its_secret_through_the_broker_and_a_debug_report_keeps_it_in_init",
+                attested_release_on_the_node,
+            ),
         ],
     )
 }
@@ -409,5 +413,180 @@ async fn openbao_down_keeps_pods_in_init(env: Arc<Env>) -> anyhow::Result<()> {
         "the secret file",
     )
     .await?;
+    Ok(())
+}
+
+/// The init container's terminated message containing `needle`, once the kubelet reports it.
+async fn init_failure(pods: &Api<Pod>, pod: &str, needle: &str) -> anyhow::Result<String> {
+    use phantom_crds::wellknown::injected::PROXY_CONTAINER;
+    let message = wait::until(
+        format!("the sidecar's failure naming {needle:?} in {pod}'s init container status"),
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async {
+            let status = pods.get(pod).await?.status.unwrap_or_default();
+            let message = status
+                .init_container_statuses
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.name == PROXY_CONTAINER)
+                .flat_map(|c| [c.state, c.last_state])
+                .flatten()
+                .filter_map(|s| s.terminated.and_then(|t| t.message))
+                .find(|m| m.contains(needle));
+            Ok::<_, kube::Error>(message)
+        },
+    )
+    .await?;
+    Ok(message)
+}
+
+/// Attested key release on the real node: a namespace whose policy gates key release on an
+/// SEV-SNP AttestationRequirement, the real broker next to a TLS OpenBao whose gated path only the
+/// broker's role reads, and the test-only attestation-agent emulator where a CoCo pod's agent
+/// listens. The injected sidecar (init-only) finds no configfs-tsm in its container, asks the
+/// agent for a report binding the broker's challenge, and receives the sealed secret; the app
+/// reads it from its file. The same pod with a debug report stays in Init with the broker's
+/// reason in its status. The pod's own role gets 403 on the gated path; the broker's log, the
+/// sidecars' logs, the namespace's events and etcd hold no value.
+async fn attested_release_on_the_node(env: Arc<Env>) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Event;
+    use phantom_admission::config::BrokerConfig;
+    use phantom_conformance::attestation_agent::AgentEmulator;
+    use phantom_conformance::broker::BrokerCaseOptions;
+    use phantom_crds::wellknown::injected::PROXY_CONTAINER;
+
+    const LABEL: &str = "phantom.dev/e2e-attested";
+    ensure!(
+        phantom_conformance::bins::static_built("phantom-proxy").is_some(),
+        "Phantom's static binaries are not built: run `make static` (`make test` does)"
+    );
+    let agent = AgentEmulator::start(
+        phantom_attestation::aa::DEFAULT_URL
+            .trim_start_matches("http://")
+            .parse()?,
+    )
+    .await?;
+    let case = env
+        .start_broker_case_with(BrokerCaseOptions {
+            namespace_labels: vec![(LABEL.into(), "enabled".into())],
+            injection: Some(json!({"mode": "init-only"})),
+            foreign_binding: false,
+        })
+        .await?;
+    let ns = case.ns.clone();
+    let openbao_ca = std::fs::read_to_string(case.bao.dir.join("ca.crt"))?;
+    let hook = env
+        .node_webhook_with("phantom-node-attested", LABEL, |settings| {
+            settings.inject.openbao_address = case.bao.addr.clone();
+            settings.inject.openbao_ca_pem = Some(openbao_ca);
+            settings.inject.openbao_spki_pins = vec![hex::encode(case.client.pin)];
+            settings.inject.broker = Some(BrokerConfig {
+                address: format!("https://127.0.0.1:{}", case.port),
+                spki_pins: vec![hex::encode(case.broker_pin)],
+                audience: phantom_attestation::protocol::DEFAULT_AUDIENCE.into(),
+            });
+        })
+        .await?;
+    hook.wait_for_policy(&ns).await?;
+    hook.wait_for_binding(&ns, "api").await?;
+
+    let pod = |name: &str| -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+            "spec": {"hostNetwork": true, "serviceAccountName": "app", "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                                     "command": ["/bin/sh", "-c", "echo file-sha=$(sha256sum < /phantom/secrets/db | cut -d' ' -f1); sleep 3600"]}]}
+        }))?)
+    };
+    let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
+
+    // 1. An attested pod: the secret arrives through the broker.
+    pods.create(&PostParams::default(), &pod("attested")?)
+        .await?;
+    let delivered = log_of(
+        &env,
+        &ns,
+        "attested",
+        "app",
+        &format!("file-sha={}", sha256_hex(&case.value)),
+        "the gated secret's file",
+    )
+    .await;
+    if let Err(e) = delivered {
+        let sidecar = env
+            .container_log(&ns, "attested", PROXY_CONTAINER)
+            .await
+            .unwrap_or_default();
+        let broker = std::fs::read_to_string(case.process.log()).unwrap_or_default();
+        anyhow::bail!("{e}\n--- sidecar ---\n{sidecar}\n--- broker ---\n{broker}");
+    }
+    ensure!(agent.served() >= 1, "the sidecar never asked the agent");
+
+    // 2. The same pod whose TEE reports debug: the broker refuses, the pod waits in Init with
+    //    the broker's reason.
+    agent.set_debug(true);
+    pods.create(&PostParams::default(), &pod("debug")?).await?;
+    let message = init_failure(&pods, "debug", "forbids debug").await?;
+    ensure!(
+        message.contains(&format!("{ns}-snp")),
+        "the message names the AttestationRequirement: {message}"
+    );
+    let phase = pods.get("debug").await?.status.and_then(|s| s.phase);
+    ensure!(
+        phase.as_deref() == Some("Pending"),
+        "the debug pod is {phase:?}, not waiting in Init"
+    );
+
+    // 3. The pod's own OpenBao role cannot go around the broker.
+    let app_token = env
+        .token_request(&ns, "app", &["openbao"], Duration::from_secs(600))
+        .await?;
+    let app = case
+        .bao
+        .admin
+        .login_kubernetes("kubernetes", &format!("{ns}-app"), &app_token)
+        .await?;
+    let direct = case
+        .bao
+        .admin
+        .kv_get(&app, "secret", &format!("{ns}/gated"))
+        .await;
+    ensure!(
+        direct
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("403")),
+        "the pod's own role read the gated path: {direct:?}"
+    );
+
+    // 4. Nothing but the app's memory-backed volume holds the value.
+    let broker_log = std::fs::read_to_string(case.process.log())?;
+    ensure!(
+        broker_log.contains("secrets released") && broker_log.contains("forbids debug"),
+        "the broker's audit records are missing:\n{broker_log}"
+    );
+    ensure!(
+        !broker_log.contains(&case.value),
+        "the broker's log holds the value"
+    );
+    for name in ["attested", "debug"] {
+        let log = env
+            .container_log(&ns, name, PROXY_CONTAINER)
+            .await
+            .unwrap_or_default();
+        ensure!(
+            !log.contains(&case.value),
+            "{name}'s sidecar log holds the value"
+        );
+    }
+    let events = Api::<Event>::namespaced(env.client(), &ns)
+        .list(&ListParams::default())
+        .await?;
+    let events = serde_json::to_string(&events.items)?;
+    ensure!(!events.contains(&case.value), "an event holds the value");
+    ensure!(
+        env.etcd_contains_any(&[&case.value])?.is_empty(),
+        "etcd holds the value"
+    );
     Ok(())
 }

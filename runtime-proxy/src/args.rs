@@ -11,7 +11,7 @@ use phantom_crds::{BindingPlan, KeyReleasePlan};
 use phantom_openbao::tls::{TlsArgs, TlsSettings};
 use phantom_process::LogFormat;
 
-use crate::attested::BrokerSettings;
+use crate::attested::{BrokerSettings, EvidenceChoice, EvidenceMode};
 use crate::{Error, Result};
 
 /// Phantom's sidecar: fetches the pod's secrets from OpenBao with the pod's own ServiceAccount
@@ -111,9 +111,16 @@ pub struct BrokerArgs {
         default_value = "/var/run/secrets/phantom.dev/broker/token"
     )]
     pub broker_token_path: PathBuf,
+    /// Where evidence comes from: `auto` uses configfs-tsm when `<tsm-root>/report` exists (a TEE
+    /// guest), else the attestation-agent (Kata/CoCo pods).
+    #[arg(long, env = "PHANTOM_EVIDENCE_SOURCE", value_enum, default_value_t = EvidenceMode::Auto)]
+    pub evidence_source: EvidenceMode,
     /// The configfs-tsm root evidence is collected from.
     #[arg(long, env = "PHANTOM_TSM_ROOT", default_value = phantom_attestation::tsm::DEFAULT_ROOT)]
     pub tsm_root: PathBuf,
+    /// The CoCo attestation-agent's REST endpoint in the pod.
+    #[arg(long, env = "PHANTOM_ATTESTATION_AGENT_URL", default_value = phantom_attestation::aa::DEFAULT_URL)]
+    pub attestation_agent_url: String,
     /// This pod's UID (downward API `metadata.uid`), which the evidence binds.
     #[arg(long, env = "PHANTOM_POD_UID")]
     pub pod_uid: Option<String>,
@@ -156,7 +163,11 @@ impl BrokerArgs {
             addr: addr.clone(),
             tls,
             token_path: self.broker_token_path.clone(),
-            tsm_root: self.tsm_root.clone(),
+            evidence: EvidenceChoice {
+                mode: self.evidence_source,
+                tsm_root: self.tsm_root.clone(),
+                agent_url: self.attestation_agent_url.clone(),
+            },
             pod_uid,
             openbao_spki_sha256,
         }))

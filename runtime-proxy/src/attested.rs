@@ -4,10 +4,15 @@
 //! and the pod UID (configfs-tsm), and asks the broker for the release with the pod's projected
 //! token (audience `phantom-broker`). The answer opens only with the key, which is consumed by
 //! opening it. No verifier and no collateral live here: a check in the sidecar would be no gate.
+//!
+//! Evidence comes from the kernel's configfs-tsm where the sidecar can reach it (a TEE guest that
+//! mounts it), else from the CoCo attestation-agent on the pod's loopback (Kata/CoCo pods, whose
+//! containers run inside the TEE): [`EvidenceChoice`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use phantom_attestation::aa;
 use phantom_attestation::envelope::{Envelope, Recipient};
 use phantom_attestation::protocol::{
     CHALLENGE_PATH, Challenge, EvidenceRequest, Payload, RELEASE_PATH, Refused, ReleaseRequest,
@@ -29,12 +34,55 @@ pub struct BrokerSettings {
     pub tls: TlsSettings,
     /// The pod's projected token for the broker (audience `phantom-broker`).
     pub token_path: PathBuf,
-    /// The configfs-tsm root.
-    pub tsm_root: PathBuf,
+    /// Where evidence comes from.
+    pub evidence: EvidenceChoice,
     /// This pod's UID (downward API).
     pub pod_uid: String,
     /// The OpenBao key the broker reads from (the sidecar's first OpenBao pin).
     pub openbao_spki_sha256: [u8; 32],
+}
+
+/// Which evidence source the sidecar uses (`--evidence-source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EvidenceMode {
+    /// configfs-tsm when `<tsm-root>/report` exists, else the attestation-agent.
+    #[default]
+    Auto,
+    /// The kernel's configfs-tsm only.
+    ConfigfsTsm,
+    /// The CoCo attestation-agent only.
+    AttestationAgent,
+}
+
+/// The evidence settings as configured; [`EvidenceChoice::resolve`] picks the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceChoice {
+    pub mode: EvidenceMode,
+    /// The configfs-tsm root.
+    pub tsm_root: PathBuf,
+    /// The attestation-agent's base URL.
+    pub agent_url: String,
+}
+
+/// The source one client collects from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvidenceSource {
+    ConfigfsTsm(PathBuf),
+    AttestationAgent(String),
+}
+
+impl EvidenceChoice {
+    /// The source, given whether configfs-tsm's report directory is there (pure).
+    pub fn resolve(&self, tsm_present: bool) -> EvidenceSource {
+        match (self.mode, tsm_present) {
+            (EvidenceMode::ConfigfsTsm, _) | (EvidenceMode::Auto, true) => {
+                EvidenceSource::ConfigfsTsm(self.tsm_root.clone())
+            }
+            (EvidenceMode::AttestationAgent, _) | (EvidenceMode::Auto, false) => {
+                EvidenceSource::AttestationAgent(self.agent_url.clone())
+            }
+        }
+    }
 }
 
 /// Asks the broker for a binding's secrets.
@@ -42,14 +90,18 @@ pub struct BrokerSettings {
 pub struct BrokerClient<F = System> {
     http: reqwest::Client,
     settings: BrokerSettings,
+    source: EvidenceSource,
     collector: Collector<F>,
 }
 
 impl BrokerClient<System> {
-    /// A client collecting evidence from the kernel's configfs-tsm.
+    /// A client collecting evidence from the kernel's configfs-tsm, or from the attestation-agent
+    /// where configfs-tsm is absent (`auto`) or the settings say so.
     pub fn new(settings: BrokerSettings) -> Result<Self> {
-        let collector = Collector::new(settings.tsm_root.clone());
-        Self::with_collector(settings, collector)
+        let evidence = &settings.evidence;
+        let source = evidence.resolve(evidence.tsm_root.join("report").is_dir());
+        let collector = Collector::new(evidence.tsm_root.clone());
+        Self::build(settings, source, collector)
     }
 }
 
@@ -65,8 +117,18 @@ fn entry_name() -> String {
 }
 
 impl<F: Fs + Clone + Send + Sync + 'static> BrokerClient<F> {
-    /// A client collecting evidence through `collector` (tests hand a configfs-tsm emulator).
+    /// A client collecting evidence through `collector` (tests hand a configfs-tsm emulator),
+    /// unless the settings name the attestation-agent.
     pub fn with_collector(settings: BrokerSettings, collector: Collector<F>) -> Result<Self> {
+        let source = settings.evidence.resolve(true);
+        Self::build(settings, source, collector)
+    }
+
+    fn build(
+        settings: BrokerSettings,
+        source: EvidenceSource,
+        collector: Collector<F>,
+    ) -> Result<Self> {
         let broker_error = |cause: String| Error::Broker {
             addr: settings.addr.clone(),
             binding: "-".into(),
@@ -85,11 +147,26 @@ impl<F: Fs + Clone + Send + Sync + 'static> BrokerClient<F> {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| broker_error(format!("building the HTTP client: {e}")))?;
+        if let EvidenceSource::AttestationAgent(url) = &source
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(broker_error(format!(
+                "the attestation-agent URL {url:?} is not http(s)://; set --attestation-agent-url (default {})",
+                phantom_attestation::aa::DEFAULT_URL
+            )));
+        }
+        tracing::info!(source = ?source, "attested key release: evidence source");
         Ok(Self {
             http,
             settings,
+            source,
             collector,
         })
+    }
+
+    /// Where this client collects evidence.
+    pub fn source(&self) -> &EvidenceSource {
+        &self.source
     }
 
     fn failed(&self, binding: &str, cause: impl std::fmt::Display) -> Error {
@@ -97,6 +174,56 @@ impl<F: Fs + Clone + Send + Sync + 'static> BrokerClient<F> {
             addr: self.settings.addr.clone(),
             binding: binding.to_owned(),
             cause: cause.to_string(),
+        }
+    }
+
+    /// Evidence whose report_data binds `bound`, from this client's source.
+    async fn evidence(&self, bound: &Binding<'_>) -> std::result::Result<EvidenceRequest, String> {
+        match &self.source {
+            EvidenceSource::ConfigfsTsm(_) => {
+                let collector = self.collector.clone();
+                let report_data = bound.report_data();
+                let evidence = tokio::task::spawn_blocking(move || {
+                    collector.collect(&entry_name(), &report_data)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+                Ok(match evidence.provider {
+                    Provider::SevGuest => {
+                        EvidenceRequest::sev_snp(&evidence.outblob, evidence.auxblob.as_deref())
+                    }
+                    Provider::TdxGuest => EvidenceRequest::tdx(&evidence.outblob),
+                })
+            }
+            EvidenceSource::AttestationAgent(base) => {
+                let url = aa::evidence_url(base, &bound.runtime_data());
+                let agent = |cause: String| format!("the attestation-agent at {base}: {cause}");
+                let mut response = self
+                    .http
+                    .get(&url)
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                    .map_err(|e| agent(e.without_url().to_string()))?;
+                let mut answer = Vec::new();
+                while let Some(chunk) = response
+                    .chunk()
+                    .await
+                    .map_err(|e| agent(e.without_url().to_string()))?
+                {
+                    answer.extend_from_slice(&chunk);
+                    if answer.len() > aa::MAX_ANSWER_LEN {
+                        return Err(agent(format!(
+                            "its answer is longer than {} bytes",
+                            aa::MAX_ANSWER_LEN
+                        )));
+                    }
+                }
+                let answer = String::from_utf8(answer)
+                    .map_err(|_| agent("its answer is not UTF-8 text".into()))?;
+                Ok(EvidenceRequest::AttestationAgent { answer })
+            }
         }
     }
 
@@ -116,32 +243,19 @@ impl<F: Fs + Clone + Send + Sync + 'static> BrokerClient<F> {
         let nonce: [u8; 32] =
             fixed_hex("nonce", &challenge.nonce).map_err(|e| self.failed(binding, e))?;
         let recipient = Recipient::generate().map_err(|e| self.failed(binding, e))?;
-        let report_data = Binding {
+        let bound = Binding {
             nonce,
             public_key: recipient.public_key(),
             openbao_spki_sha256: self.settings.openbao_spki_sha256,
             pod_uid: &self.settings.pod_uid,
-        }
-        .report_data();
-
-        let collector = self.collector.clone();
-        let evidence =
-            tokio::task::spawn_blocking(move || collector.collect(&entry_name(), &report_data))
-                .await
-                .map_err(|e| Error::Evidence {
-                    binding: binding.to_owned(),
-                    cause: e.to_string(),
-                })?
-                .map_err(|e| Error::Evidence {
-                    binding: binding.to_owned(),
-                    cause: e.to_string(),
-                })?;
-        let evidence = match evidence.provider {
-            Provider::SevGuest => {
-                EvidenceRequest::sev_snp(&evidence.outblob, evidence.auxblob.as_deref())
-            }
-            Provider::TdxGuest => EvidenceRequest::tdx(&evidence.outblob),
         };
+        let evidence = self
+            .evidence(&bound)
+            .await
+            .map_err(|cause| Error::Evidence {
+                binding: binding.to_owned(),
+                cause,
+            })?;
         let token = Zeroizing::new(std::fs::read_to_string(&self.settings.token_path).map_err(
             |e| {
                 self.failed(

@@ -20,6 +20,7 @@ use phantom_attestation::protocol::{
     fixed_hex,
 };
 use phantom_attestation::snp::{Endorsement, cert_table};
+use phantom_attestation::tsm::Provider;
 use phantom_crds::SecretBinding;
 use phantom_policies::store::{PolicyStore, Snapshot};
 use serde_json::Value;
@@ -115,6 +116,61 @@ fn base64(field: &str, text: &str) -> Result<Vec<u8>, Failure> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .map_err(|e| Failure::new(400, Check::Request, format!("{field} is not base64: {e}")))
+}
+
+/// The evidence's bytes, whichever way the sidecar collected them.
+#[derive(Debug)]
+enum Decoded {
+    Snp {
+        report: Vec<u8>,
+        cert_table: Option<Vec<u8>>,
+    },
+    Tdx {
+        quote: Vec<u8>,
+    },
+}
+
+/// Decodes the request's evidence and names its TEE in the audit subject (an agent's answer
+/// names it once parsed).
+fn decode_evidence(evidence: &EvidenceRequest, subject: &mut Subject) -> Result<Decoded, Failure> {
+    let decoded = match evidence {
+        EvidenceRequest::SevSnp { report, cert_table } => {
+            subject.tee = Some(TeeLabel::SevSnp);
+            Decoded::Snp {
+                report: base64("evidence.report", report)?,
+                cert_table: cert_table
+                    .as_deref()
+                    .map(|table| base64("evidence.certTable", table))
+                    .transpose()?,
+            }
+        }
+        EvidenceRequest::Tdx { quote } => {
+            subject.tee = Some(TeeLabel::Tdx);
+            Decoded::Tdx {
+                quote: base64("evidence.quote", quote)?,
+            }
+        }
+        EvidenceRequest::AttestationAgent { answer } => {
+            let parsed = phantom_attestation::aa::parse(answer)
+                .map_err(|e| Failure::new(400, Check::Evidence, e.to_string()))?;
+            match parsed.provider {
+                Provider::SevGuest => {
+                    subject.tee = Some(TeeLabel::SevSnp);
+                    Decoded::Snp {
+                        report: parsed.outblob,
+                        cert_table: parsed.auxblob,
+                    }
+                }
+                Provider::TdxGuest => {
+                    subject.tee = Some(TeeLabel::Tdx);
+                    Decoded::Tdx {
+                        quote: parsed.outblob,
+                    }
+                }
+            }
+        }
+    };
+    Ok(decoded)
 }
 
 /// The certificate table's VCEK (or VLEK), when the host supplied one.
@@ -229,10 +285,7 @@ impl Broker {
             )
         })?;
         subject.binding = request.binding.clone();
-        subject.tee = Some(match request.evidence {
-            EvidenceRequest::SevSnp { .. } => TeeLabel::SevSnp,
-            EvidenceRequest::Tdx { .. } => TeeLabel::Tdx,
-        });
+        let evidence = decode_evidence(&request.evidence, subject)?;
         let bad = |e: String| Failure::new(400, Check::Request, e);
         let nonce: [u8; 32] = fixed_hex("nonce", &request.nonce).map_err(bad)?;
         let public_key: [u8; 32] = fixed_hex("publicKey", &request.public_key).map_err(bad)?;
@@ -301,9 +354,8 @@ impl Broker {
             openbao_spki_sha256: self.openbao_spki_sha256,
             paths: &self.paths,
         };
-        let verdict: Verdict = match &request.evidence {
-            EvidenceRequest::SevSnp { report, cert_table } => {
-                let report = base64("evidence.report", report)?;
+        let verdict: Verdict = match &evidence {
+            Decoded::Snp { report, cert_table } => {
                 let mut candidates: Vec<Endorsement> = match collateral.snp_endorsements(&report) {
                     Ok(found) => found.into_iter().cloned().collect(),
                     Err(e) => match cert_table {
@@ -312,8 +364,7 @@ impl Broker {
                     },
                 };
                 if let Some(table) = cert_table {
-                    let table = base64("evidence.certTable", table)?;
-                    if let Some(der) = table_endorsement(&table)? {
+                    if let Some(der) = table_endorsement(table)? {
                         // Trusted only through the pinned chain, checked here once.
                         candidates.push(
                             self.verifiers
@@ -330,7 +381,7 @@ impl Broker {
                         &self.verifiers,
                         &snapshot.set,
                         &release(Evidence::Snp {
-                            report: &report,
+                            report,
                             endorsement,
                         }),
                     ) {
@@ -353,16 +404,15 @@ impl Broker {
                     }
                 }
             }
-            EvidenceRequest::Tdx { quote } => {
-                let quote = base64("evidence.quote", quote)?;
+            Decoded::Tdx { quote } => {
                 let documents = collateral
-                    .tdx_collateral(&quote)
+                    .tdx_collateral(quote)
                     .map_err(|e| Failure::from(Refusal::Evidence(e)))?;
                 decide(
                     &self.verifiers,
                     &snapshot.set,
                     &release(Evidence::Tdx {
-                        quote: &quote,
+                        quote,
                         collateral: documents,
                     }),
                 )?

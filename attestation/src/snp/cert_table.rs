@@ -85,7 +85,7 @@ pub fn parse(table: &[u8]) -> Result<Vec<(Entry, Vec<u8>)>> {
     }
 }
 
-/// Builds a table (for tests and the test emulator).
+/// Builds a table (from an attestation-agent's certificate chain, and for tests).
 pub fn build(entries: &[(Entry, &[u8])]) -> Vec<u8> {
     let header_len = (entries.len() + 1) * ENTRY_LEN;
     let mut headers = Vec::with_capacity(header_len);

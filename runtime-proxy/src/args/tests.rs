@@ -135,9 +135,44 @@ fn broker_settings_bind_the_pod_uid_and_the_first_openbao_pin() {
         std::path::PathBuf::from("/var/run/secrets/phantom.dev/broker/token")
     );
     assert_eq!(
-        broker.tsm_root,
-        std::path::PathBuf::from("/sys/kernel/config/tsm")
+        broker.evidence,
+        crate::attested::EvidenceChoice {
+            mode: crate::attested::EvidenceMode::Auto,
+            tsm_root: "/sys/kernel/config/tsm".into(),
+            agent_url: "http://127.0.0.1:8006".into(),
+        }
     );
+}
+
+#[test]
+fn the_evidence_source_is_configfs_tsm_where_present_else_the_agent_unless_forced() {
+    use crate::attested::{EvidenceMode, EvidenceSource};
+    let chosen = |mode: &str, present: bool| {
+        settings(&[
+            ("broker-addr", "https://phantom-broker:8443"),
+            ("broker-spki-sha256", PIN),
+            ("openbao-spki-sha256", PIN),
+            ("pod-uid", "uid-1"),
+            ("evidence-source", mode),
+            ("attestation-agent-url", "http://127.0.0.1:9006"),
+        ])
+        .expect("broker settings")
+        .broker
+        .expect("a broker")
+        .evidence
+        .resolve(present)
+    };
+    let tsm = EvidenceSource::ConfigfsTsm("/sys/kernel/config/tsm".into());
+    let agent = EvidenceSource::AttestationAgent("http://127.0.0.1:9006".into());
+    assert_eq!(chosen("auto", true), tsm);
+    assert_eq!(chosen("auto", false), agent);
+    assert_eq!(chosen("configfs-tsm", false), tsm);
+    assert_eq!(chosen("attestation-agent", true), agent);
+    assert_eq!(EvidenceMode::default(), EvidenceMode::Auto);
+    let err = parse(&[("evidence-source", "tpm")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tpm"), "{err}");
 }
 
 #[test]
