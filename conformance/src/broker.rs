@@ -67,6 +67,34 @@ pub struct BrokerCase {
     pub bao: TlsOpenBao,
 }
 
+impl BrokerCase {
+    /// Fails unless OpenBao refuses the gated path (403) to the namespace's own role, logged in
+    /// with a token of ServiceAccount `app`: only the broker's role reads it.
+    pub async fn own_role_is_refused(&self, env: &Env) -> anyhow::Result<()> {
+        let ns = &self.ns;
+        let app_token = env
+            .token_request(ns, "app", &["openbao"], std::time::Duration::from_secs(600))
+            .await?;
+        let app = self
+            .bao
+            .admin
+            .login_kubernetes("kubernetes", &format!("{ns}-app"), &app_token)
+            .await?;
+        let direct = self
+            .bao
+            .admin
+            .kv_get(&app, "secret", &format!("{ns}/gated"))
+            .await;
+        ensure!(
+            direct
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("403")),
+            "the pod's own role read the gated path: {direct:?}"
+        );
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for BrokerCase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerCase")

@@ -229,25 +229,29 @@ async fn broker(env: std::sync::Arc<Env>) -> anyhow::Result<()> {
 
     // 7. The sidecar's own client (phantom-proxy's code) collects through its configfs-tsm
     // collector, from an emulated SEV-SNP guest, and opens the release.
-    let sidecar = |debug| -> anyhow::Result<_> {
-        let token_file = env.dir().join(format!("broker-token-{debug}"));
+    let settings = |name: &str, evidence: EvidenceChoice| -> anyhow::Result<BrokerSettings> {
+        let token_file = env.dir().join(format!("broker-token-{name}"));
         std::fs::write(&token_file, &token)?;
-        Ok(BrokerClient::with_collector(
-            BrokerSettings {
-                addr: format!("https://localhost:{}", case.port),
-                tls: TlsSettings {
-                    spki_pins: vec![case.broker_pin],
-                    ..TlsSettings::default()
-                },
-                token_path: token_file,
-                evidence: EvidenceChoice {
-                    mode: EvidenceMode::ConfigfsTsm,
-                    tsm_root: "/sys/kernel/config/tsm".into(),
-                    agent_url: phantom_attestation::aa::DEFAULT_URL.into(),
-                },
-                pod_uid: uid.clone(),
-                openbao_spki_sha256: pin,
+        Ok(BrokerSettings {
+            addr: format!("https://localhost:{}", case.port),
+            tls: TlsSettings {
+                spki_pins: vec![case.broker_pin],
+                ..TlsSettings::default()
             },
+            token_path: token_file,
+            evidence,
+            pod_uid: uid.clone(),
+            openbao_spki_sha256: pin,
+        })
+    };
+    let sidecar = |debug| -> anyhow::Result<_> {
+        let evidence = EvidenceChoice {
+            mode: EvidenceMode::ConfigfsTsm,
+            tsm_root: "/sys/kernel/config/tsm".into(),
+            agent_url: phantom_attestation::aa::DEFAULT_URL.into(),
+        };
+        Ok(BrokerClient::with_collector(
+            settings(&format!("tsm-{debug}"), evidence)?,
             Collector::with_fs("/sys/kernel/config/tsm", EmulatedTsm::new(debug)?),
         )?)
     };
@@ -266,23 +270,14 @@ async fn broker(env: std::sync::Arc<Env>) -> anyhow::Result<()> {
     // 7b. The same client where configfs-tsm is absent: evidence from the attestation-agent
     // emulator (the answer forwarded, parsed by the broker), with the text form of report_data.
     let agent = AgentEmulator::start("127.0.0.1:0".parse()?).await?;
-    let token_file = env.dir().join("broker-token-agent");
-    std::fs::write(&token_file, &token)?;
-    let through_agent = BrokerClient::new(BrokerSettings {
-        addr: format!("https://localhost:{}", case.port),
-        tls: TlsSettings {
-            spki_pins: vec![case.broker_pin],
-            ..TlsSettings::default()
-        },
-        token_path: token_file,
-        evidence: EvidenceChoice {
+    let through_agent = BrokerClient::new(settings(
+        "agent",
+        EvidenceChoice {
             mode: EvidenceMode::Auto,
             tsm_root: env.dir().join("no-configfs-tsm-here"),
             agent_url: format!("http://{}", agent.addr),
         },
-        pod_uid: uid.clone(),
-        openbao_spki_sha256: pin,
-    })?;
+    )?)?;
     ensure!(
         matches!(
             through_agent.source(),
@@ -313,30 +308,7 @@ async fn broker(env: std::sync::Arc<Env>) -> anyhow::Result<()> {
     );
 
     // 8. The pod's own role cannot go around the broker.
-    let app_token = env
-        .token_request(
-            &ns,
-            "app",
-            &["openbao"],
-            std::time::Duration::from_secs(600),
-        )
-        .await?;
-    let app = case
-        .bao
-        .admin
-        .login_kubernetes("kubernetes", &format!("{ns}-app"), &app_token)
-        .await?;
-    let direct = case
-        .bao
-        .admin
-        .kv_get(&app, "secret", &format!("{ns}/gated"))
-        .await;
-    ensure!(
-        direct
-            .as_ref()
-            .is_err_and(|e| e.to_string().contains("403")),
-        "the pod's own role read the gated path: {direct:?}"
-    );
+    case.own_role_is_refused(&env).await?;
 
     // 9. Audit and metrics name what happened; nothing holds the value.
     let metrics = reqwest::Client::new()

@@ -334,7 +334,6 @@ async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
 /// its own (another namespace label, OpenBao behind a proxy the test stops and starts).
 async fn openbao_down_keeps_pods_in_init(env: Arc<Env>) -> anyhow::Result<()> {
     use phantom_conformance::counting_proxy::CountingProxy;
-    use phantom_crds::wellknown::injected::PROXY_CONTAINER;
 
     const LABEL: &str = "phantom.dev/e2e-outage";
     anyhow::ensure!(
@@ -364,25 +363,7 @@ async fn openbao_down_keeps_pods_in_init(env: Arc<Env>) -> anyhow::Result<()> {
     }))?;
     let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
     pods.create(&PostParams::default(), &pod).await?;
-    let message = wait::until(
-        "the sidecar's failure in the pod's init container status",
-        Duration::from_secs(90),
-        Duration::from_millis(500),
-        || async {
-            let status = pods.get("app").await?.status.unwrap_or_default();
-            let message = status
-                .init_container_statuses
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|c| c.name == PROXY_CONTAINER)
-                .flat_map(|c| [c.state, c.last_state])
-                .flatten()
-                .filter_map(|s| s.terminated.and_then(|t| t.message))
-                .find(|m| m.contains("unreachable"));
-            Ok::<_, kube::Error>(message)
-        },
-    )
-    .await?;
+    let message = init_failure(&pods, "app", "unreachable").await?;
     ensure!(
         message.contains(&format!("http://{down}")),
         "the message names the address: {message}"
@@ -539,25 +520,7 @@ async fn attested_release_on_the_node(env: Arc<Env>) -> anyhow::Result<()> {
     );
 
     // 3. The pod's own OpenBao role cannot go around the broker.
-    let app_token = env
-        .token_request(&ns, "app", &["openbao"], Duration::from_secs(600))
-        .await?;
-    let app = case
-        .bao
-        .admin
-        .login_kubernetes("kubernetes", &format!("{ns}-app"), &app_token)
-        .await?;
-    let direct = case
-        .bao
-        .admin
-        .kv_get(&app, "secret", &format!("{ns}/gated"))
-        .await;
-    ensure!(
-        direct
-            .as_ref()
-            .is_err_and(|e| e.to_string().contains("403")),
-        "the pod's own role read the gated path: {direct:?}"
-    );
+    case.own_role_is_refused(&env).await?;
 
     // 4. Nothing but the app's memory-backed volume holds the value.
     let broker_log = std::fs::read_to_string(case.process.log())?;

@@ -42,15 +42,15 @@ pub struct BrokerSettings {
     pub openbao_spki_sha256: [u8; 32],
 }
 
-/// Which evidence source the sidecar uses (`--evidence-source`).
+/// Which evidence source the sidecar uses (`--evidence-source`): `auto` takes configfs-tsm when
+/// `<tsm-root>/report` exists, else the attestation-agent; the others force one.
+// The variants carry no doc comments: clap would print per-value help and switch every flag of
+// `--help` (and the generated docs) to its long layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum EvidenceMode {
-    /// configfs-tsm when `<tsm-root>/report` exists, else the attestation-agent.
     #[default]
     Auto,
-    /// The kernel's configfs-tsm only.
     ConfigfsTsm,
-    /// The CoCo attestation-agent only.
     AttestationAgent,
 }
 

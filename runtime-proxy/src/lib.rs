@@ -46,7 +46,7 @@ pub enum Error {
     KeyReleasePlan(String),
     /// The pod's TEE evidence could not be collected.
     #[error(
-        "SecretBinding {binding} needs attested key release but collecting TEE evidence failed: {cause}; is the pod on a confidential node (configfs-tsm at --tsm-root)?"
+        "SecretBinding {binding} needs attested key release but collecting TEE evidence failed: {cause}; does the pod run in a TEE (a Kata/CoCo pod with its attestation-agent, or configfs-tsm at --tsm-root; --evidence-source picks)?"
     )]
     Evidence { binding: String, cause: String },
     /// The attestation broker could not be asked (unreachable, TLS, an odd answer).

@@ -356,23 +356,23 @@ impl Broker {
         };
         let verdict: Verdict = match &evidence {
             Decoded::Snp { report, cert_table } => {
-                let mut candidates: Vec<Endorsement> = match collateral.snp_endorsements(&report) {
+                let mut candidates: Vec<Endorsement> = match collateral.snp_endorsements(report) {
                     Ok(found) => found.into_iter().cloned().collect(),
                     Err(e) => match cert_table {
                         None => return Err(Refusal::Evidence(e).into()),
                         Some(_) => Vec::new(),
                     },
                 };
-                if let Some(table) = cert_table {
-                    if let Some(der) = table_endorsement(table)? {
-                        // Trusted only through the pinned chain, checked here once.
-                        candidates.push(
-                            self.verifiers
-                                .snp
-                                .endorsement(&der, crate::verifier_time(now()))
-                                .map_err(|e| Failure::from(Refusal::Evidence(e)))?,
-                        );
-                    }
+                if let Some(table) = cert_table
+                    && let Some(der) = table_endorsement(table)?
+                {
+                    // Trusted only through the pinned chain, checked here once.
+                    candidates.push(
+                        self.verifiers
+                            .snp
+                            .endorsement(&der, crate::verifier_time(now()))
+                            .map_err(|e| Failure::from(Refusal::Evidence(e)))?,
+                    );
                 }
                 let mut last = None;
                 let mut granted = None;

@@ -148,10 +148,6 @@ fn an_answer_with_amds_full_chain_fits_the_limit_and_the_brokers_default_body() 
         serde_json::to_string(&crate::protocol::EvidenceRequest::AttestationAgent { answer })
             .unwrap();
     assert!(request.len() + 512 < 64 * 1024, "{} bytes", request.len());
-    parse(
-        &serde_json::from_str::<serde_json::Value>(&request).unwrap()["answer"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let sent: serde_json::Value = serde_json::from_str(&request).unwrap();
+    parse(sent["answer"].as_str().unwrap()).unwrap();
 }
