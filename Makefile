@@ -34,10 +34,14 @@ generate: toolchain tools ## regenerate every checked-in artefact: CRD YAML (crd
 	PHANTOM_GENERATE=1 $(CARGO) test -q $(addprefix -p ,$(DOC_CRATES)) --test docs
 	PHANTOM_GENERATE=1 $(CARGO) test -q -p phantom-conformance --test chart -- the_chart_lints_strictly_and_its_rendered_output_is_checked_in
 
-toolchain: ## rustfmt and clippy for the active toolchain
+toolchain: bpf-deps ## rustfmt and clippy for the active toolchain (and the eBPF build tools)
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
 	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+bpf-deps: ## clang, libbpf headers and bpftool: what phantom-probes needs to compile the guard's eBPF programs
+	@command -v clang >/dev/null && command -v bpftool >/dev/null && test -f /usr/include/bpf/bpf_helpers.h || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q clang libbpf-dev bpftool; }
 
 tools: ## install and cache etcd, kube-apiserver, kube-controller-manager, kubectl and bao
 	bash conformance/scripts/install-tools.sh

@@ -5,9 +5,10 @@
 //! its own ServiceAccount token — through the sidecar's own OpenBao client and TLS verifier, so a
 //! pass means the sidecars will connect the same way.
 //!
-//! The eBPF memory-access monitor will live here too.
+//! And the eBPF memory-access guard's core ([`guard`]).
 
 pub mod args;
+pub mod guard;
 pub mod preflight;
 
 /// Errors of the probes library.
@@ -20,6 +21,45 @@ pub enum Error {
     /// The flags cannot be used; the message names which.
     #[error("{0}")]
     Config(String),
+
+    /// The guard's eBPF object could not be loaded.
+    #[error("loading the guard's eBPF object: {source}")]
+    BpfLoad {
+        #[source]
+        source: aya::EbpfError,
+    },
+
+    /// A guard program could not be loaded or attached (the kernel's reason is the source).
+    #[error("eBPF program {program}: {source}")]
+    BpfProgram {
+        program: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+
+    /// A guard map could not be read or written.
+    #[error("eBPF map {map}: {source}")]
+    BpfMap {
+        map: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+
+    /// The embedded object lacks a program or map the guard needs (a build mismatch).
+    #[error("the guard's eBPF object has no {what}; rebuild phantom-probes")]
+    BpfMissing { what: String },
+
+    /// A ring-buffer record does not decode.
+    #[error("a guard event does not decode: {reason}")]
+    GuardEvent { reason: String },
+
+    /// `/proc` or a cgroup file could not be read.
+    #[error("reading {path}: {source}")]
+    Procfs {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 
     /// Writing the results to the API server failed.
     #[error("writing the results into ConfigMap {namespace}/{name}: {source}")]
