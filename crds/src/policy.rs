@@ -232,12 +232,51 @@ pub struct KeyRelease {
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Detection {
-    /// `ptrace()` against a protected process.
+    /// `ptrace()` attaching to a protected process.
     Ptrace,
-    /// Opening `/proc/<pid>/mem` of a protected process.
+    /// Opening `/proc/<pid>/mem` (or `/proc/<pid>/maps`, the layout a read needs) of a
+    /// protected process.
     ProcMem,
-    /// `process_vm_readv()` against a protected process.
+    /// Opening `/proc/<pid>/environ` of a protected process (where environment-variable
+    /// secrets live).
+    ProcEnviron,
+    /// `process_vm_readv()` or `process_vm_writev()` against a protected process.
     ProcessVmReadv,
+}
+
+impl Detection {
+    /// Every detection (what an absent `detections` list means).
+    pub const ALL: [Detection; 4] = [
+        Detection::Ptrace,
+        Detection::ProcMem,
+        Detection::ProcEnviron,
+        Detection::ProcessVmReadv,
+    ];
+}
+
+/// What the node guard does about a detected access.
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum MonitoringAction {
+    /// Allow the access and report it.
+    #[default]
+    Alert,
+    /// Refuse the access where the kernel runs BPF LSM programs, else kill the accessing
+    /// process before the syscall returns; and report it.
+    Block,
 }
 
 /// eBPF monitoring scope of matched pods.
@@ -250,6 +289,10 @@ pub struct Monitoring {
     /// Which detections apply; absent means all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detections: Option<Vec<Detection>>,
+    /// What a detection does (`alert` unless set). Where several policies protect a pod, `block`
+    /// wins.
+    #[serde(default)]
+    pub action: MonitoringAction,
     /// Extra labels attached to alerts raised for matched pods (for routing in the SIEM).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub alert_labels: BTreeMap<String, String>,

@@ -68,6 +68,9 @@ pub struct BindingRef {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonitoringScope {
     pub detections: BTreeSet<Detection>,
+    /// The strongest action of the policies that protect the pod.
+    #[serde(default)]
+    pub action: phantom_crds::MonitoringAction,
     pub alert_labels: BTreeMap<String, String>,
 }
 
@@ -431,15 +434,12 @@ impl PolicySet {
         for o in &enforced {
             let policy = policies[o.policy.as_str()];
             if let Some(m) = policy.object.spec.monitoring.as_ref().filter(|m| m.enabled) {
-                let all = [
-                    Detection::Ptrace,
-                    Detection::ProcMem,
-                    Detection::ProcessVmReadv,
-                ];
-                decision
-                    .monitoring
-                    .detections
-                    .extend(m.detections.clone().unwrap_or_else(|| all.to_vec()));
+                decision.monitoring.detections.extend(
+                    m.detections
+                        .clone()
+                        .unwrap_or_else(|| Detection::ALL.to_vec()),
+                );
+                decision.monitoring.action = decision.monitoring.action.max(m.action);
                 decision
                     .monitoring
                     .alert_labels

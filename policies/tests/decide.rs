@@ -113,6 +113,31 @@ fn a_labelled_namespace_gets_injection_with_its_bindings() {
 }
 
 #[test]
+fn monitoring_merges_detections_and_block_wins_over_alert() {
+    let guard_all = PAYMENTS
+        .replace("name: payments", "name: payments-guard")
+        .replace(
+            "monitoring: {enabled: true, detections: [ptrace]}",
+            "monitoring: {enabled: true, action: block}",
+        );
+    let set = set(vec![policy(PAYMENTS), policy(&guard_all)]);
+    let d = set.decide(&input(pod("web", json!({"team": "shop"})), ENABLED()));
+    assert_eq!(
+        d.monitoring.detections.iter().copied().collect::<Vec<_>>(),
+        phantom_crds::Detection::ALL.to_vec(),
+        "an absent list means every detection"
+    );
+    assert_eq!(d.monitoring.action, phantom_crds::MonitoringAction::Block);
+    let alert_only = set_one(PAYMENTS);
+    let d = alert_only.decide(&input(pod("web", json!({"team": "shop"})), ENABLED()));
+    assert_eq!(d.monitoring.action, phantom_crds::MonitoringAction::Alert);
+}
+
+fn set_one(yaml: &str) -> PolicySet {
+    set(vec![policy(yaml)])
+}
+
+#[test]
 fn other_namespaces_are_left_alone() {
     let set = set(vec![policy(PAYMENTS)]);
     let d = set.decide(&input(pod("web", json!({"team": "shop"})), json!({})));

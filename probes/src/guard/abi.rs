@@ -86,6 +86,30 @@ impl FromIterator<Detection> for Detections {
     }
 }
 
+/// The kernel-side detections a policy's `spec.monitoring.detections` ask for (`proc-mem` covers
+/// `maps` too: the layout a memory read needs).
+pub fn detections_for(policy: impl IntoIterator<Item = phantom_crds::Detection>) -> Detections {
+    use phantom_crds::Detection as D;
+    policy
+        .into_iter()
+        .flat_map(|detection| match detection {
+            D::Ptrace => &[Detection::Ptrace][..],
+            D::ProcMem => &[Detection::ProcMem, Detection::ProcMaps][..],
+            D::ProcEnviron => &[Detection::ProcEnviron][..],
+            D::ProcessVmReadv => &[Detection::ProcessVm][..],
+        })
+        .copied()
+        .collect()
+}
+
+/// The kernel-side action for a policy's `spec.monitoring.action`.
+pub fn action_for(policy: phantom_crds::MonitoringAction) -> Action {
+    match policy {
+        phantom_crds::MonitoringAction::Alert => Action::Alert,
+        phantom_crds::MonitoringAction::Block => Action::Stop,
+    }
+}
+
 /// What a detection does to the access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {

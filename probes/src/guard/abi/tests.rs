@@ -118,3 +118,22 @@ fn config_and_cgroup_values_are_laid_out_as_in_c() {
     assert_eq!((u32_at(&value, 0), u32_at(&value, 4)), (5, 1));
     assert_eq!(&value[8..16], &0x0102_0304_0506_0708u64.to_ne_bytes());
 }
+
+#[test]
+fn policy_detections_and_actions_map_to_the_kernel_sides() {
+    use phantom_crds::{Detection as D, MonitoringAction};
+    assert_eq!(detections_for(D::ALL), Detections::all());
+    assert_eq!(
+        detections_for([D::ProcMem]).iter().collect::<Vec<_>>(),
+        [Detection::ProcMem, Detection::ProcMaps]
+    );
+    assert_eq!(
+        detections_for([D::ProcessVmReadv])
+            .iter()
+            .collect::<Vec<_>>(),
+        [Detection::ProcessVm]
+    );
+    assert_eq!(detections_for([]), Detections::default());
+    assert_eq!(action_for(MonitoringAction::Alert), Action::Alert);
+    assert_eq!(action_for(MonitoringAction::Block), Action::Stop);
+}
