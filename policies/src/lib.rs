@@ -22,6 +22,7 @@ mod decide;
 mod deliveries;
 mod input;
 mod keyrelease;
+mod monitoring;
 mod pool;
 mod selector;
 pub mod store;
@@ -37,5 +38,6 @@ pub use deliveries::{
 };
 pub use input::{AdmissionInput, KeyReleaseInput, RequestInfo, UserInfo, key_release_pod_view};
 pub use keyrelease::{KeyReleaseRefusal, KeyReleaseSet};
+pub use monitoring::{MonitoringSet, MonitoringWarning, PodMonitoring};
 pub use pool::DecisionPool;
 pub use selector::{binding_selects, binding_selects_pod};
