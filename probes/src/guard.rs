@@ -14,5 +14,7 @@
 
 pub mod abi;
 pub mod kernel;
+pub mod pods;
 pub mod procfs;
+pub mod report;
 pub mod resume;

@@ -1,0 +1,146 @@
+//! Which processes belong to which pod, from the cgroup path in `/proc/<pid>/cgroup` (pure).
+//!
+//! Kubelets name pod cgroups after the pod UID — `pod<uid>` with cgroupfs, `…-pod<uid with
+//! underscores>.slice` with systemd — and runtimes name container cgroups after the container
+//! ID (`<id>`, `cri-containerd-<id>.scope`). Where the kubelet makes no pod cgroup
+//! (`cgroupsPerQOS: false`) only the container ID is there, so both are matched.
+
+/// A pod on this node as the guard matches processes to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodCgroups {
+    pub uid: String,
+    /// `containerID`s from the pod's status without the `containerd://` scheme.
+    pub container_ids: Vec<(String, String)>,
+}
+
+impl PodCgroups {
+    /// The container IDs of a pod status (`containerStatuses`, `initContainerStatuses`,
+    /// `ephemeralContainerStatuses`): `(container name, id)`.
+    pub fn from_pod(pod: &serde_json::Value) -> Option<Self> {
+        let uid = pod.pointer("/metadata/uid")?.as_str()?.to_owned();
+        let mut container_ids = Vec::new();
+        for list in [
+            "/status/containerStatuses",
+            "/status/initContainerStatuses",
+            "/status/ephemeralContainerStatuses",
+        ] {
+            for status in pod
+                .pointer(list)
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let (Some(name), Some(id)) = (
+                    status.get("name").and_then(serde_json::Value::as_str),
+                    status
+                        .get("containerID")
+                        .and_then(serde_json::Value::as_str),
+                ) else {
+                    continue;
+                };
+                let id = id.split_once("://").map_or(id, |(_, id)| id);
+                if !id.is_empty() {
+                    container_ids.push((name.to_owned(), id.to_owned()));
+                }
+            }
+        }
+        Some(Self { uid, container_ids })
+    }
+
+    /// The segment of `cgroup_path` that is this pod's cgroup, if the path is below it.
+    pub fn pod_segment<'p>(&self, cgroup_path: &'p str) -> Option<&'p str> {
+        let underscored = self.uid.replace('-', "_");
+        cgroup_path.split('/').find(|segment| {
+            segment.strip_prefix("pod") == Some(self.uid.as_str())
+                || segment.split('-').any(|part| {
+                    part.strip_prefix("pod").is_some_and(|rest| {
+                        rest.strip_suffix(".slice").unwrap_or(rest) == underscored
+                    })
+                })
+        })
+    }
+
+    /// The container (by name) whose cgroup `cgroup_path` is, if it is one of this pod's.
+    pub fn container<'s>(&'s self, cgroup_path: &str) -> Option<&'s str> {
+        let last = cgroup_path.rsplit('/').find(|s| !s.is_empty())?;
+        let bare = last
+            .strip_suffix(".scope")
+            .map(|s| s.rsplit_once('-').map_or(s, |(_, id)| id))
+            .unwrap_or(last);
+        self.container_ids
+            .iter()
+            .find(|(_, id)| id == bare)
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Whether a process with this cgroup path belongs to the pod.
+    pub fn owns(&self, cgroup_path: &str) -> bool {
+        self.pod_segment(cgroup_path).is_some() || self.container(cgroup_path).is_some()
+    }
+
+    /// The cgroup directory (relative to the hierarchy's root) whose execs the kernel side
+    /// should protect: the pod's, where there is one, else the container's own.
+    pub fn protected_dir(&self, cgroup_path: &str) -> Option<String> {
+        if let Some(segment) = self.pod_segment(cgroup_path) {
+            let end = cgroup_path.find(segment)? + segment.len();
+            return Some(cgroup_path[..end].to_owned());
+        }
+        self.container(cgroup_path).map(|_| cgroup_path.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "6f1c9a52-3e1b-4bd0-9d55-6a1f0e1a2b3c";
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn pod() -> PodCgroups {
+        PodCgroups::from_pod(&serde_json::json!({
+            "metadata": {"uid": UID},
+            "status": {
+                "containerStatuses": [{"name": "app", "containerID": format!("containerd://{ID}")}],
+                "initContainerStatuses": [{"name": "phantom-init"}]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn container_ids_come_from_the_status_without_their_scheme() {
+        assert_eq!(pod().container_ids, vec![("app".to_owned(), ID.to_owned())]);
+        assert_eq!(PodCgroups::from_pod(&serde_json::json!({})), None);
+    }
+
+    #[test]
+    fn cgroupfs_systemd_and_podless_layouts_are_matched() {
+        let pod = pod();
+        let cgroupfs = format!("/kubepods/burstable/pod{UID}/{ID}");
+        assert!(pod.owns(&cgroupfs));
+        assert_eq!(
+            pod.protected_dir(&cgroupfs),
+            Some(format!("/kubepods/burstable/pod{UID}"))
+        );
+        assert_eq!(pod.container(&cgroupfs), Some("app"));
+        let systemd = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
+            UID.replace('-', "_")
+        );
+        assert!(pod.owns(&systemd));
+        assert_eq!(pod.container(&systemd), Some("app"));
+        assert!(pod.protected_dir(&systemd).unwrap().ends_with(".slice"));
+        let podless = format!("/k8s.io/{ID}");
+        assert!(pod.owns(&podless));
+        assert_eq!(pod.protected_dir(&podless), Some(podless.clone()));
+    }
+
+    #[test]
+    fn other_pods_and_host_processes_are_not_matched() {
+        let pod = pod();
+        assert!(!pod.owns("/user.slice/user-0.slice/session-1.scope"));
+        assert!(!pod.owns("/kubepods/burstable/pod11111111-2222-3333-4444-555555555555/abc"));
+        assert!(!pod.owns(&format!("/kubepods/pod{UID}x/abc")));
+        assert!(!pod.owns("/"));
+    }
+}
