@@ -39,12 +39,32 @@ where
         + Sync
         + 'static,
 {
-    reflect_with(api, (), changed, synced)
+    reflect_with(api, (), watcher::Config::default(), changed, synced)
+}
+
+/// [`reflect`] over the objects `config` selects (a field selector: the pods of one node).
+pub fn reflect_selected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+    synced: Arc<AtomicBool>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    reflect_with(api, (), config, changed, synced)
 }
 
 fn reflect_with<K>(
     api: Api<K>,
     dynamic_type: K::DynamicType,
+    config: watcher::Config,
     changed: Arc<Notify>,
     synced: Arc<AtomicBool>,
 ) -> (Store<K>, tokio::task::JoinHandle<()>)
@@ -55,8 +75,7 @@ where
     let kind = K::kind(&dynamic_type).to_string();
     let writer = reflector::store::Writer::new(dynamic_type);
     let reader = writer.as_reader();
-    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
-        .default_backoff();
+    let stream = reflector::reflector(writer, watcher::watcher(api, config)).default_backoff();
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
@@ -93,7 +112,7 @@ where
 {
     let resource = ApiResource::erase::<K>(&());
     let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-    reflect_with(api, resource, changed, synced)
+    reflect_with(api, resource, watcher::Config::default(), changed, synced)
 }
 
 /// The objects of `store` that read as `K`; each one that does not goes to `unreadable`.

@@ -88,6 +88,9 @@ struct guard_event {
 	__u32 request;
 	__u32 _pad;
 	char comm[16];
+	// The accessor's cgroup (kernfs id, in the hierarchy config.cgroup_mode names; 0 without):
+	// names its pod even when it exits before userspace reads /proc.
+	__u64 actor_cgroup;
 };
 
 struct {
@@ -148,6 +151,17 @@ static __always_inline __u32 current_pidns_inum(void)
 	return id.ns_inum;
 }
 
+static __always_inline struct cgroup *task_cgroup(struct task_struct *task, __u32 mode)
+{
+	if (mode == CGROUP_V1_MEMORY)
+		return BPF_CORE_READ(task, cgroups,
+				     subsys[bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id)],
+				     cgroup);
+	if (mode == CGROUP_V2)
+		return BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	return 0;
+}
+
 static __always_inline void report(__u32 detection, const struct guard_protection *victim, __u32 arg,
 				   __u32 request, __u32 actor_ns)
 {
@@ -174,6 +188,10 @@ static __always_inline void report(__u32 detection, const struct guard_protectio
 	e->request = request;
 	e->_pad = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	struct guard_config *cfg = get_config();
+	struct cgroup *cgrp =
+		cfg ? task_cgroup((struct task_struct *)bpf_get_current_task(), cfg->cgroup_mode) : 0;
+	e->actor_cgroup = cgrp ? BPF_CORE_READ(cgrp, kn, id) : 0;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -334,12 +352,7 @@ static __always_inline __u64 kn_id(struct cgroup *cgrp)
 // QoS class), if any.
 static __always_inline struct guard_cgroup_protection *cgroup_protection_of(__u32 mode)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct cgroup *cgrp = 0;
-	if (mode == CGROUP_V1_MEMORY)
-		cgrp = BPF_CORE_READ(task, cgroups, subsys[bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id)], cgroup);
-	else if (mode == CGROUP_V2)
-		cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	struct cgroup *cgrp = task_cgroup((struct task_struct *)bpf_get_current_task(), mode);
 	for (int i = 0; i < 3 && cgrp; i++) {
 		__u64 id = kn_id(cgrp);
 		struct guard_cgroup_protection *found = bpf_map_lookup_elem(&guard_cgroups, &id);

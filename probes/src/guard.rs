@@ -13,6 +13,7 @@
 //! remove their entries.
 
 pub mod abi;
+pub mod daemon;
 pub mod kernel;
 pub mod pods;
 pub mod procfs;

@@ -53,6 +53,14 @@ pub enum Error {
     #[error("a guard event does not decode: {reason}")]
     GuardEvent { reason: String },
 
+    /// A Kubernetes call the guard needs failed.
+    #[error("{what}: {source}")]
+    Kubernetes {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+
     /// `/proc` or a cgroup file could not be read.
     #[error("reading {path}: {source}")]
     Procfs {

@@ -17,3 +17,16 @@ fn flag_reference_matches_the_help_output() {
         &expected,
     );
 }
+
+#[test]
+fn guard_flag_reference_matches_the_help_output() {
+    let expected = format!(
+        "# phantom-guard\n\n{}\n\nEvery flag can also be set through the environment variable shown with it. What the guard detects and how it\nruns: [architecture](architecture.md#the-memory-access-guard-probes).\n\n```text\n{}```\n",
+        generated_notice("`phantom-guard --help`"),
+        help(env!("CARGO_BIN_EXE_phantom-guard"), &[], &[]),
+    );
+    assert_generated(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/guard.md"),
+        &expected,
+    );
+}

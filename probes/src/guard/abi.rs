@@ -259,10 +259,12 @@ pub struct Event {
     pub request: u32,
     /// The accessor's command name.
     pub comm: String,
+    /// The accessor's cgroup (kernfs id in the guard's hierarchy; 0 without one).
+    pub actor_cgroup: u64,
 }
 
 impl Event {
-    pub const LEN: usize = 64;
+    pub const LEN: usize = 72;
 
     /// Decodes a ring-buffer record.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
@@ -291,6 +293,7 @@ impl Event {
             target_arg: u32_at(bytes, 36),
             request: u32_at(bytes, 40),
             comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
+            actor_cgroup: u64::from_ne_bytes(bytes[64..72].try_into().expect("8 bytes")),
         })
     }
 }

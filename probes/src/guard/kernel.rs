@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{Lsm, TracePoint};
 use aya::{Btf, Ebpf};
 
@@ -104,6 +104,7 @@ pub struct Guard {
     host_pidns_inum: u32,
     protected: HashMap<MapData, [u8; 8], [u8; ThreadEntry::LEN]>,
     cgroups: HashMap<MapData, u64, [u8; 16]>,
+    dropped: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
 }
 
@@ -171,6 +172,7 @@ impl Guard {
         let protected = take(&mut ebpf, "guard_protected")?;
         let cgroups = take(&mut ebpf, "guard_cgroups")?;
         let events = Some(take(&mut ebpf, "guard_events")?);
+        let dropped = take(&mut ebpf, "guard_dropped")?;
         Ok(Self {
             _ebpf: ebpf,
             mode: Mode {
@@ -181,6 +183,7 @@ impl Guard {
             host_pidns_inum,
             protected,
             cgroups,
+            dropped,
             events,
         })
     }
@@ -273,6 +276,44 @@ impl Guard {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_error("guard_protected", e)),
         }
+    }
+
+    /// Removes every thread entry of `cookie` (a pod no longer protected), whoever inserted it:
+    /// userspace or the kernel side's exec and fork programs. Returns how many keys went.
+    pub fn remove_cookie(&mut self, cookie: u64) -> Result<usize> {
+        let keys: Vec<[u8; 8]> = self
+            .protected
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, value)| {
+                ThreadEntry::decode(value).is_ok_and(|e| e.protection.cookie == cookie)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in &keys {
+            match self.protected.remove(key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error("guard_protected", e)),
+            }
+        }
+        Ok(keys.len())
+    }
+
+    /// How many threads are protected (host-namespace keys).
+    pub fn protected_threads(&self) -> usize {
+        self.protected
+            .keys()
+            .filter_map(|key| key.ok())
+            .filter(|key| NsId::decode(*key).ns_inum == self.host_pidns_inum)
+            .count()
+    }
+
+    /// Events the ring buffer had no room for, since load.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
     }
 
     /// The ring buffer of events (taken once, by the reader).

@@ -68,6 +68,7 @@ fn event_bytes(detection: u32, action: u32, comm: &[u8]) -> Vec<u8> {
         b[at..at + 4].copy_from_slice(&u32::to_ne_bytes(v));
     }
     b[48..48 + comm.len()].copy_from_slice(comm);
+    b[64..72].copy_from_slice(&0x1234u64.to_ne_bytes());
     b
 }
 
@@ -88,6 +89,7 @@ fn an_event_decodes_every_field() {
             target_arg: 5,
             request: 16,
             comm: "gdb".into(),
+            actor_cgroup: 0x1234,
         }
     );
     // A full-length comm has no terminator.
@@ -98,7 +100,7 @@ fn an_event_decodes_every_field() {
 #[test]
 fn a_malformed_event_is_an_error_not_a_guess() {
     for (bytes, says) in [
-        (vec![0u8; 63], "63 bytes"),
+        (vec![0u8; 64], "64 bytes"),
         (event_bytes(0, 0, b"x"), "detection"),
         (event_bytes(64, 0, b"x"), "detection"),
         (event_bytes(1, 2, b"x"), "action"),

@@ -14,6 +14,7 @@ fn event(action: Action) -> Event {
         target_arg: 100,
         request: 0,
         comm: "cat".into(),
+        actor_cgroup: 0,
     }
 }
 
