@@ -300,26 +300,12 @@ spec:
                 format!("--snp-trust-chain={}", path("chain.pem")),
             ],
         )?;
-        let status = reqwest::Client::new();
-        let alive = std::sync::Mutex::new(&mut process);
-        let ready = crate::wait::until_guarded(
-            "phantom-broker /readyz",
-            std::time::Duration::from_secs(60),
-            std::time::Duration::from_millis(200),
-            || alive.lock().expect("process lock").check_alive(),
-            || async {
-                let r = status
-                    .get(format!("http://127.0.0.1:{health}/readyz"))
-                    .send()
-                    .await?;
-                anyhow::Ok(r.status().is_success().then_some(()))
-            },
-        )
-        .await;
-        if let Err(e) = ready {
-            let log = std::fs::read_to_string(process.log()).unwrap_or_default();
-            anyhow::bail!("{e}\n--- broker log ---\n{log}");
-        }
+        process
+            .wait_ready(
+                "phantom-broker",
+                &format!("http://127.0.0.1:{health}/readyz"),
+            )
+            .await?;
 
         let client = AttestingClient {
             http: reqwest::Client::builder()

@@ -33,6 +33,29 @@ impl LocalProcess {
     pub fn kill(&mut self) {
         self.process.stop();
     }
+
+    /// Waits until `url` (its `/readyz`) answers 2xx while the process lives; a timeout or an
+    /// early exit is an error that carries the process's log.
+    pub async fn wait_ready(&mut self, what: &str, url: &str) -> Result<()> {
+        let http = reqwest::Client::new();
+        let log = self.log().to_owned();
+        let alive = std::sync::Mutex::new(&mut *self);
+        let ready = crate::wait::until_guarded(
+            format!("{what} {url}"),
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_millis(200),
+            || alive.lock().expect("process lock").check_alive(),
+            || async {
+                let answer = http.get(url).send().await?;
+                Ok::<_, reqwest::Error>(answer.status().is_success().then_some(()))
+            },
+        )
+        .await;
+        ready.map_err(|e| {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            crate::Error::Setup(format!("{e}\n--- {what} log ---\n{text}"))
+        })
+    }
 }
 
 impl Env {

@@ -158,26 +158,12 @@ async fn start_guard(env: &Env) -> anyhow::Result<Guard> {
             "--repeat-window-seconds=1".into(),
         ],
     )?;
-    let http = reqwest::Client::new();
-    let alive = std::sync::Mutex::new(&mut process);
-    let ready = wait::until_guarded(
-        "phantom-guard /readyz",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || alive.lock().expect("process lock").check_alive(),
-        || async {
-            let r = http
-                .get(format!("http://127.0.0.1:{status}/readyz"))
-                .send()
-                .await?;
-            anyhow::Ok(r.status().is_success().then_some(()))
-        },
-    )
-    .await;
-    if let Err(e) = ready {
-        let log = std::fs::read_to_string(process.log()).unwrap_or_default();
-        anyhow::bail!("{e}\n--- guard log ---\n{log}");
-    }
+    process
+        .wait_ready(
+            "phantom-guard",
+            &format!("http://127.0.0.1:{status}/readyz"),
+        )
+        .await?;
     Ok(Guard { process, status })
 }
 
@@ -362,11 +348,7 @@ async fn scenario(
     }
 
     // 5. The guard killed: its programs go with it (reads pass); restarted: protection back.
-    let pid = guard.process.id();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
+    guard.process.kill();
     drop(guard);
     let restarted = Instant::now();
     guard = start_guard(env).await?;

@@ -39,7 +39,7 @@ where
         + Sync
         + 'static,
 {
-    reflect_with(api, (), watcher::Config::default(), changed, synced)
+    reflect_selected(api, watcher::Config::default(), changed, synced)
 }
 
 /// [`reflect`] over the objects `config` selects (a field selector: the pods of one node).
