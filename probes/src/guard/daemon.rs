@@ -399,7 +399,8 @@ impl Reporting {
                 // generateName as a whole name, so `<pod>.` is refused).
                 name: Some(format!(
                     "{}.{:x}",
-                    victim.name,
+                    // Room for the suffix within the 253 characters of a name.
+                    &victim.name[..victim.name.len().min(230)],
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_nanos())
@@ -490,7 +491,8 @@ impl Reporting {
             detection = detection.as_str(),
             action = taken.as_str(),
             actor_pid = event.actor_tgid,
-            actor_comm = %event.comm,
+            // Quoted: the accessor chooses its comm (prctl), newlines included.
+            actor_comm = ?event.comm,
             actor_uid = event.actor_uid,
             actor_pod = actor.pod.as_ref().map(|(p, c)| format!("{p}/{c}")).unwrap_or_default(),
             target_pid = event.target_host_tgid,
