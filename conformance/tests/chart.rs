@@ -54,7 +54,8 @@ fn showcase_values() -> serde_json::Value {
             "spkiSha256": ["sha256//BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB="],
             "jurisdiction": "DE",
             "collateralConfigMap": "phantom-collateral"
-        }
+        },
+        "guard": {"enabled": true, "maxAction": "alert"}
     })
 }
 
@@ -162,7 +163,8 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
                 "enabled": true,
                 "tlsSecret": "phantom-broker-tls",
                 "spkiSha256": ["sha256//BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB="]
-            }
+            },
+            "guard": {"enabled": true}
         })),
     )?;
     let mut crds = String::new();
@@ -182,9 +184,40 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
         "serviceaccount/phantom-controller created",
         "deployment.apps/phantom-broker created",
         "service/phantom-broker created",
+        "daemonset.apps/phantom-guard created",
     ] {
         ensure!(applied.contains(expected), "{expected} in:\n{applied}");
     }
+
+    // The guard's ServiceAccount reads what it watches and writes Events, nothing more.
+    let guard_client = env.client_as_service_account(&ns, "phantom-guard").await?;
+    Api::<Pod>::all(guard_client.clone())
+        .list(&kube::api::ListParams::default().fields("spec.nodeName=node-x"))
+        .await
+        .context("the guard lists its node's pods")?;
+    Api::<PhantomPolicy>::all(guard_client.clone())
+        .list(&Default::default())
+        .await
+        .context("the guard lists PhantomPolicies")?;
+    let event: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({
+        "metadata": {"name": format!("guard-rbac.{id}"), "namespace": ns},
+        "eventTime": "2026-12-03T00:00:00.000000Z",
+        "reportingController": "phantom.dev/guard", "reportingInstance": "phantom.dev/guard/node-x",
+        "action": "Alert", "reason": "MemoryAccessProcEnviron", "type": "Warning",
+        "regarding": {"apiVersion": "v1", "kind": "Pod", "name": "x", "namespace": ns},
+        "note": "rbac check"
+    }))?;
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(guard_client.clone(), &ns)
+        .create(&PostParams::default(), &event)
+        .await
+        .context("the guard creates Events")?;
+    let secrets = Api::<Secret>::namespaced(guard_client, &ns)
+        .list(&Default::default())
+        .await;
+    ensure!(
+        secrets.as_ref().is_err_and(|e| e.to_string().contains("403")),
+        "the guard's ServiceAccount may list Secrets: {secrets:?}"
+    );
 
     // The controller and admission, in-process, with exactly the chart's permissions.
     let controller_client = env
