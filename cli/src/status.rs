@@ -13,7 +13,7 @@ use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client, ResourceExt};
 use phantom_controller::config::{AdmissionEndpoint, WebhookSettings};
 use phantom_controller::gaps::{self, GapPod};
-use phantom_crds::wellknown::{BREAKER_ANNOTATION, POLICY_DIGEST_ANNOTATION};
+use phantom_crds::wellknown::{BREAKER_ANNOTATION, POLICY_DIGEST_ANNOTATION, guard};
 use phantom_crds::{
     AttestationRequirement, CommonStatus, PhantomPolicy, SecretBinding, condition_types,
 };
@@ -50,6 +50,20 @@ pub struct ObjectState {
     pub message: String,
 }
 
+/// One node's memory-access guard, from its heartbeat Lease.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GuardState {
+    pub node: String,
+    pub mode: String,
+    /// Why BPF LSM is not used, or `in use`.
+    pub lsm: String,
+    pub protected_pods: String,
+    /// Seconds since its last heartbeat.
+    pub age_seconds: i64,
+    /// The heartbeat is older than its Lease's duration: nothing detects on that node.
+    pub stale: bool,
+}
+
 /// Everything `status` reports.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
@@ -58,6 +72,8 @@ pub struct Report {
     pub published_digest: Option<String>,
     pub objects: Vec<ObjectState>,
     pub gap_pods: Vec<GapPod>,
+    /// The memory-access guards that have reported (none: the guard is not installed).
+    pub guards: Vec<GuardState>,
     /// Why the seals of decision records were not checked (the serving Secret could not be
     /// read): only pods without any record are listed then.
     pub seals_unchecked: Option<String>,
@@ -88,6 +104,12 @@ impl Report {
             out.push(format!(
                 "{} pod(s) admitted without Phantom: delete them so their owners re-create them through the webhook",
                 self.gap_pods.len()
+            ));
+        }
+        for g in self.guards.iter().filter(|g| g.stale) {
+            out.push(format!(
+                "the memory-access guard on node {} last reported {} s ago: nothing detects reads of protected pods' memory there until it is back",
+                g.node, g.age_seconds
             ));
         }
         out
@@ -144,6 +166,24 @@ impl Report {
                 g.created.as_deref().unwrap_or("?"),
                 g.reason.describe()
             ));
+        }
+        if !self.guards.is_empty() {
+            out.push_str(
+                "\nNODE                          GUARD MODE          PROTECTED  HEARTBEAT\n",
+            );
+            for g in &self.guards {
+                out.push_str(&format!(
+                    "{:<30}{:<20}{:<11}{}\n",
+                    g.node,
+                    g.mode,
+                    g.protected_pods,
+                    if g.stale {
+                        format!("STALE ({} s)", g.age_seconds)
+                    } else {
+                        format!("{} s ago", g.age_seconds)
+                    }
+                ));
+            }
         }
         if let Some(why) = &self.seals_unchecked {
             out.push_str(&format!(
@@ -319,14 +359,49 @@ pub async fn gather(client: &Client, target: &Target) -> anyhow::Result<Report> 
         Err(e) => (None, Some(format!("reading {serving}: {e}"))),
     };
     let gap_pods = gaps::scan(client, &settings, key.as_ref()).await?;
+    let guards = Api::<Lease>::namespaced(client.clone(), &target.namespace)
+        .list(&ListParams::default().labels(&format!("{}=true", guard::LEASE_LABEL)))
+        .await
+        .with_context(|| format!("listing the guards' Leases in {}", target.namespace))?
+        .items
+        .iter()
+        .map(|lease| guard_state(lease, now))
+        .collect();
     Ok(Report {
         leader,
         configurations,
         published_digest,
         objects,
         gap_pods,
+        guards,
         seals_unchecked,
     })
+}
+
+/// A guard's state from its Lease at `now`.
+fn guard_state(lease: &Lease, now: k8s_openapi::jiff::Timestamp) -> GuardState {
+    let annotation = |key: &str| {
+        lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key).cloned())
+            .unwrap_or_else(|| "?".into())
+    };
+    let spec = lease.spec.clone().unwrap_or_default();
+    let age_seconds = spec
+        .renew_time
+        .map(|t| (now - t.0).get_seconds())
+        .unwrap_or(i64::MAX);
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(guard::LEASE_SECONDS));
+    GuardState {
+        node: spec.holder_identity.unwrap_or_else(|| lease.name_any()),
+        mode: annotation(guard::MODE_ANNOTATION),
+        lsm: annotation(guard::LSM_ANNOTATION),
+        protected_pods: annotation(guard::PROTECTED_PODS_ANNOTATION),
+        age_seconds,
+        stale: age_seconds > duration,
+    }
 }
 
 #[cfg(test)]
@@ -352,6 +427,14 @@ mod tests {
                 message: "in force".into(),
             }],
             gap_pods: Vec::new(),
+            guards: vec![GuardState {
+                node: "node1".into(),
+                mode: "tracepoint-kill".into(),
+                lsm: "EPERM".into(),
+                protected_pods: "2".into(),
+                age_seconds: 4,
+                stale: false,
+            }],
             seals_unchecked: None,
         }
     }
@@ -366,6 +449,58 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("All is well."), "{text}");
+        assert!(
+            text.contains("node1") && text.contains("tracepoint-kill"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_stale_guard_needs_attention_and_its_lease_is_read() {
+        use k8s_openapi::jiff::Timestamp;
+        let now = Timestamp::from_second(10_000).unwrap();
+        let lease = |renewed: i64| Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some("phantom-guard-node2".into()),
+                annotations: Some(
+                    [
+                        (guard::MODE_ANNOTATION.to_owned(), "lsm-block".to_owned()),
+                        (guard::PROTECTED_PODS_ANNOTATION.to_owned(), "7".to_owned()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: Some("node2".into()),
+                lease_duration_seconds: Some(30),
+                renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                    Timestamp::from_second(renewed).unwrap(),
+                )),
+                ..Default::default()
+            }),
+        };
+        let fresh = guard_state(&lease(9_990), now);
+        assert_eq!(
+            (
+                fresh.node.as_str(),
+                fresh.mode.as_str(),
+                fresh.protected_pods.as_str(),
+                fresh.age_seconds,
+                fresh.stale
+            ),
+            ("node2", "lsm-block", "7", 10, false)
+        );
+        let stale = guard_state(&lease(9_000), now);
+        assert!(stale.stale && stale.lsm == "?");
+        let mut r = healthy();
+        r.guards.push(stale);
+        let problems = r.problems();
+        assert!(
+            problems.len() == 1 && problems[0].contains("node node2 last reported 1000 s ago"),
+            "{problems:#?}"
+        );
+        assert!(r.render().contains("STALE (1000 s)"));
     }
 
     #[test]

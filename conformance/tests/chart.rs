@@ -211,11 +211,28 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
         .create(&PostParams::default(), &event)
         .await
         .context("the guard creates Events")?;
+    let heartbeat = phantom_probes::guard::daemon::heartbeat::lease(
+        "node-x",
+        "tracepoint-kill",
+        "EPERM",
+        0,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(guard_client.clone(), &ns)
+        .patch(
+            "phantom-guard-node-x",
+            &kube::api::PatchParams::apply("phantom-guard").force(),
+            &kube::api::Patch::Apply(&heartbeat),
+        )
+        .await
+        .context("the guard applies its heartbeat Lease")?;
     let secrets = Api::<Secret>::namespaced(guard_client, &ns)
         .list(&Default::default())
         .await;
     ensure!(
-        secrets.as_ref().is_err_and(|e| e.to_string().contains("403")),
+        secrets
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("403")),
         "the guard's ServiceAccount may list Secrets: {secrets:?}"
     );
 

@@ -209,6 +209,7 @@ async fn scenario(
         env.wait_for_default_service_account(ns).await?;
     }
 
+    env.create_namespace_named("phantom-system", &[]).await.ok();
     let mut guard = start_guard(env).await?;
     *log.lock().expect("log lock") = Some(guard.process.log().to_owned());
     let secret = format!("guard-e2e-{}", random_hex(12));
@@ -346,6 +347,41 @@ async fn scenario(
             "metrics lack {needle}:\n{text}"
         );
     }
+
+    // 4b. Its heartbeat says how it runs (phantomctl status reads it).
+    let lease = wait::until(
+        "the guard's heartbeat Lease",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+                env.client(),
+                "phantom-system",
+            )
+            .get_opt(&format!("phantom-guard-{NODE_NAME}"))
+            .await?;
+            let protects_one = lease.as_ref().is_some_and(|l| {
+                l.metadata.annotations.as_ref().is_some_and(|a| {
+                    a.get(phantom_crds::wellknown::guard::PROTECTED_PODS_ANNOTATION)
+                        .map(String::as_str)
+                        == Some("1")
+                })
+            });
+            Ok::<_, kube::Error>(lease.filter(|_| protects_one))
+        },
+    )
+    .await?;
+    let annotations = lease.metadata.annotations.unwrap_or_default();
+    ensure!(
+        annotations
+            .get(phantom_crds::wellknown::guard::MODE_ANNOTATION)
+            .is_some_and(|m| m.starts_with("tracepoint-") || m.starts_with("lsm-"))
+            && annotations
+                .get(phantom_crds::wellknown::guard::PROTECTED_PODS_ANNOTATION)
+                .map(String::as_str)
+                == Some("1"),
+        "the heartbeat's annotations: {annotations:?}"
+    );
 
     // 5. The guard killed: its programs go with it (reads pass); restarted: protection back.
     guard.process.kill();

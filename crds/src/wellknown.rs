@@ -114,10 +114,24 @@ mod tests {
     }
 }
 
-/// Names of the objects admission adds to a pod.
 /// The audience a pod's projected token carries for the attestation broker.
 pub const BROKER_AUDIENCE: &str = "phantom-broker";
 
+/// The memory-access guard's heartbeat: one Lease per node, `phantom-guard-<node>` in the guard's
+/// namespace, labelled [`guard::LEASE_LABEL`]`=true`, its annotations saying how it runs.
+pub mod guard {
+    pub const LEASE_PREFIX: &str = "phantom-guard-";
+    pub const LEASE_LABEL: &str = "phantom.dev/guard-heartbeat";
+    /// `lsm-block`, `lsm-alert`, `tracepoint-kill` or `tracepoint-alert`.
+    pub const MODE_ANNOTATION: &str = "phantom.dev/guard-mode";
+    /// Why BPF LSM is not in use (the kernel's answer), or `in use`.
+    pub const LSM_ANNOTATION: &str = "phantom.dev/guard-lsm";
+    pub const PROTECTED_PODS_ANNOTATION: &str = "phantom.dev/guard-protected-pods";
+    /// How long a heartbeat holds; the guard renews every third of it.
+    pub const LEASE_SECONDS: i32 = 30;
+}
+
+/// Names of the objects admission adds to a pod.
 pub mod injected {
     /// Init container copying `phantom-exec` into [`BIN_VOLUME`].
     pub const INIT_CONTAINER: &str = "phantom-init";

@@ -11,6 +11,7 @@
 //! exec, before it runs.
 
 pub mod args;
+pub mod heartbeat;
 pub mod metrics;
 
 use std::collections::{HashMap, HashSet};
@@ -546,6 +547,38 @@ impl Reporting {
     }
 }
 
+/// Applies the node's heartbeat Lease; a failure is logged (the guard keeps guarding).
+async fn beat(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    settings: &Settings,
+    mode: Mode,
+    lsm: &str,
+    protected: usize,
+) {
+    use kube::api::{Patch, PatchParams};
+    let lease = heartbeat::lease(
+        &settings.node_name,
+        mode.as_str(),
+        lsm,
+        protected,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let name = heartbeat::lease_name(&settings.node_name);
+    if let Err(e) = leases
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&lease),
+        )
+        .await
+    {
+        tracing::warn!(lease = %name, namespace = %settings.namespace, error = %e, "writing the guard's heartbeat Lease failed; phantomctl status will call this node's guard stale");
+    }
+}
+
+/// The field manager of the guard's server-side applies.
+pub const FIELD_MANAGER: &str = "phantom-guard";
+
 /// Runs the guard until `shutdown` completes.
 pub async fn run(
     settings: Settings,
@@ -561,6 +594,7 @@ pub async fn run(
     })?;
     let mode = guard.mode();
     tracing::info!(mode = mode.as_str(), lsm = guard.lsm_refusal().unwrap_or("in use"), cgroups = ?cgroup_mode, "guard loaded");
+    let lsm_state = guard.lsm_refusal().unwrap_or("in use").to_owned();
     let events = guard.take_events().ok_or_else(|| Error::BpfMissing {
         what: "event ring buffer".into(),
     })?;
@@ -643,6 +677,14 @@ pub async fn run(
         );
         let (policies, namespaces, pods) = (policies.clone(), namespaces.clone(), pods.clone());
         let state = Arc::new(Mutex::new(State::default()));
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(client.clone(), &settings.namespace);
+        let settings_for_beat = settings.clone();
+        let lsm = lsm_state.clone();
+        let beat_every = std::time::Duration::from_secs(
+            phantom_crds::wellknown::guard::LEASE_SECONDS as u64 / 3,
+        );
+        let mut last_beat: Option<(Instant, usize)> = None;
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -677,7 +719,8 @@ pub async fn run(
                         .collect();
                     let mut guard = guard.lock().expect("guard lock");
                     resync(&mut guard, &mut state, &targets, &settings, cgroup_mode);
-                    metrics.protected_pods.set(targets.len() as i64);
+                    let protected = targets.len();
+                    metrics.protected_pods.set(protected as i64);
                     metrics
                         .protected_threads
                         .set(guard.protected_threads() as i64);
@@ -697,10 +740,21 @@ pub async fn run(
                             .collect();
                         *index.lock().expect("index lock") = index_pods(&root, &on_node);
                     }
+                    protected
                 })
                 .await;
-                if let Err(e) = round {
-                    tracing::error!(error = %e, "a resync round failed");
+                match round {
+                    Ok(protected) => {
+                        // Renewed every third of its duration, and at once when the count moves.
+                        let due = last_beat.is_none_or(|(at, count): (Instant, usize)| {
+                            at.elapsed() >= beat_every || count != protected
+                        });
+                        if due {
+                            last_beat = Some((Instant::now(), protected));
+                            beat(&leases, &settings_for_beat, mode, &lsm, protected).await;
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "a resync round failed"),
                 }
             }
         })

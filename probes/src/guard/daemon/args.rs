@@ -12,7 +12,7 @@ use crate::{Error, Result};
 
 /// Phantom's memory-access guard: eBPF programs that detect — and, where a policy says `block`,
 /// stop — reads of protected pods' memory on this node (ptrace, process_vm_readv/writev,
-/// /proc/<pid>/mem, environ, maps). Runs as a privileged DaemonSet with hostPID; reports each
+/// `/proc/<pid>/mem`, `environ`, `maps`). Runs as a privileged DaemonSet with hostPID; reports each
 /// detection as a Warning Event on the victim pod, a `phantom_guard_*` metric and a log line.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "phantom-guard", version)]
@@ -37,6 +37,9 @@ pub struct Args {
     /// Identical detections within this many seconds are folded into one report with a count.
     #[arg(long, env = "PHANTOM_REPEAT_WINDOW_SECONDS", default_value_t = 10)]
     pub repeat_window_seconds: u64,
+    /// The guard's own namespace (downward API), where its heartbeat Lease lives.
+    #[arg(long, env = "PHANTOM_NAMESPACE", default_value = "phantom-system")]
+    pub namespace: String,
     /// The host's /proc (hostPID).
     #[arg(long, env = "PHANTOM_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
@@ -66,6 +69,7 @@ pub enum Lsm {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub node_name: String,
+    pub namespace: String,
     pub may_stop: bool,
     pub try_lsm: bool,
     pub status_listen: SocketAddr,
@@ -102,6 +106,7 @@ impl TryFrom<Args> for Settings {
         }
         Ok(Self {
             node_name: args.node_name,
+            namespace: args.namespace,
             may_stop: args.max_action == MaxAction::Block,
             try_lsm: args.lsm == Lsm::Auto,
             status_listen: args.status_listen,
