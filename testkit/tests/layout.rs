@@ -58,9 +58,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "phantom-attestation",
         ],
     ),
+    // The guard decides which pods it protects with the policy engine's MonitoringSet.
     (
         "phantom-probes",
-        &["phantom-crds", "phantom-openbao", "phantom-process"],
+        &[
+            "phantom-crds",
+            "phantom-policies",
+            "phantom-openbao",
+            "phantom-process",
+        ],
     ),
     (
         "phantomctl",
