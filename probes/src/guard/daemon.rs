@@ -106,7 +106,7 @@ fn targets(
         if !found.is_protected() {
             continue;
         }
-        let (Some(cgroups), Some(uid)) = (PodCgroups::from_pod(&json), pod.uid()) else {
+        let (Some(cgroups), Some(uid)) = (PodCgroups::from_pod(&pod), pod.uid()) else {
             continue;
         };
         out.push(Target {
@@ -135,36 +135,22 @@ fn hierarchy(cgroup_root: &Path, mode: CgroupMode) -> Option<PathBuf> {
     }
 }
 
-/// The pod's own cgroup directory, if the kubelet made one (searched four levels deep).
-fn find_pod_dir(root: &Path, pod: &PodCgroups) -> Option<PathBuf> {
-    let mut level = vec![root.to_owned()];
-    for _ in 0..4 {
-        let mut next = Vec::new();
-        for dir in level {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                let name = entry.file_name();
-                if pod.pod_segment(&name.to_string_lossy()).is_some() {
-                    return Some(entry.path());
-                }
-                next.push(entry.path());
-            }
-        }
-        level = next;
-    }
-    None
+/// A directory of the cgroup hierarchy.
+#[derive(Debug)]
+struct CgroupDir {
+    path: PathBuf,
+    /// Relative to the hierarchy's root, with a leading `/` (as `/proc/<pid>/cgroup` writes it).
+    relative: String,
+    /// 1 for the root's children.
+    depth: usize,
 }
 
-/// Every cgroup directory of a pod on this node (the pod's and its containers'), by kernfs id:
-/// how an accessor is named after it exited (events carry its cgroup id).
-type ActorIndex = Arc<Mutex<HashMap<u64, (String, String)>>>;
-
-fn index_pods(root: &Path, pods: &[(String, PodCgroups)]) -> HashMap<u64, (String, String)> {
-    let mut out = HashMap::new();
+/// Every directory of the hierarchy under `root`, breadth first, five levels deep: walked once per
+/// resync for both the pods' own directories and the accessor index.
+fn cgroup_dirs(root: &Path) -> Vec<CgroupDir> {
+    let mut out = Vec::new();
     let mut level = vec![root.to_owned()];
-    for _ in 0..5 {
+    for depth in 1..=5 {
         let mut next = Vec::new();
         for dir in level {
             for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -173,16 +159,44 @@ fn index_pods(root: &Path, pods: &[(String, PodCgroups)]) -> HashMap<u64, (Strin
                 }
                 let path = entry.path();
                 let relative = format!("/{}", path.strip_prefix(root).unwrap_or(&path).display());
-                if let Some((pod, cgroups)) = pods.iter().find(|(_, c)| c.owns(&relative))
-                    && let Ok(id) = procfs::cgroup_id(&path)
-                {
-                    let container = cgroups.container(&relative).unwrap_or("?").to_owned();
-                    out.insert(id, (pod.clone(), container));
-                }
-                next.push(path);
+                next.push(path.clone());
+                out.push(CgroupDir {
+                    path,
+                    relative,
+                    depth,
+                });
             }
         }
         level = next;
+    }
+    out
+}
+
+/// The pod's own cgroup directory, if the kubelet made one (four levels deep at most).
+fn find_pod_dir<'d>(dirs: &'d [CgroupDir], pod: &PodCgroups) -> Option<&'d Path> {
+    dirs.iter()
+        .filter(|d| d.depth <= 4)
+        .find(|d| {
+            d.path
+                .file_name()
+                .is_some_and(|name| pod.pod_segment(&name.to_string_lossy()).is_some())
+        })
+        .map(|d| d.path.as_path())
+}
+
+/// Every cgroup directory of a pod on this node (the pod's and its containers'), by kernfs id:
+/// how an accessor is named after it exited (events carry its cgroup id).
+type ActorIndex = Arc<Mutex<HashMap<u64, (String, String)>>>;
+
+fn index_pods(dirs: &[CgroupDir], pods: &[(String, PodCgroups)]) -> HashMap<u64, (String, String)> {
+    let mut out = HashMap::new();
+    for dir in dirs {
+        if let Some((pod, cgroups)) = pods.iter().find(|(_, c)| c.owns(&dir.relative))
+            && let Ok(id) = procfs::cgroup_id(&dir.path)
+        {
+            let container = cgroups.container(&dir.relative).unwrap_or("?").to_owned();
+            out.insert(id, (pod.clone(), container));
+        }
     }
     out
 }
@@ -216,13 +230,12 @@ fn resync(
     targets: &[Target],
     settings: &Settings,
     mode: CgroupMode,
+    dirs: &[CgroupDir],
 ) -> usize {
     let root = hierarchy(&settings.cgroup_root, mode);
-    if let Some(root) = &root {
-        for target in targets {
-            if let Some(dir) = find_pod_dir(root, &target.cgroups) {
-                register(guard, state, &target.victim.uid, target.protection, &dir);
-            }
+    for target in targets {
+        if let Some(dir) = find_pod_dir(dirs, &target.cgroups) {
+            register(guard, state, &target.victim.uid, target.protection, dir);
         }
     }
     // Existing processes: every process whose cgroup is a target's.
@@ -237,9 +250,7 @@ fn resync(
         let Ok(text) = procfs::process_cgroups(&settings.proc_root, pid) else {
             continue;
         };
-        let path = procfs::parse_cgroup(&text, mode)
-            .or_else(|| procfs::parse_cgroup(&text, CgroupMode::V2))
-            .unwrap_or_default();
+        let path = procfs::cgroup_path(&text, mode);
         let Some(target) = targets.iter().find(|t| t.cgroups.owns(path)) else {
             continue;
         };
@@ -339,14 +350,9 @@ fn actor(
     let Ok(text) = procfs::process_cgroups(&settings.proc_root, pid) else {
         return Actor { pod: None };
     };
-    let path = procfs::parse_cgroup(&text, mode)
-        .or_else(|| procfs::parse_cgroup(&text, CgroupMode::V2))
-        .unwrap_or_default();
+    let path = procfs::cgroup_path(&text, mode);
     for pod in pods.state() {
-        let Some(cgroups) = serde_json::to_value(&*pod)
-            .ok()
-            .and_then(|json| PodCgroups::from_pod(&json))
-        else {
+        let Some(cgroups) = PodCgroups::from_pod(&pod) else {
             continue;
         };
         if cgroups.owns(path) {
@@ -717,8 +723,19 @@ pub async fn run(
                         .iter()
                         .map(|t| (t.protection.cookie, t.victim.clone()))
                         .collect();
+                    // Walked once for both the pods' own directories and the accessor index.
+                    let dirs = hierarchy(&settings.cgroup_root, cgroup_mode)
+                        .map(|root| cgroup_dirs(&root))
+                        .unwrap_or_default();
                     let mut guard = guard.lock().expect("guard lock");
-                    resync(&mut guard, &mut state, &targets, &settings, cgroup_mode);
+                    resync(
+                        &mut guard,
+                        &mut state,
+                        &targets,
+                        &settings,
+                        cgroup_mode,
+                        &dirs,
+                    );
                     let protected = targets.len();
                     metrics.protected_pods.set(protected as i64);
                     metrics
@@ -726,20 +743,17 @@ pub async fn run(
                         .set(guard.protected_threads() as i64);
                     metrics.dropped_events.set(guard.dropped_events() as i64);
                     drop(guard);
-                    if let Some(root) = hierarchy(&settings.cgroup_root, cgroup_mode) {
-                        let on_node: Vec<(String, PodCgroups)> = pods
-                            .state()
-                            .iter()
-                            .filter_map(|pod| {
-                                let json = serde_json::to_value(&**pod).ok()?;
-                                Some((
-                                    format!("{}/{}", pod.namespace()?, pod.name_any()),
-                                    PodCgroups::from_pod(&json)?,
-                                ))
-                            })
-                            .collect();
-                        *index.lock().expect("index lock") = index_pods(&root, &on_node);
-                    }
+                    let on_node: Vec<(String, PodCgroups)> = pods
+                        .state()
+                        .iter()
+                        .filter_map(|pod| {
+                            Some((
+                                format!("{}/{}", pod.namespace()?, pod.name_any()),
+                                PodCgroups::from_pod(pod)?,
+                            ))
+                        })
+                        .collect();
+                    *index.lock().expect("index lock") = index_pods(&dirs, &on_node);
                     protected
                 })
                 .await;

@@ -16,32 +16,26 @@ pub struct PodCgroups {
 impl PodCgroups {
     /// The container IDs of a pod status (`containerStatuses`, `initContainerStatuses`,
     /// `ephemeralContainerStatuses`): `(container name, id)`.
-    pub fn from_pod(pod: &serde_json::Value) -> Option<Self> {
-        let uid = pod.pointer("/metadata/uid")?.as_str()?.to_owned();
+    pub fn from_pod(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Self> {
+        let uid = pod.metadata.uid.clone()?;
+        let statuses = pod.status.iter().flat_map(|s| {
+            [
+                &s.container_statuses,
+                &s.init_container_statuses,
+                &s.ephemeral_container_statuses,
+            ]
+            .into_iter()
+            .flatten()
+            .flatten()
+        });
         let mut container_ids = Vec::new();
-        for list in [
-            "/status/containerStatuses",
-            "/status/initContainerStatuses",
-            "/status/ephemeralContainerStatuses",
-        ] {
-            for status in pod
-                .pointer(list)
-                .and_then(serde_json::Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let (Some(name), Some(id)) = (
-                    status.get("name").and_then(serde_json::Value::as_str),
-                    status
-                        .get("containerID")
-                        .and_then(serde_json::Value::as_str),
-                ) else {
-                    continue;
-                };
-                let id = id.split_once("://").map_or(id, |(_, id)| id);
-                if !id.is_empty() {
-                    container_ids.push((name.to_owned(), id.to_owned()));
-                }
+        for status in statuses {
+            let Some(id) = status.container_id.as_deref() else {
+                continue;
+            };
+            let id = id.split_once("://").map_or(id, |(_, id)| id);
+            if !id.is_empty() {
+                container_ids.push((status.name.clone(), id.to_owned()));
             }
         }
         Some(Self { uid, container_ids })
@@ -96,21 +90,28 @@ mod tests {
     const UID: &str = "6f1c9a52-3e1b-4bd0-9d55-6a1f0e1a2b3c";
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+    fn pod_object(value: serde_json::Value) -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(value).expect("a pod")
+    }
+
     fn pod() -> PodCgroups {
-        PodCgroups::from_pod(&serde_json::json!({
+        PodCgroups::from_pod(&pod_object(serde_json::json!({
             "metadata": {"uid": UID},
             "status": {
                 "containerStatuses": [{"name": "app", "containerID": format!("containerd://{ID}")}],
                 "initContainerStatuses": [{"name": "phantom-init"}]
             }
-        }))
+        })))
         .unwrap()
     }
 
     #[test]
     fn container_ids_come_from_the_status_without_their_scheme() {
         assert_eq!(pod().container_ids, vec![("app".to_owned(), ID.to_owned())]);
-        assert_eq!(PodCgroups::from_pod(&serde_json::json!({})), None);
+        assert_eq!(
+            PodCgroups::from_pod(&pod_object(serde_json::json!({}))),
+            None
+        );
     }
 
     #[test]

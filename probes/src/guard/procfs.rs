@@ -47,6 +47,14 @@ pub fn parse_cgroup(cgroup: &str, mode: CgroupMode) -> Option<&str> {
     })
 }
 
+/// The cgroup path a process's `cgroup` file gives for `mode`, else its unified (v2) one (hybrid
+/// hosts); empty when it has neither.
+pub fn cgroup_path(cgroup: &str, mode: CgroupMode) -> &str {
+    parse_cgroup(cgroup, mode)
+        .or_else(|| parse_cgroup(cgroup, CgroupMode::V2))
+        .unwrap_or_default()
+}
+
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| Error::Procfs {
         path: path.display().to_string(),
