@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 use crate::images::{ImageSpec, build_oci_tar};
 use crate::process::{ManagedProcess, run_checked, write};
 use crate::{Error, Result};
@@ -21,6 +23,10 @@ pub const NODE_NAME: &str = "node1";
 pub const PAUSE_IMAGE: &str = "phantom.local/pause:1.20.2";
 /// A tiny application image: busybox-static as `/bin/sh` and friends.
 pub const BUSYBOX_IMAGE: &str = "phantom.local/busybox:1";
+/// The guard suite's attacker: busybox plus `/bin/memory-reader`, which reads another process's
+/// environment by ptrace, process_vm_readv, /proc/<pid>/mem or /proc/<pid>/environ.
+pub const MEMORY_READER_IMAGE: &str = "phantom.local/memory-reader:1";
+const MEMORY_READER_SOURCE: &str = include_str!("images/memory-reader.c");
 
 /// Binaries the node needs, reported by the install script.
 #[derive(Debug, Clone)]
@@ -149,6 +155,26 @@ pub fn image_tarballs(tools: &NodeTools) -> Result<Vec<(ImageSpec, PathBuf)>> {
         gcc.args(["-Os", "-static", "-o"]).arg(&pause_bin).arg(&src);
         run_checked(&mut gcc, &format!("gcc -static {}", src.display()))?;
     }
+    // Keyed by its source, so an edited attacker is rebuilt.
+    let reader_bin = cache.join(format!(
+        "memory-reader-{}.bin",
+        &hex::encode(Sha256::digest(MEMORY_READER_SOURCE))[..12]
+    ));
+    if !reader_bin.exists() {
+        let src = cache.join("memory-reader.c");
+        write(&src, MEMORY_READER_SOURCE)?;
+        let mut gcc = Command::new("gcc");
+        gcc.args(["-Os", "-static", "-Wall", "-Werror", "-o"])
+            .arg(&reader_bin)
+            .arg(&src);
+        run_checked(&mut gcc, "gcc -static memory-reader.c")?;
+    }
+    let busybox_links = |commands: &[&str]| -> Vec<(String, String)> {
+        commands
+            .iter()
+            .map(|c| (format!("/bin/{c}"), "busybox".to_owned()))
+            .collect()
+    };
     let specs = vec![
         ImageSpec {
             name: "phantom.local/pause".into(),
@@ -161,7 +187,7 @@ pub fn image_tarballs(tools: &NodeTools) -> Result<Vec<(ImageSpec, PathBuf)>> {
             name: "phantom.local/busybox".into(),
             tag: "1".into(),
             files: vec![(PathBuf::from("/bin/busybox"), "/bin/busybox".into(), 0o755)],
-            symlinks: [
+            symlinks: busybox_links(&[
                 "sh",
                 "cat",
                 "echo",
@@ -171,22 +197,38 @@ pub fn image_tarballs(tools: &NodeTools) -> Result<Vec<(ImageSpec, PathBuf)>> {
                 "env",
                 "wc",
                 "cut",
-            ]
-            .iter()
-            .map(|c| (format!("/bin/{c}"), "busybox".to_owned()))
-            .collect(),
+            ]),
             entrypoint: vec!["/bin/sh".into()],
+        },
+        {
+            let (name, tag) = MEMORY_READER_IMAGE
+                .split_once(':')
+                .expect("the image reference has a tag");
+            ImageSpec {
+                name: name.into(),
+                tag: tag.into(),
+                files: vec![
+                    (PathBuf::from("/bin/busybox"), "/bin/busybox".into(), 0o755),
+                    (reader_bin, "/bin/memory-reader".into(), 0o755),
+                ],
+                symlinks: busybox_links(&["sh", "cat", "echo", "sleep"]),
+                entrypoint: vec!["/bin/sh".into()],
+            }
         },
     ];
     let mut out = Vec::new();
     for spec in specs {
-        let tar = cache.join(format!(
-            "{}-{}.oci.tar",
+        // The files' sources in the name: a rebuilt binary (a new cache path) makes a new tarball.
+        let sources = hex::encode(Sha256::digest(format!("{:?}", spec.files)));
+        let stem = format!(
+            "{}-{}-{}",
             spec.name.replace('/', "_"),
-            spec.tag
-        ));
+            spec.tag,
+            &sources[..8]
+        );
+        let tar = cache.join(format!("{stem}.oci.tar"));
         if !tar.exists() {
-            let work = cache.join(format!("work-{}", spec.tag));
+            let work = cache.join(format!("work-{stem}"));
             build_oci_tar(&spec, &work, &tar.with_extension("tmp"))?;
             std::fs::rename(tar.with_extension("tmp"), &tar)
                 .map_err(Error::io("storing an image tarball"))?;
