@@ -1,7 +1,10 @@
-//! `phantom-guard` (release build) on the real node: its RSS idle and while protecting a
-//! Deployment's pods, and how long a detection takes to become a Kubernetes Event on the victim
-//! pod (node root reading a protected pod's environment; the guard, the API server, etcd and the
-//! node share the 2 cores). Prints figures; asserts nothing. Needs root.
+//! `phantom-guard` on the real node: its RSS idle and while protecting a Deployment's pods, and
+//! how long a detection takes to become a Kubernetes Event on the victim pod (node root reading a
+//! protected pod's environment; the guard, the API server, etcd and the node share the 2 cores).
+//! Measured for the static build its image ships (musl, profile `image`), with the glibc release
+//! build's idle RSS beside it: loading the eBPF object parses the kernel's BTF (~33 MiB at peak),
+//! and glibc's allocator keeps most of that after it is freed, musl's returns it. Prints figures;
+//! asserts nothing. Needs root.
 //!
 //! `cargo bench -p phantom-conformance --bench guard` (PHANTOM_BENCH_PODS, default 20)
 
@@ -11,7 +14,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-use phantom_conformance::bins::{build_release, status_kib};
+use phantom_conformance::bins::{
+    STATIC_TARGET, build_release, build_static, built, measured_copy, status_kib, target_dir,
+};
+use phantom_conformance::local::LocalProcess;
 use phantom_conformance::node::{BUSYBOX_IMAGE, NODE_NAME, unsupported_reason};
 use phantom_conformance::{Env, EnvOptions, free_port, random_hex};
 use phantom_crds::PhantomPolicy;
@@ -29,6 +35,37 @@ async fn metric(status: u16, name: &str) -> Option<f64> {
         .ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// Starts the guard binary at `binary` (a measured copy) and waits until it is ready, plus 2 s
+/// for the first resyncs; returns it with its status port.
+async fn start_guard(env: &Env, binary: &std::path::Path) -> (LocalProcess, u16) {
+    let status = free_port().expect("port");
+    let mut guard = env
+        .spawn_phantom_at(
+            "phantom-guard",
+            binary,
+            &[
+                format!("--node-name={NODE_NAME}"),
+                format!("--status-listen=127.0.0.1:{status}"),
+                // The default: a figure for the shipped setting.
+                "--resync-milliseconds=1000".into(),
+                "--repeat-window-seconds=1".into(),
+            ],
+        )
+        .expect("guard");
+    guard
+        .wait_ready("phantom-guard", &format!("http://127.0.0.1:{status}/readyz"))
+        .await
+        .expect("guard ready");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (guard, status)
+}
+
+/// RSS, anonymous and file-backed RSS of `pid`, in MiB.
+fn rss_split(pid: u32) -> (f64, f64, f64) {
+    let mib = |field| status_kib(pid, field) as f64 / 1024.0;
+    (mib("VmRSS:"), mib("RssAnon:"), mib("RssFile:"))
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
@@ -55,6 +92,14 @@ fn main() {
         build_release(&["-p", "phantom-probes", "--bin", "phantom-guard"]),
         "building phantom-guard failed"
     );
+    assert!(
+        build_static("phantom-probes"),
+        "building the static phantom-guard failed"
+    );
+    let image_build = target_dir()
+        .join(STATIC_TARGET)
+        .join(phantom_conformance::bins::IMAGE_PROFILE)
+        .join("phantom-guard");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,28 +130,20 @@ fn main() {
             .await
             .expect("policy created");
 
-        let status = free_port().expect("port");
-        let guard = env
-            .spawn_phantom(
-                "phantom-guard",
-                "phantom-guard",
-                &[
-                    format!("--node-name={NODE_NAME}"),
-                    format!("--status-listen=127.0.0.1:{status}"),
-                    // The default: a figure for the shipped setting.
-                    "--resync-milliseconds=1000".into(),
-                    "--repeat-window-seconds=1".into(),
-                ],
-            )
-            .expect("guard");
-        let mut guard = guard;
-        guard
-            .wait_ready("phantom-guard", &format!("http://127.0.0.1:{status}/readyz"))
-            .await
-            .expect("guard ready");
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Measure copies, not the linker's fresh output (see `measured_copy`).
+        let copies = tempfile::tempdir().expect("tempdir");
+        let glibc = measured_copy(&built("phantom-guard").expect("phantom-guard"), copies.path())
+            .expect("copy of phantom-guard");
+        let (mut guard, _) = start_guard(&env, &glibc).await;
+        let glibc_idle = rss_split(guard.id());
+        guard.kill();
+        drop(guard);
+        let static_dir = copies.path().join("static");
+        std::fs::create_dir_all(&static_dir).expect("mkdir");
+        let binary = measured_copy(&image_build, &static_dir).expect("copy of the static build");
+        let (guard, status) = start_guard(&env, &binary).await;
         let pid = guard.id();
-        let idle = status_kib(pid, "VmRSS:");
+        let idle = rss_split(pid);
 
         let secret = format!("bench-guard-{}", random_hex(8));
         let deployment: Deployment = serde_json::from_value(json!({
@@ -191,10 +228,14 @@ fn main() {
             }
         }
         let peak = status_kib(pid, "VmHWM:");
-        println!("phantom-guard (release), tracepoint path, on the node (guard, API server, etcd and kubelet share the 2 cores):");
+        println!("phantom-guard, tracepoint path, on the node (guard, API server, etcd and kubelet share the 2 cores):");
+        for (build, (rss, anon, file)) in [("static image build (musl)", idle), ("glibc release build", glibc_idle)] {
+            println!(
+                "  {build:26} RSS idle (policies listed, nothing protected) {rss:.1} MiB = anonymous {anon:.1} + file-backed {file:.1}"
+            );
+        }
         println!(
-            "  RSS idle (policies listed, nothing protected) {:.1} MiB; protecting {pods} pods ({threads} threads) {:.1} MiB; peak {:.1} MiB",
-            idle as f64 / 1024.0,
+            "  static image build: protecting {pods} pods ({threads} threads) {:.1} MiB; peak {:.1} MiB",
             protecting as f64 / 1024.0,
             peak as f64 / 1024.0
         );

@@ -67,7 +67,17 @@ impl Env {
         binary: &str,
         args: &[String],
     ) -> Result<LocalProcess> {
-        let mut command = Command::new(crate::bins::built(binary)?);
+        self.spawn_phantom_at(what, &crate::bins::built(binary)?, args)
+    }
+
+    /// [`Env::spawn_phantom`] of the binary at `path` (a bench's measured copy).
+    pub fn spawn_phantom_at(
+        &self,
+        what: &'static str,
+        path: &std::path::Path,
+        args: &[String],
+    ) -> Result<LocalProcess> {
+        let mut command = Command::new(path);
         command
             .args(args)
             .env("KUBECONFIG", self.kubeconfig())

@@ -17,6 +17,7 @@ use crate::wasm::{PluginHost, PluginLimits, PluginModule};
 mod binding;
 mod digest;
 mod errors;
+mod index;
 mod key_release;
 mod policy;
 mod requirement;
@@ -135,10 +136,23 @@ pub struct PolicySet {
 pub(crate) struct Inner {
     pub digest: String,
     pub policies: Vec<CompiledPolicy>,
+    /// `policies` by namespace selector (positions in `policies`).
+    pub by_namespace: index::NamespaceIndex,
     pub bindings: Vec<SecretBinding>,
     pub requirements: BTreeMap<String, CompiledRequirement>,
     pub limits: Limits,
     pub host: PluginHost,
+}
+
+impl Inner {
+    /// The compiled policy `name`, found by binary search: policies are compiled in name order,
+    /// so a decision looks up the few it matched without indexing every policy of the set.
+    pub fn policy(&self, name: &str) -> Option<&CompiledPolicy> {
+        self.policies
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.policies[i])
+    }
 }
 
 /// The objects to compile.
@@ -239,9 +253,15 @@ impl PolicySet {
                 }),
             }
         }
+        let by_namespace = index::NamespaceIndex::new(
+            policies
+                .iter()
+                .map(|p| p.object.spec.match_.namespace_selector.as_ref()),
+        );
         let inner = Inner {
             digest: digest::digest(&ok),
             policies,
+            by_namespace,
             bindings,
             requirements,
             limits,

@@ -74,6 +74,21 @@ pub struct MonitoringScope {
     pub alert_labels: BTreeMap<String, String>,
 }
 
+impl MonitoringScope {
+    /// Widens the scope by one policy's `monitoring`: its detections (all when it names none)
+    /// and alert labels join, the stronger action wins.
+    pub fn add(&mut self, monitoring: &phantom_crds::Monitoring) {
+        self.detections.extend(
+            monitoring
+                .detections
+                .clone()
+                .unwrap_or_else(|| Detection::ALL.to_vec()),
+        );
+        self.alert_labels.extend(monitoring.alert_labels.clone());
+        self.action = self.action.max(monitoring.action);
+    }
+}
+
 /// The answer to an admission question.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
@@ -205,7 +220,8 @@ impl PolicySet {
             })
         };
 
-        for policy in &self.inner.policies {
+        for position in self.inner.by_namespace.candidates(&ns_labels) {
+            let policy = &self.inner.policies[position];
             let spec = &policy.object.spec;
             if !selector::matches(spec.match_.namespace_selector.as_ref(), &ns_labels)
                 || !selector::matches(spec.match_.object_selector.as_ref(), &pod_labels)
@@ -399,12 +415,6 @@ impl PolicySet {
             })
             .collect();
 
-        let policies: BTreeMap<&str, &CompiledPolicy> = self
-            .inner
-            .policies
-            .iter()
-            .map(|p| (p.name.as_str(), p))
-            .collect();
         let Some(first) = enforced.first() else {
             return;
         };
@@ -418,12 +428,18 @@ impl PolicySet {
             ));
             return;
         }
-        let deciding = policies[first.policy.as_str()];
+        // Every outcome names a policy of this set.
+        let policy_of = |o: &PolicyOutcome| {
+            self.inner
+                .policy(&o.policy)
+                .expect("a matched outcome names a compiled policy")
+        };
+        let deciding = policy_of(first);
         decision.inject = true;
         decision.injection = Some(deciding.object.spec.injection.clone());
         decision.deciding_policy = Some(deciding.name.clone());
         for o in &enforced[1..] {
-            let mode = policies[o.policy.as_str()].object.spec.injection.mode;
+            let mode = policy_of(o).object.spec.injection.mode;
             if mode != deciding.object.spec.injection.mode {
                 decision.warnings.push(format!(
                     "policies {} and {} ask for different injection modes; {} decides (first by name)",
@@ -432,18 +448,9 @@ impl PolicySet {
             }
         }
         for o in &enforced {
-            let policy = policies[o.policy.as_str()];
+            let policy = policy_of(o);
             if let Some(m) = policy.object.spec.monitoring.as_ref().filter(|m| m.enabled) {
-                decision.monitoring.detections.extend(
-                    m.detections
-                        .clone()
-                        .unwrap_or_else(|| Detection::ALL.to_vec()),
-                );
-                decision.monitoring.action = decision.monitoring.action.max(m.action);
-                decision
-                    .monitoring
-                    .alert_labels
-                    .extend(m.alert_labels.clone());
+                decision.monitoring.add(m);
             }
             if policy.object.spec.key_release.is_some() {
                 decision.key_release_policies.push(policy.name.clone());

@@ -9,7 +9,7 @@
 //! matching, for the same reason: a broken policy may never switch a check off.
 
 use kube::ResourceExt as _;
-use phantom_crds::{Detection, Enforcement, PhantomPolicy};
+use phantom_crds::{Enforcement, PhantomPolicy};
 use serde_json::{Value, json};
 
 use crate::decide::MonitoringScope;
@@ -150,16 +150,7 @@ impl MonitoringSet {
             let Some(monitoring) = &spec.monitoring else {
                 continue;
             };
-            out.scope.detections.extend(
-                monitoring
-                    .detections
-                    .clone()
-                    .unwrap_or_else(|| Detection::ALL.to_vec()),
-            );
-            out.scope
-                .alert_labels
-                .extend(monitoring.alert_labels.clone());
-            out.scope.action = out.scope.action.max(monitoring.action);
+            out.scope.add(monitoring);
             out.policies.push(policy.name.clone());
         }
         out
