@@ -58,6 +58,18 @@ pub fn build_release(args: &[&str]) -> bool {
     cargo_build(&["--release"], args)
 }
 
+/// Fails unless the static `phantom-proxy` and `phantom-exec` the node's Phantom images are
+/// packed from are built (suites that inject real pods need them).
+pub fn require_phantom_images() -> Result<()> {
+    if static_built("phantom-proxy").is_some() && static_built("phantom-exec").is_some() {
+        Ok(())
+    } else {
+        Err(Error::Setup(
+            "Phantom's static binaries are not built: run `make static` (`make test` does)".into(),
+        ))
+    }
+}
+
 /// Builds the static image binaries of `package` as `make static` does; whether it succeeded.
 pub fn build_static(package: &str) -> bool {
     cargo_build(

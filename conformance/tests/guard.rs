@@ -276,11 +276,7 @@ async fn scenario(
     env: &Env,
     log: &std::sync::Mutex<Option<std::path::PathBuf>>,
 ) -> anyhow::Result<()> {
-    ensure!(
-        phantom_conformance::bins::static_built("phantom-proxy").is_some()
-            && phantom_conformance::bins::static_built("phantom-exec").is_some(),
-        "Phantom's static binaries are not built: run `make static` (`make test` does)"
-    );
+    phantom_conformance::bins::require_phantom_images()?;
     let hook = env
         .node_webhook(
             "phantom-guard-e2e",

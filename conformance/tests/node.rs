@@ -154,11 +154,7 @@ async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
     use phantom_crds::wellknown::INJECT_LABEL;
     use phantom_crds::wellknown::injected::PROXY_CONTAINER;
 
-    anyhow::ensure!(
-        phantom_conformance::bins::static_built("phantom-proxy").is_some()
-            && phantom_conformance::bins::static_built("phantom-exec").is_some(),
-        "Phantom's static binaries are not built: run `make static` (`make test` does)"
-    );
+    phantom_conformance::bins::require_phantom_images()?;
     let hook = env
         .node_webhook(
             "phantom-node-e2e",
@@ -336,10 +332,7 @@ async fn openbao_down_keeps_pods_in_init(env: Arc<Env>) -> anyhow::Result<()> {
     use phantom_conformance::counting_proxy::CountingProxy;
 
     const LABEL: &str = "phantom.dev/e2e-outage";
-    anyhow::ensure!(
-        phantom_conformance::bins::static_built("phantom-proxy").is_some(),
-        "Phantom's static binaries are not built: run `make static` (`make test` does)"
-    );
+    phantom_conformance::bins::require_phantom_images()?;
     // An address where nothing listens yet: OpenBao is "down".
     let down = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let hook = env
@@ -438,10 +431,7 @@ async fn attested_release_on_the_node(env: Arc<Env>) -> anyhow::Result<()> {
     use phantom_crds::wellknown::injected::PROXY_CONTAINER;
 
     const LABEL: &str = "phantom.dev/e2e-attested";
-    ensure!(
-        phantom_conformance::bins::static_built("phantom-proxy").is_some(),
-        "Phantom's static binaries are not built: run `make static` (`make test` does)"
-    );
+    phantom_conformance::bins::require_phantom_images()?;
     let agent = AgentEmulator::start(
         phantom_attestation::aa::DEFAULT_URL
             .trim_start_matches("http://")

@@ -110,4 +110,41 @@ mod tests {
         let index = NamespaceIndex::new(selectors.iter().map(Some));
         assert_eq!(index.candidates(&ns), vec![0, 1, 2, 3]);
     }
+
+    fn pairs() -> impl proptest::strategy::Strategy<Value = BTreeMap<String, String>> {
+        use proptest::prelude::*;
+        proptest::collection::btree_map("[abc]", "[xy]", 0..3)
+    }
+
+    proptest::proptest! {
+        /// Pruning by the index never changes which policies match: the candidates that match
+        /// are exactly the policies that match when every selector is checked.
+        #[test]
+        fn the_index_agrees_with_checking_every_selector(
+            selectors in proptest::collection::vec(
+                proptest::option::of((pairs(), proptest::option::of("[abc]"))),
+                0..12,
+            ),
+            ns in pairs(),
+        ) {
+            let selectors: Vec<Option<LabelSelector>> = selectors
+                .into_iter()
+                .map(|s| s.map(|(labels, exists)| selector(json!({
+                    "matchLabels": labels,
+                    "matchExpressions": exists.map(|key| vec![json!({"key": key, "operator": "Exists"})]).unwrap_or_default(),
+                }))))
+                .collect();
+            let index = NamespaceIndex::new(selectors.iter().map(Option::as_ref));
+            let matching = |positions: Vec<usize>| -> Vec<usize> {
+                positions
+                    .into_iter()
+                    .filter(|&i| crate::selector::matches(selectors[i].as_ref(), &ns))
+                    .collect()
+            };
+            proptest::prop_assert_eq!(
+                matching(index.candidates(&ns)),
+                matching((0..selectors.len()).collect())
+            );
+        }
+    }
 }
