@@ -55,7 +55,10 @@ async fn start_guard(env: &Env, binary: &std::path::Path) -> (LocalProcess, u16)
         )
         .expect("guard");
     guard
-        .wait_ready("phantom-guard", &format!("http://127.0.0.1:{status}/readyz"))
+        .wait_ready(
+            "phantom-guard",
+            &format!("http://127.0.0.1:{status}/readyz"),
+        )
         .await
         .expect("guard ready");
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -278,11 +278,7 @@ async fn scenario(
 ) -> anyhow::Result<()> {
     phantom_conformance::bins::require_phantom_images()?;
     let hook = env
-        .node_webhook(
-            "phantom-guard-e2e",
-            LABEL,
-            env.openbao().addr().to_owned(),
-        )
+        .node_webhook("phantom-guard-e2e", LABEL, env.openbao().addr().to_owned())
         .await?;
     let AppNamespace {
         ns: protected_ns,
@@ -337,20 +333,21 @@ async fn scenario(
         )
         .await?;
     let victims: Api<Pod> = Api::namespaced(env.client(), &protected_ns);
-    let victim_pod = wait::until(
-        "the injected app pod Running",
-        Duration::from_secs(120),
-        Duration::from_millis(300),
-        || async {
-            let list = victims
-                .list(&ListParams::default().labels("app=app"))
-                .await?;
-            Ok::<_, kube::Error>(list.items.into_iter().find(|p| {
-                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-            }))
-        },
-    )
-    .await?;
+    let victim_pod =
+        wait::until(
+            "the injected app pod Running",
+            Duration::from_secs(120),
+            Duration::from_millis(300),
+            || async {
+                let list = victims
+                    .list(&ListParams::default().labels("app=app"))
+                    .await?;
+                Ok::<_, kube::Error>(list.items.into_iter().find(|p| {
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                }))
+            },
+        )
+        .await?;
     let victim_name = victim_pod.metadata.name.clone().unwrap_or_default();
     running(&plain, "plain").await?;
     let victim = host_pid(&secret).await?;
@@ -507,8 +504,7 @@ async fn scenario(
         .map(|c| c.restart_count)
         .sum();
     ensure!(
-        restarts == 0
-            && victim_now.status.and_then(|s| s.phase).as_deref() == Some("Running"),
+        restarts == 0 && victim_now.status.and_then(|s| s.phase).as_deref() == Some("Running"),
         "the victim was hurt ({restarts} restarts)"
     );
 

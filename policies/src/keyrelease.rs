@@ -241,10 +241,7 @@ impl PolicySet {
             ..KeyReleasePlan::default()
         };
         // In the caller's order, so the sidecar refuses for the same policy the set would.
-        for policy in policies
-            .iter()
-            .filter_map(|name| self.inner.policy(name))
-        {
+        for policy in policies.iter().filter_map(|name| self.inner.policy(name)) {
             let Some(kr) = &policy.object.spec.key_release else {
                 continue;
             };

@@ -73,7 +73,9 @@ mod tests {
         let selectors = [
             Some(selector(json!({"matchLabels": {"team": "a"}}))),
             None,
-            Some(selector(json!({"matchLabels": {"env": "prod", "team": "b"}}))),
+            Some(selector(
+                json!({"matchLabels": {"env": "prod", "team": "b"}}),
+            )),
             Some(selector(
                 json!({"matchExpressions": [{"key": "team", "operator": "Exists"}]}),
             )),
