@@ -24,7 +24,7 @@ pub const PAUSE_IMAGE: &str = "phantom.local/pause:1.20.2";
 /// A tiny application image: busybox-static as `/bin/sh` and friends.
 pub const BUSYBOX_IMAGE: &str = "phantom.local/busybox:1";
 /// The guard suite's attacker: busybox plus `/bin/memory-reader`, which reads another process's
-/// environment by ptrace, process_vm_readv, /proc/<pid>/mem or /proc/<pid>/environ.
+/// environment by ptrace, process_vm_readv, `/proc/<pid>/mem` or `/proc/<pid>/environ`.
 pub const MEMORY_READER_IMAGE: &str = "phantom.local/memory-reader:1";
 const MEMORY_READER_SOURCE: &str = include_str!("images/memory-reader.c");
 

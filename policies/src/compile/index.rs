@@ -114,7 +114,6 @@ mod tests {
     }
 
     fn pairs() -> impl proptest::strategy::Strategy<Value = BTreeMap<String, String>> {
-        use proptest::prelude::*;
         proptest::collection::btree_map("[abc]", "[xy]", 0..3)
     }
 
