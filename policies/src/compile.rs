@@ -145,6 +145,18 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The policies a namespace with `labels` may match (see [`index::NamespaceIndex`]), in set
+    /// order; their selectors are still to be checked.
+    pub fn namespace_candidates(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &CompiledPolicy> {
+        self.by_namespace
+            .candidates(labels)
+            .into_iter()
+            .map(|position| &self.policies[position])
+    }
+
     /// The compiled policy `name`, found by binary search: policies are compiled in name order,
     /// so a decision looks up the few it matched without indexing every policy of the set.
     pub fn policy(&self, name: &str) -> Option<&CompiledPolicy> {

@@ -220,8 +220,7 @@ impl PolicySet {
             })
         };
 
-        for position in self.inner.by_namespace.candidates(&ns_labels) {
-            let policy = &self.inner.policies[position];
+        for policy in self.inner.namespace_candidates(&ns_labels) {
             let spec = &policy.object.spec;
             if !selector::matches(spec.match_.namespace_selector.as_ref(), &ns_labels)
                 || !selector::matches(spec.match_.object_selector.as_ref(), &pod_labels)

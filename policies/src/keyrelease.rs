@@ -268,8 +268,7 @@ impl PolicySet {
     pub fn policies_admitting(&self, namespace_object: &Value) -> Vec<String> {
         let ns_labels = labels(namespace_object);
         self.inner
-            .policies
-            .iter()
+            .namespace_candidates(&ns_labels)
             .filter(|p| p.object.spec.enforcement == phantom_crds::Enforcement::Enforce)
             .filter(|p| {
                 selector::matches(p.object.spec.match_.namespace_selector.as_ref(), &ns_labels)
