@@ -2,7 +2,8 @@
 //! policies (the 20-policy set also runs 2 WASM plugins) and over 1,000 of which 20 match the
 //! pod's namespace (with the 2 plugins); expressions near the cost budget against
 //! the largest pod the input bounds admit, with their estimate and time per estimated unit.
-//! Prints percentiles; asserts nothing.
+//! Then a table of `decide`'s p50 over 1, 20, 100 and 1,000 policies × pods of 2, 20 and 100
+//! containers, so the growth is seen. Prints percentiles; asserts nothing.
 //!
 //! `make plugins && cargo bench -p phantom-policies --bench decide`
 
@@ -234,5 +235,50 @@ fn main() {
         );
         let n = if matching == 100 { 2_000 } else { 10_000 };
         percentiles(&label, time(n, || assert!(set.decide(&input).inject)));
+    }
+    sweep(&host, &binding, &input);
+}
+
+/// How `decide` grows: every policy matching, pods of 2, 20 and 100 containers; p50 per cell.
+fn sweep(host: &PluginHost, binding: &SecretBinding, input: &AdmissionInput) {
+    let sizes = [2usize, 20, 100];
+    println!("decide p50 by policies (all matching, no plugins) × containers in the pod:");
+    println!(
+        "  {:>9} | {}",
+        "policies",
+        sizes
+            .iter()
+            .map(|c| format!("{c:>10} containers"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    for count in [1usize, 20, 100, 1_000] {
+        let (set, errors) = PolicySet::compile(
+            &Sources {
+                policies: (0..count).map(|i| policy(i, &[])).collect(),
+                bindings: vec![binding.clone()],
+                ..Default::default()
+            },
+            host,
+            &Modules::default(),
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let cells: Vec<String> = sizes
+            .iter()
+            .map(|&containers| {
+                let mut input = input.clone();
+                input.object["spec"]["containers"] = json!((0..containers)
+                    .map(|i| json!({"name": format!("c{i}"), "image": format!("registry.example/app-{i}:1.0"),
+                                    "command": ["/app"]}))
+                    .collect::<Vec<_>>());
+                // About a second per cell, at least 20 samples.
+                let once = time(3, || drop(set.decide(&input)))[0];
+                let n = (1.0 / once.as_secs_f64().max(1e-6)).clamp(20.0, 5_000.0) as usize;
+                let mut samples = time(n, || assert!(set.decide(&input).inject));
+                samples.sort();
+                format!("{:>21.2?}", samples[samples.len() / 2])
+            })
+            .collect();
+        println!("  {count:>9} | {}", cells.join(" | "));
     }
 }
