@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use phantom_conformance::bins::{
-    STATIC_TARGET, build_release, build_static, built, measured_copy, status_kib, target_dir,
+    build_release, build_static, built, measured_copy, static_built, status_kib,
 };
 use phantom_conformance::local::LocalProcess;
 use phantom_conformance::node::{BUSYBOX_IMAGE, NODE_NAME, unsupported_reason};
@@ -99,10 +99,7 @@ fn main() {
         build_static("phantom-probes"),
         "building the static phantom-guard failed"
     );
-    let image_build = target_dir()
-        .join(STATIC_TARGET)
-        .join(phantom_conformance::bins::IMAGE_PROFILE)
-        .join("phantom-guard");
+    let image_build = static_built("phantom-guard").expect("the static phantom-guard is built");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

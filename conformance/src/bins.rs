@@ -43,7 +43,7 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-/// `phantom-proxy` or `phantom-exec` from the static image build (`make static`), if built.
+/// A binary of the static image build (`make static` builds `phantom-proxy` and `phantom-exec`), if built.
 pub fn static_built(name: &str) -> Option<PathBuf> {
     let path = target_dir()
         .join(STATIC_TARGET)
