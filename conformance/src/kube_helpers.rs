@@ -299,6 +299,30 @@ impl Env {
         .await
     }
 
+    /// Waits up to `timeout` for a Running pod of `namespace` matching `label_selector` (a
+    /// Deployment's pod, whose name is not known in advance) and returns it.
+    pub async fn running_pod(
+        &self,
+        namespace: &str,
+        label_selector: &str,
+        timeout: Duration,
+    ) -> Result<k8s_openapi::api::core::v1::Pod> {
+        let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client(), namespace);
+        let params = kube::api::ListParams::default().labels(label_selector);
+        wait::until(
+            format!("a Running pod {label_selector} in {namespace}"),
+            timeout,
+            Duration::from_millis(300),
+            || async {
+                let list = api.list(&params).await?;
+                Ok::<_, kube::Error>(list.items.into_iter().find(|p| {
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                }))
+            },
+        )
+        .await
+    }
+
     /// A container's log as the kubelet wrote it (`/var/log/pods/<ns>_<pod>_<uid>/<container>/0.log`;
     /// `kubectl logs` cannot reach a loopback-only kubelet). Empty when nothing was written yet.
     pub async fn container_log(

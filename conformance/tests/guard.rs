@@ -333,20 +333,8 @@ async fn scenario(
         )
         .await?;
     let victims: Api<Pod> = Api::namespaced(env.client(), &protected_ns);
-    let victim_pod =
-        wait::until(
-            "the injected app pod Running",
-            Duration::from_secs(120),
-            Duration::from_millis(300),
-            || async {
-                let list = victims
-                    .list(&ListParams::default().labels("app=app"))
-                    .await?;
-                Ok::<_, kube::Error>(list.items.into_iter().find(|p| {
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                }))
-            },
-        )
+    let victim_pod = env
+        .running_pod(&protected_ns, "app=app", Duration::from_secs(120))
         .await?;
     let victim_name = victim_pod.metadata.name.clone().unwrap_or_default();
     running(&plain, "plain").await?;

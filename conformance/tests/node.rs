@@ -194,18 +194,8 @@ async fn injected_pods_receive_secrets(env: Arc<Env>) -> anyhow::Result<()> {
         .create(&PostParams::default(), &deployment)
         .await?;
     let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
-    let pod =
-        wait::until(
-            "the injected pod Running",
-            Duration::from_secs(120),
-            Duration::from_millis(500),
-            || async {
-                let list = pods.list(&ListParams::default().labels("app=app")).await?;
-                Ok::<_, kube::Error>(list.items.into_iter().find(|p| {
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                }))
-            },
-        )
+    let pod = env
+        .running_pod(&ns, "app=app", Duration::from_secs(120))
         .await?;
     let name = pod.metadata.name.clone().unwrap_or_default();
     let containers: Vec<String> = pod

@@ -13,7 +13,7 @@ use clap::Parser;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use phantom_conformance::local::LocalProcess;
 use phantom_conformance::node::{BUSYBOX_IMAGE, EXEC_IMAGE, PROXY_IMAGE};
@@ -486,23 +486,9 @@ async fn run_app(env: &Env) -> anyhow::Result<Pod> {
         .create(&PostParams::default(), &deployment)
         .await
         .context("creating the Deployment")?;
-    let pods: Api<Pod> = Api::namespaced(env.client(), APP_NAMESPACE);
-    Ok(until(
-        "payments-api's pod Running",
-        WAIT,
-        Duration::from_millis(250),
-        || async {
-            let list = pods
-                .list(&ListParams::default().labels("app.kubernetes.io/name=payments-api"))
-                .await?;
-            Ok::<_, kube::Error>(
-                list.items.into_iter().find(|p| {
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                }),
-            )
-        },
-    )
-    .await?)
+    env.running_pod(APP_NAMESPACE, "app.kubernetes.io/name=payments-api", WAIT)
+        .await
+        .context("payments-api's pod Running")
 }
 
 /// What admission changed, read from the stored pod against the Deployment's template: one line
