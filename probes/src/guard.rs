@@ -15,7 +15,6 @@
 pub mod abi;
 pub mod daemon;
 pub mod kernel;
-pub mod pods;
 pub mod procfs;
 pub mod report;
 pub mod resume;

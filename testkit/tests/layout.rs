@@ -15,6 +15,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("phantom-process", &[]),
     ("phantom-openbao", &[]),
     ("phantom-testkit", &[]),
+    // Who is asking (cgroups, socket peers, reviewed tokens): the guard, the broker and the
+    // node agent share it.
+    ("phantom-identity", &[]),
     ("phantom-policies", &["phantom-crds"]),
     ("phantom-seal", &["phantom-crds"]),
     ("phantom-attestation", &["phantom-crds"]),
@@ -25,6 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "phantom-attestation",
             "phantom-crds",
+            "phantom-identity",
             "phantom-policies",
             "phantom-openbao",
             "phantom-process",
@@ -56,6 +60,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "phantom-openbao",
             "phantom-process",
             "phantom-attestation",
+            "phantom-identity",
         ],
     ),
     // The guard decides which pods it protects with the policy engine's MonitoringSet.
@@ -63,6 +68,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "phantom-probes",
         &[
             "phantom-crds",
+            "phantom-identity",
             "phantom-policies",
             "phantom-openbao",
             "phantom-process",
@@ -90,6 +96,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "phantom-process",
             "phantom-seal",
             "phantom-attestation",
+            "phantom-identity",
         ],
     ),
     ("phantom-plugin-sdk", &[]),
@@ -109,6 +116,11 @@ const FORBIDDEN_EXTERNAL: &[(&str, &[&str])] = &[
     (
         "phantom-openbao",
         &["kube", "k8s-openapi", "cel", "wasmtime"],
+    ),
+    // Identity knows no policy engine, no OpenBao and no CLI.
+    (
+        "phantom-identity",
+        &["cel", "wasmtime", "reqwest", "clap", "tracing-subscriber"],
     ),
     // The seal is pure: no runtime, no client.
     (

@@ -3,7 +3,7 @@
 //! The sidecar asks for a challenge, collects evidence binding it, and asks for a release with
 //! the evidence and the pod's ServiceAccount token ([`phantom_attestation::protocol`]).
 //! [`verdict::decide`] is the whole decision as a pure function of what the broker checked: the
-//! challenge redeemed, the token reviewed ([`review`]), the evidence verified against the
+//! challenge redeemed, the token reviewed ([`phantom_identity::review`]), the evidence verified against the
 //! operator's collateral and bound to this release, the AttestationRequirement's fields and
 //! conditions and the policies' key-release conditions. Only an `Ok` lets [`release`] read the
 //! secrets with the broker's own OpenBao identity ([`secrets`]) and seal them to the key the
@@ -14,7 +14,6 @@ pub mod args;
 pub mod challenges;
 pub mod metrics;
 pub mod release;
-pub mod review;
 pub mod secrets;
 pub mod server;
 pub mod verdict;
@@ -29,9 +28,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// A token proved no pod identity.
-    #[error(transparent)]
-    Identity(#[from] review::IdentityError),
     /// OpenBao refused or failed.
     #[error(transparent)]
     OpenBao(#[from] phantom_openbao::Error),

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
-use phantom_attestation::claims::OpenBaoClaims;
+use phantom_attestation::claims::{OpenBaoClaims, PodClaims, ServiceAccountClaims};
 use phantom_attestation::collateral::Collateral;
 use phantom_attestation::envelope::seal;
 use phantom_attestation::protocol::{
@@ -22,13 +22,13 @@ use phantom_attestation::protocol::{
 use phantom_attestation::snp::{Endorsement, cert_table};
 use phantom_attestation::tsm::Provider;
 use phantom_crds::SecretBinding;
+use phantom_identity::review::review;
 use phantom_policies::store::{PolicyStore, Snapshot};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::challenges::Challenges;
 use crate::metrics::{Check, Metrics, Outcome, ReleaseLabels, TeeLabel};
-use crate::review::review;
 use crate::secrets::SecretReader;
 use crate::unix_now as now;
 use crate::verdict::{Evidence, PathRule, Refusal, Release, Verdict, Verifiers, decide};
@@ -309,11 +309,20 @@ impl Broker {
         let reviewed = review(&self.kube, token, &self.audience)
             .await
             .map_err(|e| match e {
-                crate::Error::Identity(identity) => {
+                phantom_identity::Error::Identity(identity) => {
                     Failure::new(401, Check::Identity, identity.to_string())
                 }
                 other => Failure::new(503, Check::Unavailable, other.to_string()),
             })?;
+        let reviewed_pod = PodClaims {
+            uid: reviewed.pod.uid.clone(),
+            name: reviewed.pod.name.clone(),
+            namespace: reviewed.pod.namespace.clone(),
+        };
+        let reviewed_service_account = ServiceAccountClaims {
+            name: reviewed.service_account.clone(),
+            namespace: reviewed.pod.namespace.clone(),
+        };
         subject.pod = format!("{}/{}", reviewed.pod.namespace, reviewed.pod.name);
         subject.pod_uid = reviewed.pod.uid.clone();
         let namespace = &reviewed.pod.namespace;
@@ -345,8 +354,8 @@ impl Broker {
             nonce,
             public_key,
             evidence,
-            reviewed_pod: &reviewed.pod,
-            reviewed_service_account: &reviewed.service_account,
+            reviewed_pod: &reviewed_pod,
+            reviewed_service_account: &reviewed_service_account,
             pod: &pod,
             namespace: &namespace_object,
             binding: &binding,

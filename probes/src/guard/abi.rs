@@ -217,15 +217,7 @@ pub fn encode_cgroup_protection(protection: &Protection) -> [u8; 16] {
 }
 
 /// How the kernel side finds a task's cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CgroupMode {
-    /// No cgroup-based protection (only processes userspace names).
-    None,
-    /// cgroup v1, the memory hierarchy (every kubelet creates a pod cgroup there).
-    V1Memory,
-    /// cgroup v2.
-    V2,
-}
+pub use phantom_identity::cgroup::CgroupMode;
 
 /// The guard's configuration map.
 pub fn encode_config(mode: CgroupMode, host_pidns_inum: u32) -> [u8; 8] {

@@ -32,10 +32,10 @@ use self::args::Settings;
 use self::metrics::{DetectionLabels, Metrics, ModeLabel, ModeLabels};
 use super::abi::{CgroupMode, Detection, Event, Protection, action_for, detections_for};
 use super::kernel::{CheckPath, Events, Guard, Mode, Options};
-use super::pods::PodCgroups;
 use super::report::{self, Actor, Admit, RateLimiter, RepeatKey, Taken};
 use super::{procfs, resume};
 use crate::{Error, Result};
+use phantom_identity::cgroup::PodCgroups;
 
 /// A protected pod, as the loop and the reporter know it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,8 +4,9 @@
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
-use super::abi::{CgroupMode, NsId};
+use super::abi::NsId;
 use crate::{Error, Result};
+pub use phantom_identity::cgroup::{cgroup_path, detect_cgroup_mode, parse_cgroup};
 
 /// `NSpid:` of a `status` file: the thread's id in each pid namespace, host first.
 pub fn parse_nspid(status: &str) -> Option<Vec<u32>> {
@@ -31,28 +32,6 @@ pub fn parse_ns_link(target: &str) -> Option<u32> {
         .ok()?;
     // Namespace inodes are proc inodes (32 bits); the kernel side compares `ns.inum`, a u32.
     u32::try_from(inode).ok()
-}
-
-/// The task's cgroup path in the hierarchy `mode` uses, from a `/proc/<pid>/cgroup` file.
-pub fn parse_cgroup(cgroup: &str, mode: CgroupMode) -> Option<&str> {
-    cgroup.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let wanted = match mode {
-            CgroupMode::None => return None,
-            CgroupMode::V1Memory => controllers.split(',').any(|c| c == "memory"),
-            CgroupMode::V2 => controllers.is_empty(),
-        };
-        wanted.then_some(path)
-    })
-}
-
-/// The cgroup path a process's `cgroup` file gives for `mode`, else its unified (v2) one (hybrid
-/// hosts); empty when it has neither.
-pub fn cgroup_path(cgroup: &str, mode: CgroupMode) -> &str {
-    parse_cgroup(cgroup, mode)
-        .or_else(|| parse_cgroup(cgroup, CgroupMode::V2))
-        .unwrap_or_default()
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -171,17 +150,6 @@ pub fn cgroup_id(dir: &Path) -> Result<u64> {
         })
 }
 
-/// Which cgroup layout this host uses, from the mounts under `cgroup_root`.
-pub fn detect_cgroup_mode(cgroup_root: &Path) -> CgroupMode {
-    if cgroup_root.join("cgroup.controllers").exists() {
-        CgroupMode::V2
-    } else if cgroup_root.join("memory/cgroup.procs").exists() {
-        CgroupMode::V1Memory
-    } else {
-        CgroupMode::None
-    }
-}
-
 /// Reads a process's `cgroup` file.
 pub fn process_cgroups(proc_root: &Path, pid: u32) -> Result<String> {
     read(&proc_root.join(pid.to_string()).join("cgroup"))
@@ -210,24 +178,6 @@ mod tests {
             None,
             "wider than 32 bits"
         );
-    }
-
-    #[test]
-    fn the_cgroup_line_of_the_mode_is_picked() {
-        let v1 = "12:pids:/pod1/c1\n4:memory:/pod1/c1\n1:name=systemd:/pod1/c1\n";
-        assert_eq!(parse_cgroup(v1, CgroupMode::V1Memory), Some("/pod1/c1"));
-        let joined = "3:cpu,memory:/kubepods/pod2/c2\n";
-        assert_eq!(
-            parse_cgroup(joined, CgroupMode::V1Memory),
-            Some("/kubepods/pod2/c2")
-        );
-        let v2 = "0::/kubepods.slice/kubepods-pod3.slice/cri-containerd-c3.scope\n";
-        assert_eq!(
-            parse_cgroup(v2, CgroupMode::V2),
-            Some("/kubepods.slice/kubepods-pod3.slice/cri-containerd-c3.scope")
-        );
-        assert_eq!(parse_cgroup(v2, CgroupMode::V1Memory), None);
-        assert_eq!(parse_cgroup(v1, CgroupMode::None), None);
     }
 
     #[test]

@@ -1,23 +1,30 @@
 //! Who is asking: the pod's projected ServiceAccount token, reviewed by the API server
-//! (TokenReview) for the broker's audience. Only a token bound to a pod names one (the API server
+//! (TokenReview) for the caller's audience (the broker's, the node agent's). Only a token bound to a pod names one (the API server
 //! adds the pod's name and UID to the reviewed user's extra fields), so a plain ServiceAccount
 //! token — or one another pod's owner copied — is refused or names that other pod.
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::Client;
 use kube::api::{Api, PostParams};
-use phantom_attestation::claims::{PodClaims, ServiceAccountClaims};
 
 use crate::{Error, Result};
 
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 
-/// The identity a reviewed token proves.
+/// The pod a reviewed token is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReviewedPod {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+/// The identity a reviewed token proves: its pod, and its ServiceAccount (in the pod's namespace).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reviewed {
-    pub pod: PodClaims,
-    pub service_account: ServiceAccountClaims,
+    pub pod: ReviewedPod,
+    pub service_account: String,
 }
 
 /// Why a token proves no pod identity.
@@ -80,15 +87,12 @@ pub fn identity(status: &TokenReviewStatus, audience: &str) -> Result<Reviewed, 
         return Err(IdentityError::NotPodBound(format!("{namespace}/{name}")));
     };
     Ok(Reviewed {
-        pod: PodClaims {
+        pod: ReviewedPod {
             uid: pod_uid.to_owned(),
             name: pod_name.to_owned(),
             namespace: namespace.to_owned(),
         },
-        service_account: ServiceAccountClaims {
-            name: name.to_owned(),
-            namespace: namespace.to_owned(),
-        },
+        service_account: name.to_owned(),
     })
 }
 
@@ -104,10 +108,7 @@ pub async fn review(client: &Client, token: &str, audience: &str) -> Result<Revi
     let answer = Api::<TokenReview>::all(client.clone())
         .create(&PostParams::default(), &request)
         .await
-        .map_err(|source| Error::Kube {
-            what: "creating a TokenReview".into(),
-            source,
-        })?;
+        .map_err(|source| Error::Review { source })?;
     Ok(identity(&answer.status.unwrap_or_default(), audience)?)
 }
 
@@ -150,7 +151,7 @@ mod tests {
         assert_eq!(reviewed.pod.uid, "uid-1");
         assert_eq!(reviewed.pod.name, "api-0");
         assert_eq!(reviewed.pod.namespace, "payments");
-        assert_eq!(reviewed.service_account.name, "api");
+        assert_eq!(reviewed.service_account, "api");
     }
 
     #[test]

@@ -5,6 +5,50 @@
 //! ID (`<id>`, `cri-containerd-<id>.scope`). Where the kubelet makes no pod cgroup
 //! (`cgroupsPerQOS: false`) only the container ID is there, so both are matched.
 
+/// Which cgroup hierarchy names a task's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// No cgroup-based protection (only processes userspace names).
+    None,
+    /// cgroup v1, the memory hierarchy (every kubelet creates a pod cgroup there).
+    V1Memory,
+    /// cgroup v2.
+    V2,
+}
+
+/// The task's cgroup path in the hierarchy `mode` uses, from a `/proc/<pid>/cgroup` file.
+pub fn parse_cgroup(cgroup: &str, mode: CgroupMode) -> Option<&str> {
+    cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let wanted = match mode {
+            CgroupMode::None => return None,
+            CgroupMode::V1Memory => controllers.split(',').any(|c| c == "memory"),
+            CgroupMode::V2 => controllers.is_empty(),
+        };
+        wanted.then_some(path)
+    })
+}
+
+/// The cgroup path a process's `cgroup` file gives for `mode`, else its unified (v2) one (hybrid
+/// hosts); empty when it has neither.
+pub fn cgroup_path(cgroup: &str, mode: CgroupMode) -> &str {
+    parse_cgroup(cgroup, mode)
+        .or_else(|| parse_cgroup(cgroup, CgroupMode::V2))
+        .unwrap_or_default()
+}
+
+/// Which cgroup layout this host uses, from the mounts under `cgroup_root`.
+pub fn detect_cgroup_mode(cgroup_root: &std::path::Path) -> CgroupMode {
+    if cgroup_root.join("cgroup.controllers").exists() {
+        CgroupMode::V2
+    } else if cgroup_root.join("memory/cgroup.procs").exists() {
+        CgroupMode::V1Memory
+    } else {
+        CgroupMode::None
+    }
+}
+
 /// A pod on this node as the guard matches processes to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodCgroups {
@@ -134,6 +178,28 @@ mod tests {
         let podless = format!("/k8s.io/{ID}");
         assert!(pod.owns(&podless));
         assert_eq!(pod.protected_dir(&podless), Some(podless.clone()));
+    }
+
+    #[test]
+    fn the_cgroup_line_of_the_mode_is_picked() {
+        let v1 = "12:pids:/pod1/c1\n4:memory:/pod1/c1\n1:name=systemd:/pod1/c1\n";
+        assert_eq!(parse_cgroup(v1, CgroupMode::V1Memory), Some("/pod1/c1"));
+        let joined = "3:cpu,memory:/kubepods/pod2/c2\n";
+        assert_eq!(
+            parse_cgroup(joined, CgroupMode::V1Memory),
+            Some("/kubepods/pod2/c2")
+        );
+        let v2 = "0::/kubepods.slice/kubepods-pod3.slice/cri-containerd-c3.scope\n";
+        assert_eq!(
+            parse_cgroup(v2, CgroupMode::V2),
+            Some("/kubepods.slice/kubepods-pod3.slice/cri-containerd-c3.scope")
+        );
+        assert_eq!(parse_cgroup(v2, CgroupMode::V1Memory), None);
+        assert_eq!(parse_cgroup(v1, CgroupMode::None), None);
+        assert_eq!(
+            cgroup_path(v2, CgroupMode::V1Memory),
+            "/kubepods.slice/kubepods-pod3.slice/cri-containerd-c3.scope"
+        );
     }
 
     #[test]
