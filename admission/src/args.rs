@@ -93,6 +93,14 @@ pub struct Args {
     /// Audience of the projected token the sidecar presents to the broker.
     #[arg(long, env = "PHANTOM_BROKER_AUDIENCE", default_value = phantom_crds::wellknown::BROKER_AUDIENCE)]
     pub broker_audience: String,
+    /// The node agent's socket directory on every node, mounted into pods in injection mode
+    /// daemonset (an absolute host path).
+    #[arg(long, env = "PHANTOM_AGENT_SOCKET_DIR", default_value = crate::config::DEFAULT_AGENT_SOCKET_DIR)]
+    pub agent_socket_dir: String,
+    /// Audience of the projected token pods in injection mode daemonset prove themselves with to
+    /// the node agent (phantom-agent's --audience).
+    #[arg(long, env = "PHANTOM_AGENT_AUDIENCE", default_value = crate::config::DEFAULT_AGENT_AUDIENCE)]
+    pub agent_audience: String,
     /// Size limit of the memory-backed secrets volume when the policy sets none.
     #[arg(long, env = "PHANTOM_TMPFS_SIZE", default_value = "1Mi")]
     pub tmpfs_size: String,
@@ -214,6 +222,17 @@ impl TryFrom<Args> for Settings {
                         .collect(),
                     audience: args.broker_audience,
                 }),
+            },
+            agent: match args.agent_socket_dir {
+                dir if !dir.starts_with('/') || dir.split('/').any(|part| part == "..") => {
+                    return Err(Error::Config(format!(
+                        "PHANTOM_AGENT_SOCKET_DIR (--agent-socket-dir) {dir:?} is not an absolute path without `..`; it is mounted into pods as a hostPath"
+                    )));
+                }
+                socket_dir => crate::config::AgentConfig {
+                    socket_dir,
+                    audience: args.agent_audience,
+                },
             },
             ..InjectConfig::default()
         };

@@ -39,7 +39,29 @@ pub struct InjectConfig {
     /// Port of the sidecar's `/metrics`, `/healthz`, `/readyz` (0: off). Not used for
     /// `hostNetwork` pods, where every pod on the node would want the same port.
     pub proxy_status_port: u16,
+    /// Where pods in injection mode `daemonset` reach the node agent.
+    pub agent: AgentConfig,
 }
+
+/// The node agent as pods in injection mode `daemonset` reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// The agent's socket directory on every node (mounted into the pods as a hostPath).
+    pub socket_dir: String,
+    /// Audience of the projected token a pod proves itself with to the agent.
+    pub audience: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            socket_dir: DEFAULT_AGENT_SOCKET_DIR.into(),
+            audience: DEFAULT_AGENT_AUDIENCE.into(),
+        }
+    }
+}
+
+pub use phantom_crds::wellknown::{DEFAULT_AGENT_AUDIENCE, DEFAULT_AGENT_SOCKET_DIR};
 
 /// Where sidecars find the attestation broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +90,7 @@ impl Default for InjectConfig {
             openbao_client_cert_secret: None,
             proxy_status_port: 9102,
             broker: None,
+            agent: AgentConfig::default(),
         }
     }
 }

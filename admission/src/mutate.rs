@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource, SeccompProfile,
-    SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, Pod, PodSpec, Probe,
+    ProjectedVolumeSource, SeccompProfile, SecretVolumeSource, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -45,11 +45,12 @@ pub fn is_injected(pod: &Pod) -> bool {
         .annotations
         .as_ref()
         .is_some_and(|a| a.get(INJECTED_ANNOTATION).is_some_and(|v| v == "true"));
+    // A sidecar, or in daemonset mode the init container that carries the agent's plan.
     let has_proxy = pod.spec.as_ref().is_some_and(|s| {
         s.containers
             .iter()
             .chain(s.init_containers.iter().flatten())
-            .any(|c| c.name == PROXY_CONTAINER)
+            .any(|c| c.name == PROXY_CONTAINER || c.name == INIT_CONTAINER)
     });
     annotated && has_proxy
 }
@@ -72,10 +73,11 @@ pub fn mutate(
     }
     let injection = decision.injection.clone().unwrap_or_default();
     let policy = decision.deciding_policy.as_deref().unwrap_or("-");
-    if injection.mode == InjectionMode::Daemonset {
-        return Err(Error::Inject(format!(
-            "PhantomPolicy {policy} asks for injection mode daemonset, which needs the per-node Phantom agent; this release does not ship it. Set spec.injection.mode to sidecar, native-sidecar or init-only"
-        )));
+    // daemonset: no sidecar; the wrapped containers ask the node agent, which proves who they
+    // are from the kernel and their own token.
+    let agent = injection.mode == InjectionMode::Daemonset;
+    if agent {
+        refuse_for_agent(plan, key_release, policy)?;
     }
     let mut out = pod.clone();
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
@@ -98,12 +100,15 @@ pub fn mutate(
         .iter_mut()
         .filter(|c| targets.contains(&c.name))
     {
-        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
-        mounts.push(sub_mount(SECRETS_VOLUME, FILES_SUBPATH, SECRETS_DIR));
-        let env = c.env.get_or_insert_with(Vec::new);
-        env.push(literal("PHANTOM_SECRETS_DIR", SECRETS_DIR));
+        if !agent {
+            let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+            mounts.push(sub_mount(SECRETS_VOLUME, FILES_SUBPATH, SECRETS_DIR));
+            let env = c.env.get_or_insert_with(Vec::new);
+            env.push(literal("PHANTOM_SECRETS_DIR", SECRETS_DIR));
+        }
         let own_user = c.security_context.as_ref().and_then(|s| s.run_as_user);
-        if own_user.or(pod_user).is_none()
+        if !agent
+            && own_user.or(pod_user).is_none()
             && c.security_context
                 .as_ref()
                 .and_then(|s| s.run_as_non_root)
@@ -133,6 +138,19 @@ pub fn mutate(
         c.command = Some(wrapped);
         let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
         mounts.push(mount(BIN_VOLUME, BIN_DIR));
+        if agent {
+            // The node's agent socket; the agent learns the container from the caller's cgroup
+            // and the pod from the token, so one socket serves every container.
+            mounts.push(mount(AGENT_VOLUME, AGENT_DIR));
+            mounts.push(mount(AGENT_TOKEN_VOLUME, AGENT_TOKEN_DIR));
+            let env = c.env.get_or_insert_with(Vec::new);
+            env.push(literal("PHANTOM_SOCKET", AGENT_SOCKET_PATH));
+            env.push(literal(
+                AGENT_TOKEN_ENV,
+                &format!("{AGENT_TOKEN_DIR}/token"),
+            ));
+            continue;
+        }
         // Its own socket directory only: the socket it reaches is the proof of who it is.
         mounts.push(sub_mount(
             SECRETS_VOLUME,
@@ -152,12 +170,30 @@ pub fn mutate(
     if !init_only {
         volumes.push(empty_dir(BIN_VOLUME, None, "64Mi"));
     }
-    volumes.push(empty_dir(SECRETS_VOLUME, Some("Memory"), &tmpfs));
+    if !agent {
+        volumes.push(empty_dir(SECRETS_VOLUME, Some("Memory"), &tmpfs));
+    }
     volumes.push(token_volume(
         TOKEN_VOLUME,
         &config.openbao_audience,
         config.token_expiration_seconds,
     ));
+    if agent {
+        volumes.push(Volume {
+            name: AGENT_VOLUME.into(),
+            host_path: Some(HostPathVolumeSource {
+                path: config.agent.socket_dir.clone(),
+                // The agent makes it; a node without the agent keeps the pod in Init, saying so.
+                type_: Some("DirectoryOrCreate".into()),
+            }),
+            ..Default::default()
+        });
+        volumes.push(token_volume(
+            AGENT_TOKEN_VOLUME,
+            &config.agent.audience,
+            config.token_expiration_seconds,
+        ));
+    }
     let broker = config
         .broker
         .as_ref()
@@ -169,7 +205,12 @@ pub fn mutate(
             config.token_expiration_seconds,
         ));
     }
-    if let Some(secret) = &config.openbao_client_cert_secret {
+    // The agent presents its own client certificate; the pod needs none.
+    if let Some(secret) = config
+        .openbao_client_cert_secret
+        .as_ref()
+        .filter(|_| !agent)
+    {
         volumes.push(Volume {
             name: CLIENT_CERT_VOLUME.into(),
             secret: Some(SecretVolumeSource {
@@ -184,6 +225,13 @@ pub fn mutate(
     let host_network = spec.host_network == Some(true);
 
     let security = injected_security(spec, run_as_user);
+    if agent {
+        let init = agent_init_container(config, plan, key_release, &targets, &security)?;
+        spec.init_containers
+            .get_or_insert_with(Vec::new)
+            .insert(0, init);
+        return finish(pod, out, decision, sealing);
+    }
     let init = init_container(config, &targets, &security);
     let mut proxy = proxy_container(decision, plan, key_release, &targets, config, &security)?;
     if config.proxy_status_port != 0 && !host_network {
@@ -207,9 +255,13 @@ pub fn mutate(
             proxy.args = Some(vec!["--once".into()]);
             inits.insert(0, proxy);
         }
-        InjectionMode::Daemonset => unreachable!("refused above"),
+        InjectionMode::Daemonset => unreachable!("returned above"),
     }
+    finish(pod, out, decision, sealing)
+}
 
+/// Records the decision on the injected pod, seals it and diffs it against the request's pod.
+fn finish(pod: &Pod, mut out: Pod, decision: &Decision, sealing: &Sealing) -> Result<Patch> {
     let mut recorded = decision_annotations(decision, Outcome::Injected);
     recorded.insert(INJECTED_ANNOTATION.into(), "true".into());
     out.metadata
@@ -277,6 +329,37 @@ fn diff(before: &Pod, after: &Pod) -> Patch {
     let before = serde_json::to_value(before).unwrap_or_default();
     let after = serde_json::to_value(after).unwrap_or_default();
     json_patch::diff(&before, &after)
+}
+
+/// What the node agent cannot do yet (daemonset mode): write files into the pod's volume, and
+/// ask the attestation broker for attested key release. Refused here with what to change; the
+/// agent refuses the same plans again, since a pod creator is not bound to come through here.
+fn refuse_for_agent(
+    plan: &[BindingPlan],
+    key_release: Option<&KeyReleasePlan>,
+    policy: &str,
+) -> Result<()> {
+    for binding in plan {
+        for item in &binding.spec.secrets {
+            if item.delivery.iter().any(|d| d.kind == DeliveryKind::File) {
+                return Err(Error::Inject(format!(
+                    "PhantomPolicy {policy} injects in daemonset mode, where the node agent delivers environment variables and socket secrets; SecretBinding {} delivers secret {} as a file, which needs the pod's sidecar in this release. Deliver it as env or socket, or use injection mode sidecar",
+                    binding.name, item.name
+                )));
+            }
+        }
+    }
+    if let Some(requirements) = key_release
+        .map(|k| &k.requirements)
+        .filter(|r| !r.is_empty())
+    {
+        let names: Vec<&str> = requirements.iter().map(|r| r.name.as_str()).collect();
+        return Err(Error::Inject(format!(
+            "PhantomPolicy {policy} injects in daemonset mode, but key release for this pod gates on attestation ({}), which the node agent does not perform in this release; use injection mode sidecar for attested pods",
+            names.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// In init-only mode every delivery must be a file: env and socket need the running sidecar.
@@ -513,6 +596,58 @@ fn init_container(
         security_context: Some(security.clone()),
         ..Default::default()
     }
+}
+
+/// daemonset mode: copies `phantom-exec` into place and waits for the node agent to answer, so
+/// that a node without a running agent holds the pod in Init with a message. It carries the
+/// plans the agent reads from the pod as stored (container specs cannot change after creation)
+/// and mounts the OpenBao-audience token, which the agent reads from the kubelet's copy to log
+/// in as the pod; no container of the application mounts it.
+fn agent_init_container(
+    config: &InjectConfig,
+    plan: &[BindingPlan],
+    key_release: Option<&KeyReleasePlan>,
+    wrapped: &[String],
+    security: &SecurityContext,
+) -> Result<Container> {
+    let mut env = vec![
+        literal(
+            PLAN_ENV,
+            &serde_json::to_string(plan)
+                .map_err(|e| Error::Config(format!("encoding the agent's plan: {e}")))?,
+        ),
+        literal(WRAPPED_ENV, &wrapped.join(",")),
+    ];
+    if let Some(key_release) = key_release.filter(|k| !k.policies.is_empty()) {
+        let json = serde_json::to_string(key_release)
+            .map_err(|e| Error::Config(format!("encoding the agent's key-release plan: {e}")))?;
+        env.push(literal(KEY_RELEASE_ENV, &json));
+    }
+    Ok(Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(config.exec_image.clone()),
+        image_pull_policy: Some(config.image_pull_policy.clone()),
+        command: Some(vec![
+            "/phantom-exec".to_owned(),
+            "install".to_owned(),
+            EXEC_PATH.to_owned(),
+            "--agent".to_owned(),
+            AGENT_SOCKET_PATH.to_owned(),
+        ]),
+        env: Some(env),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                read_only: None,
+                ..mount(BIN_VOLUME, BIN_DIR)
+            },
+            mount(TOKEN_VOLUME, TOKEN_DIR),
+            mount(AGENT_VOLUME, AGENT_DIR),
+        ]),
+        resources: Some(resources("10m", "8Mi", "16Mi")),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(security.clone()),
+        ..Default::default()
+    })
 }
 
 /// The sidecar. It runs as the wrapped containers' user (when they set one) so that the 0400 files

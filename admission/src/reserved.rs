@@ -32,21 +32,25 @@ pub const CONTAINERS: [&str; 2] = [PROXY_CONTAINER, INIT_CONTAINER];
 
 /// Volumes admission adds; a user container mounting one by name would get the secrets, the
 /// token or the wrapper once admission adds the volume.
-pub const VOLUMES: [&str; 5] = [
+pub const VOLUMES: [&str; 7] = [
     BIN_VOLUME,
     SECRETS_VOLUME,
     TOKEN_VOLUME,
     CLIENT_CERT_VOLUME,
     BROKER_TOKEN_VOLUME,
+    AGENT_VOLUME,
+    AGENT_TOKEN_VOLUME,
 ];
 
 /// Environment variables admission sets on wrapped containers (and the plans it hands the
 /// sidecar): a user-set copy would redirect `phantom-exec` or shadow Phantom's value.
-pub const ENV: [&str; 4] = [
+pub const ENV: [&str; 6] = [
     "PHANTOM_SOCKET",
     "PHANTOM_SECRETS_DIR",
     PLAN_ENV,
     KEY_RELEASE_ENV,
+    AGENT_TOKEN_ENV,
+    WRAPPED_ENV,
 ];
 
 /// Where a reserved name was found; [`std::fmt::Display`] says what to remove.

@@ -117,6 +117,12 @@ mod tests {
 /// The audience a pod's projected token carries for the attestation broker.
 pub const BROKER_AUDIENCE: &str = "phantom-broker";
 
+/// The node agent's socket directory on the node, by default (phantom-admission mounts it into
+/// daemonset-mode pods; phantom-agent binds its socket there).
+pub const DEFAULT_AGENT_SOCKET_DIR: &str = "/var/run/phantom-agent";
+/// The audience of the token pods present to the node agent, by default.
+pub const DEFAULT_AGENT_AUDIENCE: &str = "phantom-agent";
+
 /// The memory-access guard's heartbeat: one Lease per node, `phantom-guard-<node>` in the guard's
 /// namespace, labelled [`guard::LEASE_LABEL`]`=true`, its annotations saying how it runs.
 pub mod guard {
@@ -174,4 +180,24 @@ pub mod injected {
     pub const BROKER_TOKEN_DIR: &str = "/var/run/secrets/phantom.dev/broker";
     /// Name of the sidecar's status port (`/metrics`, `/healthz`, `/readyz`).
     pub const STATUS_PORT_NAME: &str = "phantom-status";
+    /// Injection mode `daemonset`: the node agent's socket directory (a hostPath volume).
+    pub const AGENT_VOLUME: &str = "phantom-agent";
+    /// Where [`AGENT_VOLUME`] is mounted (read-only) in the wrapped and init containers.
+    pub const AGENT_DIR: &str = "/var/run/phantom.dev/agent";
+    /// The agent's socket inside [`AGENT_DIR`] (and inside the agent's host directory).
+    pub const AGENT_SOCKET_NAME: &str = "agent.sock";
+    /// The agent's socket as a wrapped container sees it.
+    pub const AGENT_SOCKET_PATH: &str = "/var/run/phantom.dev/agent/agent.sock";
+    /// Projected ServiceAccount token with the node agent's audience: what a wrapped container
+    /// proves its pod with to the agent.
+    pub const AGENT_TOKEN_VOLUME: &str = "phantom-agent-token";
+    /// Where [`AGENT_TOKEN_VOLUME`] is mounted (the wrapped containers).
+    pub const AGENT_TOKEN_DIR: &str = "/var/run/secrets/phantom.dev/agent";
+    /// The variable naming the agent token file for `phantom-exec`.
+    pub const AGENT_TOKEN_ENV: &str = "PHANTOM_AGENT_TOKEN";
+    /// The header `phantom-exec` sends the agent token in.
+    pub const AGENT_TOKEN_HEADER: &str = "x-phantom-agent-token";
+    /// The variable on [`INIT_CONTAINER`] listing the wrapped containers (the agent reads the
+    /// plan, the key-release plan and this from the pod as stored).
+    pub const WRAPPED_ENV: &str = "PHANTOM_WRAPPED_CONTAINERS";
 }

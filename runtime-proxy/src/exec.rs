@@ -25,6 +25,8 @@ pub enum Invocation {
     Install {
         dest: PathBuf,
         layout: Option<Layout>,
+        /// daemonset mode: wait until the node agent answers on this socket.
+        agent: Option<PathBuf>,
     },
     /// `phantom-exec --container <name> -- <argv...>`.
     Run {
@@ -46,11 +48,17 @@ Usage: phantom-exec --container <name> -- <command> [args...]
        phantom-exec install <dest> [--volume <dir> <container>...]
                                         (copy this binary to <dest> and lay out the secrets volume
                                         for the wrapped containers; the init container does this)
+       phantom-exec install <dest> --agent <socket>
+                                        (injection mode daemonset: copy this binary to <dest> and
+                                        wait until the node agent answers on <socket>)
 
 Environment:
   PHANTOM_SOCKET             this container's socket [default: /phantom/socket/proxy.sock]
-  PHANTOM_EXEC_WAIT_SECONDS  how long to wait for the sidecar, 1-86400 [default: 120]; once
-                             connected it must answer within this or 30 s, whichever is less
+  PHANTOM_AGENT_TOKEN        daemonset mode: the projected token file this container proves its
+                             pod with to the node agent
+  PHANTOM_EXEC_WAIT_SECONDS  how long to wait for the sidecar or the agent, 1-86400
+                             [default: 120]; once connected it must answer within this or 30 s,
+                             whichever is less
 
 Before the command runs, core dumps are switched off (RLIMIT_CORE 0, soft and hard): the
 application's environment holds its secrets.
@@ -60,7 +68,7 @@ Exit codes (before the command runs): 64 bad arguments, 70 the sidecar could not
 ";
 
 pub fn parse(args: Vec<OsString>) -> Result<Invocation> {
-    let usage = "usage: phantom-exec --container <name> -- <command> [args...] | phantom-exec install <dest> [--volume <dir> <container>...]";
+    let usage = "usage: phantom-exec --container <name> -- <command> [args...] | phantom-exec install <dest> [--volume <dir> <container>... | --agent <socket>]";
     let mut args = args.into_iter();
     match args.next().as_ref().and_then(|a| a.to_str()) {
         Some("--help" | "-h") => Ok(Invocation::Help),
@@ -68,8 +76,17 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation> {
             let Some(dest) = args.next() else {
                 return Err(Error::Delivery(usage.into()));
             };
+            let mut agent = None;
             let layout = match args.next() {
                 None => None,
+                Some(flag) if flag == "--agent" => {
+                    let socket = args.next().ok_or_else(|| Error::Delivery(usage.into()))?;
+                    if args.next().is_some() {
+                        return Err(Error::Delivery(usage.into()));
+                    }
+                    agent = Some(PathBuf::from(socket));
+                    None
+                }
                 Some(flag) if flag == "--volume" => {
                     let volume = args.next().ok_or_else(|| Error::Delivery(usage.into()))?;
                     let containers = args
@@ -94,6 +111,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation> {
             Ok(Invocation::Install {
                 dest: dest.into(),
                 layout,
+                agent,
             })
         }
         Some("--container") => {
@@ -205,36 +223,153 @@ struct EnvAnswer {
     env: BTreeMap<String, SecretValue>,
 }
 
-/// Asks the sidecar at `socket` for `container`'s variables, waiting up to `wait` for the socket
-/// to accept connections (the sidecar may still be fetching from OpenBao).
-pub async fn fetch_env(
+/// Who answers on the socket: the pod's sidecar, or (daemonset mode, with the container's token
+/// to prove its pod) the node agent.
+#[derive(Debug)]
+pub enum Server {
+    Sidecar,
+    Agent { token: SecretValue },
+}
+
+impl Server {
+    /// The agent when `PHANTOM_AGENT_TOKEN` names the token file (read now), else the sidecar.
+    pub fn from_env(token_path: Option<&Path>) -> Result<Self> {
+        let Some(path) = token_path else {
+            return Ok(Self::Sidecar);
+        };
+        let token = std::fs::read_to_string(path).map_err(|e| {
+            Error::Delivery(format!(
+                "reading the agent token {} (PHANTOM_AGENT_TOKEN): {e}; is the phantom-agent-token volume mounted?",
+                path.display()
+            ))
+        })?;
+        Ok(Self::Agent {
+            token: SecretValue::new(token.trim().to_owned()),
+        })
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Self::Sidecar => "the Phantom sidecar",
+            Self::Agent { .. } => "the Phantom node agent",
+        }
+    }
+
+    fn what_to_check(&self) -> &'static str {
+        match self {
+            Self::Sidecar => {
+                "check the phantom-proxy container's log and status (is OpenBao reachable?)"
+            }
+            Self::Agent { .. } => {
+                "check that phantom-agent runs on this node and its log (is OpenBao reachable?)"
+            }
+        }
+    }
+}
+
+/// Connects to `socket`, retrying until `deadline` (the sidecar may still be fetching, the agent
+/// starting).
+async fn connect(
     socket: &Path,
-    container: &str,
+    server: &Server,
     wait: Duration,
-) -> Result<BTreeMap<String, SecretValue>> {
-    // A wait beyond any real deadline (refused by `wait_from`) cannot overflow the clock either.
-    let deadline = Instant::now()
-        .checked_add(wait.min(MAX_WAIT))
-        .unwrap_or_else(Instant::now);
-    let stream = loop {
+    deadline: Instant,
+) -> Result<tokio::net::UnixStream> {
+    let mut told = false;
+    loop {
         match tokio::net::UnixStream::connect(socket).await {
-            Ok(s) => break s,
+            Ok(s) => return Ok(s),
             Err(e) if Instant::now() >= deadline => {
                 return Err(Error::Delivery(format!(
-                    "the Phantom sidecar's socket {} did not accept connections within {wait:?} ({e}); check the phantom-proxy container's log and status (is OpenBao reachable?)",
+                    "{}'s socket {} did not accept connections within {wait:?} ({e}); {}",
+                    server.describe(),
+                    socket.display(),
+                    server.what_to_check()
+                )));
+            }
+            Err(e) => {
+                // A pod waiting for a node agent that is down sits in Init with nothing else to
+                // show why: say it once, in the container's log (`kubectl logs -c phantom-init`).
+                if !told && matches!(server, Server::Agent { .. }) {
+                    eprintln!(
+                        "phantom-exec: waiting up to {wait:?} for {} on {} ({e}); {}",
+                        server.describe(),
+                        socket.display(),
+                        server.what_to_check()
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+        }
+    }
+}
+
+fn deadline_after(wait: Duration) -> Instant {
+    // A wait beyond any real deadline (refused by `wait_from`) cannot overflow the clock either.
+    Instant::now()
+        .checked_add(wait.min(MAX_WAIT))
+        .unwrap_or_else(Instant::now)
+}
+
+/// daemonset mode, in the init container: waits up to `wait` until the node agent answers
+/// `GET /v1/healthz` on `socket` (any answer: the agent is up; what it serves this pod is asked
+/// later, by the wrapped containers).
+pub async fn wait_for_agent(socket: &Path, wait: Duration) -> Result<()> {
+    let deadline = deadline_after(wait);
+    let server = Server::Agent {
+        token: SecretValue::new(String::new()),
+    };
+    loop {
+        let stream = connect(socket, &server, wait, deadline).await?;
+        let asked = tokio::time::timeout(ANSWER_TIMEOUT.min(wait), async {
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let request = hyper::Request::get("/v1/healthz")
+                .header(hyper::header::HOST, "phantom-agent")
+                .body(Empty::<bytes::Bytes>::new())
+                .expect("a static request");
+            sender.send_request(request).await
+        })
+        .await;
+        match asked {
+            Ok(Ok(_)) => return Ok(()),
+            _ if Instant::now() >= deadline => {
+                return Err(Error::Delivery(format!(
+                    "the Phantom node agent did not answer on {} within {wait:?}; this pod uses injection mode daemonset: check that phantom-agent runs on this node and its log",
                     socket.display()
                 )));
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
+    }
+}
+
+/// Asks the sidecar (or the node agent) at `socket` for `container`'s variables, waiting up to
+/// `wait` for the socket to accept connections (the sidecar may still be fetching from OpenBao).
+pub async fn fetch_env(
+    socket: &Path,
+    container: &str,
+    server: &Server,
+    wait: Duration,
+) -> Result<BTreeMap<String, SecretValue>> {
+    let deadline = deadline_after(wait);
+    let stream = connect(socket, server, wait, deadline).await?;
+    // The agent fetches from OpenBao when asked (the sidecar before it listens): it gets the
+    // whole wait.
+    let answer_timeout = match server {
+        Server::Sidecar => ANSWER_TIMEOUT.min(wait),
+        Server::Agent { .. } => wait.min(MAX_WAIT),
     };
-    let answer_timeout = ANSWER_TIMEOUT.min(wait);
-    tokio::time::timeout(answer_timeout, ask(stream, container))
+    tokio::time::timeout(answer_timeout, ask(stream, container, server))
         .await
         .map_err(|_| {
             Error::Delivery(format!(
-                "the Phantom sidecar accepted the connection on {} but did not answer within {answer_timeout:?}; check the phantom-proxy container's log",
-                socket.display()
+                "{} accepted the connection on {} but did not answer within {answer_timeout:?}; {}",
+                server.describe(),
+                socket.display(),
+                server.what_to_check()
             ))
         })?
 }
@@ -243,33 +378,44 @@ pub async fn fetch_env(
 async fn ask(
     stream: tokio::net::UnixStream,
     container: &str,
+    server: &Server,
 ) -> Result<BTreeMap<String, SecretValue>> {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| Error::Delivery(format!("talking to the sidecar: {e}")))?;
+        .map_err(|e| Error::Delivery(format!("talking to {}: {e}", server.describe())))?;
     tokio::spawn(connection);
-    let request = hyper::Request::get(format!("/v1/env?container={container}"))
+    let mut request = hyper::Request::get(format!("/v1/env?container={container}"))
         .header(hyper::header::HOST, "phantom-proxy")
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| Error::Delivery(e.to_string()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| Error::Delivery(format!("asking the sidecar for the environment: {e}")))?;
+    if let Server::Agent { token } = server {
+        let value = phantom_openbao::secret::wiping_header(token)
+            .ok_or_else(|| Error::Delivery("the agent token is not a valid header value".into()))?;
+        request
+            .headers_mut()
+            .insert(phantom_crds::wellknown::injected::AGENT_TOKEN_HEADER, value);
+    }
+    let response = sender.send_request(request).await.map_err(|e| {
+        Error::Delivery(format!(
+            "asking {} for the environment: {e}",
+            server.describe()
+        ))
+    })?;
     let status = response.status();
     let body = zeroize::Zeroizing::new(
         response
             .into_body()
             .collect()
             .await
-            .map_err(|e| Error::Delivery(format!("reading the sidecar's answer: {e}")))?
+            .map_err(|e| Error::Delivery(format!("reading {}'s answer: {e}", server.describe())))?
             .to_bytes()
             .to_vec(),
     );
     if !status.is_success() {
         // Error answers carry a message, never values.
         return Err(Error::Delivery(format!(
-            "the sidecar refused the environment of container {container} ({status}): {}",
+            "{} refused the environment of container {container} ({status}): {}",
+            server.describe(),
             String::from_utf8_lossy(&body)
                 .chars()
                 .take(500)
@@ -278,7 +424,8 @@ async fn ask(
     }
     let answer: EnvAnswer = serde_json::from_slice(&body).map_err(|e| {
         Error::Delivery(format!(
-            "the sidecar's answer is not {{\"env\": {{...}}}}: {e}"
+            "{}'s answer is not {{\"env\": {{...}}}}: {e}",
+            server.describe()
         ))
     })?;
     Ok(answer.env)
@@ -335,6 +482,7 @@ mod tests {
             Invocation::Install {
                 dest: "/phantom/bin/phantom-exec".into(),
                 layout: None,
+                agent: None,
             }
         );
         assert_eq!(
@@ -345,8 +493,19 @@ mod tests {
                     volume: "/v".into(),
                     containers: vec!["app".into(), "log".into()],
                 }),
+                agent: None,
             }
         );
+        assert_eq!(
+            parse(os(&["install", "/b/x", "--agent", "/a/agent.sock"])).expect("install"),
+            Invocation::Install {
+                dest: "/b/x".into(),
+                layout: None,
+                agent: Some("/a/agent.sock".into()),
+            }
+        );
+        assert!(parse(os(&["install", "/b/x", "--agent"])).is_err());
+        assert!(parse(os(&["install", "/b/x", "--agent", "/a", "extra"])).is_err());
         assert!(parse(os(&["install", "/b/x", "--volume", "/v", "../etc"])).is_err());
         assert!(parse(os(&["install", "/b/x", "--other"])).is_err());
         for bad in [

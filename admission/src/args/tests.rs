@@ -133,3 +133,23 @@ fn the_inflight_budget_must_hold_one_largest_request() {
     );
     assert!(parse(&[("max-connections", "0")]).is_err());
 }
+
+#[test]
+fn the_agent_socket_dir_must_be_an_absolute_host_path() {
+    let s = settings(&[]).expect("defaults");
+    assert_eq!(s.inject.agent.socket_dir, "/var/run/phantom-agent");
+    assert_eq!(s.inject.agent.audience, "phantom-agent");
+    let s = settings(&[
+        ("agent-socket-dir", "/run/phantom"),
+        ("agent-audience", "node-agent"),
+    ])
+    .expect("settings");
+    assert_eq!(s.inject.agent.socket_dir, "/run/phantom");
+    assert_eq!(s.inject.agent.audience, "node-agent");
+    for bad in ["run/phantom", "/run/../etc", ""] {
+        let err = settings(&[("agent-socket-dir", bad)])
+            .expect_err(bad)
+            .to_string();
+        assert!(err.contains("PHANTOM_AGENT_SOCKET_DIR"), "{bad}: {err}");
+    }
+}

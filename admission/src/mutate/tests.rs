@@ -242,18 +242,136 @@ fn native_sidecar_and_init_only_place_the_proxy_among_init_containers() {
     );
 }
 
+fn binding(delivery: Value) -> Vec<BindingPlan> {
+    vec![BindingPlan {
+        name: "db".into(),
+        spec: serde_json::from_value(json!({
+            "selector": {"podSelector": {}}, "openbao": {"role": "shop"},
+            "secrets": [{"name": "pw", "path": "shop/db", "key": "password", "delivery": [delivery]}]
+        }))
+        .expect("spec"),
+    }]
+}
+
 #[test]
-fn daemonset_mode_is_refused_with_what_to_change() {
-    let err = mutate(
-        &web(),
-        &decision(InjectionMode::Daemonset),
-        &[],
+fn daemonset_mode_asks_the_node_agent_with_no_sidecar() {
+    let original = web();
+    let plan = binding(json!({"kind": "env", "name": "PW"}));
+    let d = decision(InjectionMode::Daemonset);
+    let patch = mutate(
+        &original,
+        &d,
+        &plan,
         None,
         &InjectConfig::default(),
         &sealing(),
     )
-    .expect_err("no node agent");
-    assert!(err.to_string().contains("spec.injection.mode"), "{err}");
+    .expect("injects");
+    let out = apply(&original, &patch);
+    assert!(is_injected(&out), "judged injected on UPDATE too");
+    let spec = out.spec.as_ref().expect("spec");
+    assert_eq!(names(&Some(spec.containers.clone())), ["app", "metrics"]);
+    assert_eq!(names(&spec.init_containers), ["phantom-init"]);
+    let init = &spec.init_containers.as_ref().expect("init")[0];
+    assert_eq!(
+        init.command.as_deref().expect("command")[3..],
+        ["--agent", AGENT_SOCKET_PATH]
+    );
+    let init_env: BTreeMap<&str, &str> = init
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or_default()))
+        .collect();
+    let handed: Vec<BindingPlan> = serde_json::from_str(init_env[PLAN_ENV]).expect("plan");
+    assert_eq!(handed[0].name, "db");
+    assert_eq!(init_env[WRAPPED_ENV], "app,metrics");
+    let init_mounts: Vec<&str> = init
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(init_mounts, [BIN_VOLUME, TOKEN_VOLUME, AGENT_VOLUME]);
+    let app = &spec.containers[0];
+    let app_mounts: Vec<(&str, bool)> = app
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), m.read_only == Some(true)))
+        .collect();
+    assert_eq!(
+        app_mounts,
+        [
+            (BIN_VOLUME, true),
+            (AGENT_VOLUME, true),
+            (AGENT_TOKEN_VOLUME, true)
+        ],
+        "never the OpenBao token: the agent reads it from the kubelet"
+    );
+    let app_env: BTreeMap<&str, &str> = app
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or_default()))
+        .collect();
+    assert_eq!(app_env["PHANTOM_SOCKET"], AGENT_SOCKET_PATH);
+    assert_eq!(
+        app_env[AGENT_TOKEN_ENV],
+        "/var/run/secrets/phantom.dev/agent/token"
+    );
+    let volumes = spec.volumes.as_ref().expect("volumes");
+    let host = volumes
+        .iter()
+        .find(|v| v.name == AGENT_VOLUME)
+        .and_then(|v| v.host_path.as_ref())
+        .expect("the agent's directory");
+    assert_eq!(host.path, "/var/run/phantom-agent");
+    let agent_token = volumes
+        .iter()
+        .find(|v| v.name == AGENT_TOKEN_VOLUME)
+        .and_then(|v| v.projected.as_ref())
+        .and_then(|p| p.sources.as_ref())
+        .and_then(|s| s[0].service_account_token.as_ref())
+        .expect("the agent token");
+    assert_eq!(agent_token.audience.as_deref(), Some("phantom-agent"));
+    assert!(volumes.iter().all(|v| v.name != SECRETS_VOLUME));
+}
+
+#[test]
+fn daemonset_mode_refuses_what_the_agent_cannot_deliver_yet() {
+    let err = mutate(
+        &web(),
+        &decision(InjectionMode::Daemonset),
+        &binding(json!({"kind": "file", "path": "pw"})),
+        None,
+        &InjectConfig::default(),
+        &sealing(),
+    )
+    .expect_err("files need the sidecar");
+    assert!(
+        err.to_string()
+            .contains("SecretBinding db delivers secret pw as a file")
+            && err.to_string().contains("injection mode sidecar"),
+        "{err}"
+    );
+    let gated: KeyReleasePlan = serde_json::from_value(json!({
+        "policyDigest": "d",
+        "policies": [{"name": "p", "keyRelease": {"attestationRequirementRef": {"name": "prod-snp"}}}],
+        "requirements": [{"name": "prod-snp", "spec": {"teeTypes": ["sev-snp"]}}],
+        "pod": {}
+    }))
+    .expect("plan");
+    let err = mutate(
+        &web(),
+        &decision(InjectionMode::Daemonset),
+        &binding(json!({"kind": "env", "name": "PW"})),
+        Some(&gated),
+        &InjectConfig::default(),
+        &sealing(),
+    )
+    .expect_err("attestation needs the sidecar");
+    assert!(err.to_string().contains("prod-snp"), "{err}");
 }
 
 #[test]

@@ -6,7 +6,9 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use phantom_runtime_proxy::exec::{Invocation, command, fetch_env, install, parse, wait_from};
+use phantom_runtime_proxy::exec::{
+    Invocation, Server, command, fetch_env, install, parse, wait_for_agent, wait_from,
+};
 use phantom_runtime_proxy::harden::disable_core_dumps;
 
 fn main() -> ExitCode {
@@ -22,8 +24,23 @@ fn main() -> ExitCode {
             print!("{}", phantom_runtime_proxy::exec::HELP);
             ExitCode::SUCCESS
         }
-        Invocation::Install { dest, layout } => {
-            match install(&dest).and_then(|()| layout.as_ref().map_or(Ok(()), |l| l.create())) {
+        Invocation::Install {
+            dest,
+            layout,
+            agent,
+        } => {
+            if let Err(e) =
+                install(&dest).and_then(|()| layout.as_ref().map_or(Ok(()), |l| l.create()))
+            {
+                eprintln!("phantom-exec: {e}");
+                return ExitCode::from(70);
+            }
+            let Some(socket) = agent else {
+                return ExitCode::SUCCESS;
+            };
+            let waited = wait_from(std::env::var("PHANTOM_EXEC_WAIT_SECONDS").ok().as_deref())
+                .and_then(|wait| runtime()?.block_on(wait_for_agent(&socket, wait)));
+            match waited {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("phantom-exec: {e}");
@@ -52,24 +69,18 @@ fn main() -> ExitCode {
                     return ExitCode::from(64);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("phantom-exec: starting: {e}");
-                    return ExitCode::from(70);
-                }
-            };
-            let env = match runtime.block_on(fetch_env(&socket, &container, wait)) {
+            let agent_token = std::env::var_os(phantom_crds::wellknown::injected::AGENT_TOKEN_ENV)
+                .map(PathBuf::from);
+            let fetched = Server::from_env(agent_token.as_deref()).and_then(|server| {
+                runtime()?.block_on(fetch_env(&socket, &container, &server, wait))
+            });
+            let env = match fetched {
                 Ok(env) => env,
                 Err(e) => {
                     eprintln!("phantom-exec: {e}");
                     return ExitCode::from(70);
                 }
             };
-            drop(runtime);
             let names: Vec<&str> = env.keys().map(String::as_str).collect();
             eprintln!(
                 "phantom-exec: container {container}: {} variable(s) from Phantom ({})",
@@ -82,4 +93,11 @@ fn main() -> ExitCode {
             ExitCode::from(127)
         }
     }
+}
+
+fn runtime() -> phantom_runtime_proxy::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| phantom_runtime_proxy::Error::Delivery(format!("starting: {e}")))
 }
