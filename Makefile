@@ -32,6 +32,7 @@ DOC_CRATES := phantom-admission phantom-broker phantom-controller phantom-probes
 generate: toolchain tools ## regenerate every checked-in artefact: CRD YAML (crds/yaml, chart/crds), chart/rendered.yaml, the flag references in docs/
 	PHANTOM_GENERATE=1 $(CARGO) test -q -p phantom-crds --test drift
 	PHANTOM_GENERATE=1 $(CARGO) test -q $(addprefix -p ,$(DOC_CRATES)) --test docs
+	PHANTOM_GENERATE=1 $(CARGO) test -q -p phantom-runtime-proxy --features agent --test agent_docs
 	PHANTOM_GENERATE=1 $(CARGO) test -q -p phantom-conformance --test chart -- the_chart_lints_strictly_and_its_rendered_output_is_checked_in
 
 toolchain: bpf-deps ## rustfmt and clippy for the active toolchain (and the eBPF build tools)

@@ -363,6 +363,12 @@ impl Env {
         self.dir.path()
     }
 
+    /// The node's kubelet pods directory (`<root-dir>/pods`: each pod's volumes, the projected
+    /// tokens among them), as the node agent reads it.
+    pub fn kubelet_pods_dir(&self) -> std::path::PathBuf {
+        crate::node::kubelet_pods_dir(self.dir())
+    }
+
     /// The cached tool binaries.
     pub fn tools(&self) -> &Tools {
         &self.tools

@@ -28,6 +28,11 @@ pub const BUSYBOX_IMAGE: &str = "phantom.local/busybox:1";
 pub const MEMORY_READER_IMAGE: &str = "phantom.local/memory-reader:1";
 const MEMORY_READER_SOURCE: &str = include_str!("images/memory-reader.c");
 
+/// The kubelet's pods directory of the node started in `env_dir`.
+pub(crate) fn kubelet_pods_dir(env_dir: &Path) -> PathBuf {
+    env_dir.join("node/kubelet/pods")
+}
+
 /// Binaries the node needs, reported by the install script.
 #[derive(Debug, Clone)]
 pub struct NodeTools {

@@ -301,9 +301,13 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
     ));
 
     // env through the socket, the way phantom-exec asks; the file with mode 0400.
-    let vars =
-        phantom_runtime_proxy::exec::fetch_env(&config.socket_path, "app", Duration::from_secs(5))
-            .await?;
+    let vars = phantom_runtime_proxy::exec::fetch_env(
+        &config.socket_path,
+        "app",
+        &phantom_runtime_proxy::exec::Server::Sidecar,
+        Duration::from_secs(5),
+    )
+    .await?;
     ensure!(
         vars.get("DB_PASSWORD").map(|v| v.expose()) == Some(value.as_str()),
         "env delivery"
@@ -333,8 +337,13 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
         },
     )
     .await?;
-    let during =
-        phantom_runtime_proxy::exec::fetch_env(&socket, "app", Duration::from_secs(5)).await?;
+    let during = phantom_runtime_proxy::exec::fetch_env(
+        &socket,
+        "app",
+        &phantom_runtime_proxy::exec::Server::Sidecar,
+        Duration::from_secs(5),
+    )
+    .await?;
     ensure!(
         during["DB_PASSWORD"].expose() == rotated,
         "the last good value is served during the outage"
@@ -372,8 +381,13 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
         withdrawn_at.elapsed() < config.grace,
         "a refusal does not wait for the grace period"
     );
-    let refused =
-        phantom_runtime_proxy::exec::fetch_env(&socket, "app", Duration::from_secs(2)).await;
+    let refused = phantom_runtime_proxy::exec::fetch_env(
+        &socket,
+        "app",
+        &phantom_runtime_proxy::exec::Server::Sidecar,
+        Duration::from_secs(2),
+    )
+    .await;
     ensure!(
         refused
             .as_ref()
@@ -384,8 +398,13 @@ async fn proxy_delivers_rotates_and_survives_an_outage(env: Arc<Env>) -> anyhow:
     bao.put_kv_read_policy(ns, "secret", &[&format!("{ns}/*")])
         .await?;
     wait_for_file(&file, &rotated).await?;
-    let again =
-        phantom_runtime_proxy::exec::fetch_env(&socket, "app", Duration::from_secs(5)).await?;
+    let again = phantom_runtime_proxy::exec::fetch_env(
+        &socket,
+        "app",
+        &phantom_runtime_proxy::exec::Server::Sidecar,
+        Duration::from_secs(5),
+    )
+    .await?;
     ensure!(
         again["DB_PASSWORD"].expose() == rotated,
         "delivered again once OpenBao serves the pod"

@@ -5,6 +5,8 @@
 //! [`SecretValue`] (zeroized on drop, never printed) carries every value. See
 //! `docs/architecture.md`, "The runtime".
 
+#[cfg(feature = "agent")]
+pub mod agent;
 pub mod args;
 pub mod attested;
 pub mod exec;

@@ -182,12 +182,28 @@ impl Caller {
     }
 }
 
-type Body = BoxBody<Bytes, Infallible>;
+/// An answer of the socket API.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// The socket API's answer to `req` from `caller` (whose process is `peer_pid`): the sidecar's
+/// sockets and the node agent (per pod, for the container the caller proved) answer alike.
+pub fn respond(
+    state: &Arc<SocketState>,
+    req: &Request<Incoming>,
+    peer_pid: Option<i32>,
+    caller: &Caller,
+) -> Response<Body> {
+    if req.uri().path() == "/v1/watch" {
+        watch(state.clone(), caller.clone())
+    } else {
+        route(state, req, peer_pid, caller)
+    }
+}
 
 /// Every answer, values or not, goes out of a buffer wiped when hyper is done with it, and the
 /// JSON it was built from is wiped too (the `/v1/env` and `/v1/secrets/<name>` answers copy
 /// values into it).
-fn answer(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+pub fn answer(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Full::new(phantom_openbao::secret::wiping_json(value)).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -197,7 +213,8 @@ fn answer(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     r
 }
 
-fn error(status: StatusCode, message: String) -> Response<Body> {
+/// `{"error": message}` with `status` (names only: no value ever goes into a message).
+pub fn error(status: StatusCode, message: String) -> Response<Body> {
     answer(status, json!({ "error": message }))
 }
 
@@ -421,11 +438,7 @@ pub fn serve_as(
             let caller = caller.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let response = if req.uri().path() == "/v1/watch" {
-                        watch(state.clone(), caller.clone())
-                    } else {
-                        route(&state, &req, peer_pid, &caller)
-                    };
+                    let response = respond(&state, &req, peer_pid, &caller);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
