@@ -307,17 +307,63 @@ impl Env {
         label_selector: &str,
         timeout: Duration,
     ) -> Result<k8s_openapi::api::core::v1::Pod> {
+        let mut pods = self
+            .running_pods(namespace, label_selector, 1, timeout)
+            .await?;
+        Ok(pods.remove(0))
+    }
+
+    /// Waits up to `timeout` until at least `count` pods of `namespace` matching `label_selector`
+    /// are Running, and returns `count` of them.
+    pub async fn running_pods(
+        &self,
+        namespace: &str,
+        label_selector: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::Pod>> {
         let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client(), namespace);
         let params = kube::api::ListParams::default().labels(label_selector);
         wait::until(
-            format!("a Running pod {label_selector} in {namespace}"),
+            format!("{count} Running pod(s) {label_selector} in {namespace}"),
             timeout,
             Duration::from_millis(300),
             || async {
                 let list = api.list(&params).await?;
-                Ok::<_, kube::Error>(list.items.into_iter().find(|p| {
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                }))
+                let running: Vec<_> = list
+                    .items
+                    .into_iter()
+                    .filter(|p| {
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    })
+                    .take(count)
+                    .collect();
+                Ok::<_, kube::Error>((running.len() == count).then_some(running))
+            },
+        )
+        .await
+    }
+
+    /// Waits up to `timeout` until `container`'s log in `namespace/pod` contains `needle`, and
+    /// returns the log.
+    pub async fn log_containing(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        wait::until(
+            format!("{needle:?} in {namespace}/{pod}'s {container} log"),
+            timeout,
+            Duration::from_millis(300),
+            || async {
+                let log = self
+                    .container_log(namespace, pod, container)
+                    .await
+                    .unwrap_or_default();
+                Ok::<_, Error>(log.contains(needle).then_some(log))
             },
         )
         .await

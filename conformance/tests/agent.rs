@@ -124,20 +124,9 @@ async fn log_of(
     container: &str,
     needle: &str,
 ) -> anyhow::Result<String> {
-    let found = wait::until(
-        format!("{needle:?} in {ns}/{pod}'s {container} log"),
-        Duration::from_secs(90),
-        Duration::from_millis(500),
-        || async {
-            let log = env
-                .container_log(ns, pod, container)
-                .await
-                .unwrap_or_default();
-            Ok::<_, phantom_conformance::Error>(log.contains(needle).then_some(log))
-        },
-    )
-    .await?;
-    Ok(found)
+    Ok(env
+        .log_containing(ns, pod, container, needle, Duration::from_secs(90))
+        .await?)
 }
 
 /// The kubelet's copy of a pod's agent-audience token directory.
@@ -198,21 +187,9 @@ async fn scenario(env: &Env, log: &std::sync::Mutex<Option<PathBuf>>) -> anyhow:
         .create(&PostParams::default(), &deployment)
         .await?;
     let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
-    let running = wait::until(
-        "both replicas Running",
-        Duration::from_secs(150),
-        Duration::from_millis(500),
-        || async {
-            let list = pods.list(&ListParams::default().labels("app=app")).await?;
-            let running: Vec<Pod> = list
-                .items
-                .into_iter()
-                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                .collect();
-            Ok::<_, kube::Error>((running.len() == 2).then_some(running))
-        },
-    )
-    .await?;
+    let running = env
+        .running_pods(&ns, "app=app", 2, Duration::from_secs(150))
+        .await?;
     for pod in &running {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let containers: Vec<&str> = pod

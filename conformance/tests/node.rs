@@ -59,35 +59,14 @@ async fn a_deployment_runs_real_pods(env: Arc<Env>) -> anyhow::Result<()> {
     Api::<Deployment>::namespaced(env.client(), &ns)
         .create(&PostParams::default(), &deployment)
         .await?;
-    let pods: Api<Pod> = Api::namespaced(env.client(), &ns);
-    let running = wait::until(
-        "two Running pods of the Deployment",
-        Duration::from_secs(120),
-        Duration::from_millis(500),
-        || async {
-            let list = pods.list(&ListParams::default().labels("app=app")).await?;
-            let names: Vec<String> = list
-                .items
-                .iter()
-                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                .filter_map(|p| p.metadata.name.clone())
-                .collect();
-            Ok::<_, kube::Error>((names.len() == 2).then_some(names))
-        },
-    )
-    .await?;
-    for pod in running {
-        let log = wait::until(
-            format!("{pod}'s log"),
-            Duration::from_secs(30),
-            Duration::from_millis(250),
-            || async {
-                let log = env.container_log(&ns, &pod, "app").await?;
-                Ok::<_, phantom_conformance::Error>(log.contains(&marker).then_some(log))
-            },
-        )
+    let running = env
+        .running_pods(&ns, "app=app", 2, Duration::from_secs(120))
         .await?;
-        ensure!(log.contains(&marker), "pod {pod} did not print its marker");
+    for pod in running {
+        let name = pod.metadata.name.unwrap_or_default();
+        env.log_containing(&ns, &name, "app", &marker, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("pod {name} did not print its marker"))?;
     }
     Ok(())
 }
@@ -110,19 +89,9 @@ async fn log_of(
     needle: &str,
     what: &str,
 ) -> anyhow::Result<()> {
-    wait::until(
-        format!("{what} in {pod}'s {container} log"),
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || async {
-            let log = env
-                .container_log(ns, pod, container)
-                .await
-                .unwrap_or_default();
-            Ok::<_, phantom_conformance::Error>(log.contains(needle).then_some(()))
-        },
-    )
-    .await?;
+    env.log_containing(ns, pod, container, needle, Duration::from_secs(60))
+        .await
+        .with_context(|| format!("waiting for {what}"))?;
     Ok(())
 }
 
