@@ -3,7 +3,8 @@
 //! proven sufficient by running the controller and admission in-process *as the chart's
 //! ServiceAccounts* (impersonated): they create the webhook configurations, the certificate
 //! Secrets, the Lease, the published set and every status, and admit a pod; and insufficient
-//! where it should be (admission cannot read the CA key).
+//! where it should be (admission cannot read the CA key). The guard's and the node agent's
+//! ServiceAccounts make the API calls their binaries make, and cannot read Secrets.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +56,8 @@ fn showcase_values() -> serde_json::Value {
             "jurisdiction": "DE",
             "collateralConfigMap": "phantom-collateral"
         },
-        "guard": {"enabled": true, "maxAction": "alert"}
+        "guard": {"enabled": true, "maxAction": "alert"},
+        "agent": {"enabled": true}
     })
 }
 
@@ -164,7 +166,8 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
                 "tlsSecret": "phantom-broker-tls",
                 "spkiSha256": ["sha256//BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB="]
             },
-            "guard": {"enabled": true}
+            "guard": {"enabled": true},
+            "agent": {"enabled": true}
         })),
     )?;
     let mut crds = String::new();
@@ -185,6 +188,7 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
         "deployment.apps/phantom-broker created",
         "service/phantom-broker created",
         "daemonset.apps/phantom-guard created",
+        "daemonset.apps/phantom-agent created",
     ] {
         ensure!(applied.contains(expected), "{expected} in:\n{applied}");
     }
@@ -235,6 +239,8 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
             .is_err_and(|e| e.to_string().contains("403")),
         "the guard's ServiceAccount may list Secrets: {secrets:?}"
     );
+
+    agent_rbac(&env, &ns).await?;
 
     // The controller and admission, in-process, with exactly the chart's permissions.
     let controller_client = env
@@ -433,5 +439,47 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
         )
         .delete(&w.validating_name, &delete)
         .await;
+    Ok(())
+}
+
+/// The node agent's ServiceAccount does what the agent does (watch its node's pods, read a
+/// caller's namespace and its bindings, review its token) and cannot read Secrets.
+async fn agent_rbac(env: &Env, ns: &str) -> anyhow::Result<()> {
+    let agent = env.client_as_service_account(ns, "phantom-agent").await?;
+    Api::<Pod>::all(agent.clone())
+        .list(&kube::api::ListParams::default().fields("spec.nodeName=node-x"))
+        .await
+        .context("the agent lists its node's pods")?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(agent.clone())
+        .get_opt(ns)
+        .await
+        .context("the agent reads a caller's namespace")?;
+    Api::<phantom_crds::SecretBinding>::namespaced(agent.clone(), ns)
+        .get_opt("no-such-binding")
+        .await
+        .context("the agent reads a caller's SecretBindings")?;
+    let token = env
+        .token_request(
+            ns,
+            "phantom-agent",
+            &["phantom-agent"],
+            Duration::from_secs(600),
+        )
+        .await?;
+    let review: k8s_openapi::api::authentication::v1::TokenReview =
+        serde_json::from_value(json!({"spec": {"token": token, "audiences": ["phantom-agent"]}}))?;
+    Api::<k8s_openapi::api::authentication::v1::TokenReview>::all(agent.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .context("the agent reviews a pod's token")?;
+    let secrets = Api::<Secret>::namespaced(agent, ns)
+        .list(&Default::default())
+        .await;
+    ensure!(
+        secrets
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("403")),
+        "the agent's ServiceAccount may list Secrets: {secrets:?}"
+    );
     Ok(())
 }
