@@ -285,7 +285,8 @@ impl Env {
     }
 
     /// Waits until the controller-manager has created the namespace's `default` ServiceAccount
-    /// (pods cannot be created before it exists).
+    /// and its token Secret (1.20's ServiceAccount admission refuses a pod that mounts the token
+    /// before the token controller has added it: "No API token found").
     pub async fn wait_for_default_service_account(&self, namespace: &str) -> Result<()> {
         let api: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
         wait::until(
@@ -294,7 +295,13 @@ impl Env {
             ),
             Duration::from_secs(30),
             Duration::from_millis(100),
-            || async { api.get_opt("default").await.map(|sa| sa.map(|_| ())) },
+            || async {
+                let sa = api.get_opt("default").await?;
+                Ok::<_, kube::Error>(
+                    sa.filter(|sa| sa.secrets.as_ref().is_some_and(|s| !s.is_empty()))
+                        .map(|_| ()),
+                )
+            },
         )
         .await
     }

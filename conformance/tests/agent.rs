@@ -8,7 +8,8 @@
 //! namespace is not served), and a request with no token. A second ServiceAccount of the same
 //! namespace whose binding asks for the path the first identity holds (overlapping paths, its
 //! OpenBao policy not allowing it) is refused by OpenBao and never served the first identity's
-//! kept read. The agent SIGKILLed: the running replicas keep going, a new replica waits in Init
+//! kept read. The socket API through the agent: a process of the app container reads its
+//! socket secret, and a watch sees a rotation in OpenBao. The agent SIGKILLed: the running replicas keep going, a new replica waits in Init
 //! saying why, and is served once the agent is back. The Deployment deleted: the agent
 //! forgets its pods and ends the identity. Needs root (skips with the reason otherwise).
 
@@ -165,7 +166,7 @@ async fn scenario(env: &Env, log: &std::sync::Mutex<Option<PathBuf>>) -> anyhow:
             "agent",
             LABEL,
             json!({"mode": "daemonset"}),
-            json!([{"kind": "env", "name": "DB_PASSWORD", "containers": ["app"]}]),
+            json!([{"kind": "env", "name": "DB_PASSWORD", "containers": ["app"]}, {"kind": "socket"}]),
         )
         .await?;
     let mut agent = start_agent(env, &socket_dir).await?;
@@ -224,6 +225,14 @@ async fn scenario(env: &Env, log: &std::sync::Mutex<Option<PathBuf>>) -> anyhow:
         logins == 1.0,
         "the two pods of one identity logged in {logins} times; the agent shares one session"
     );
+    let rotated = the_socket_api_serves_a_container_and_its_watch_sees_a_rotation(
+        env,
+        &running[0],
+        &socket_dir.join("agent.sock"),
+        &ns,
+        &value,
+    )
+    .await?;
     another_identity_asking_for_the_same_path_gets_only_what_openbao_gives_it(
         env, &agent, &hook, &ns, &value,
     )
@@ -376,7 +385,7 @@ async fn scenario(env: &Env, log: &std::sync::Mutex<Option<PathBuf>>) -> anyhow:
         &ns,
         &newcomer,
         "app",
-        &format!("env-sha={}", sha256_hex(&value)),
+        &format!("env-sha={}", sha256_hex(&rotated)),
     )
     .await?;
 
@@ -401,7 +410,9 @@ async fn scenario(env: &Env, log: &std::sync::Mutex<Option<PathBuf>>) -> anyhow:
         "the agent's log: {agent_log}"
     );
     ensure!(
-        !agent_log.contains(value.as_str()) && !agent_log.contains(token.trim()),
+        !agent_log.contains(value.as_str())
+            && !agent_log.contains(rotated.as_str())
+            && !agent_log.contains(token.trim()),
         "a secret value or a token is in the agent's log"
     );
     let dump = env.etcd_dump()?;
@@ -504,4 +515,154 @@ async fn another_identity_asking_for_the_same_path_gets_only_what_openbao_gives_
         .delete("other", &DeleteParams::foreground())
         .await?;
     Ok(())
+}
+
+/// An HTTP client on the agent's socket, run by `python3` as a process of a pod's container: the
+/// test (root on the node) joins it to the container's memory cgroup first, which is what a
+/// process `kubectl exec`'d into the container is. Reads until the connection closes or `until`
+/// appears.
+const SOCKET_CLIENT: &str = r#"
+import socket, sys
+sock_path, token_file, header, path, until = sys.argv[1:6]
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(60)
+s.connect(sock_path)
+token = open(token_file).read().strip()
+s.sendall(("GET %s HTTP/1.1\r\nHost: phantom-agent\r\n%s: %s\r\nConnection: close\r\n\r\n" % (path, header, token)).encode())
+buf = b""
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    buf += data
+    if until and until.encode() in buf:
+        break
+sys.stdout.write(buf.decode(errors="replace"))
+"#;
+
+/// The memory cgroup directory of container `container_id` (cgroup v1, the test node's layout).
+fn container_cgroup_dir(container_id: &str) -> anyhow::Result<PathBuf> {
+    fn find(dir: &Path, id: &str, depth: u8) -> Option<PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if entry.file_name().to_string_lossy().contains(id) {
+                return Some(path);
+            }
+            if depth > 0
+                && let Some(found) = find(&path, id, depth - 1)
+            {
+                return Some(found);
+            }
+        }
+        None
+    }
+    find(Path::new("/sys/fs/cgroup/memory"), container_id, 4).with_context(|| {
+        format!("no memory cgroup for container {container_id} under /sys/fs/cgroup/memory")
+    })
+}
+
+/// Starts [`SOCKET_CLIENT`] inside `pod`'s `app` container's cgroup, asking `path`.
+fn client_in_container(
+    env: &Env,
+    pod: &Pod,
+    socket: &Path,
+    path: &str,
+    until: &str,
+) -> anyhow::Result<tokio::process::Child> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let container_id = pod
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .find(|c| c.name == "app")
+        .and_then(|c| c.container_id.clone())
+        .context("the app container's ID")?;
+    let container_id = container_id.trim_start_matches("containerd://");
+    let procs = container_cgroup_dir(container_id)?.join("cgroup.procs");
+    let token_file = agent_token_dir(env, &uid).join("token");
+    Ok(tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec python3 -c \"$PHANTOM_CLIENT\" \"$@\"",
+            procs.display()
+        ))
+        .arg("sh")
+        .arg(socket)
+        .arg(token_file)
+        .arg(AGENT_TOKEN_HEADER)
+        .arg(path)
+        .arg(until)
+        .env("PHANTOM_CLIENT", SOCKET_CLIENT)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+async fn output_of(child: tokio::process::Child, what: &str) -> anyhow::Result<String> {
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .with_context(|| format!("{what}: no answer within 60 s"))??;
+    ensure!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The socket API through the agent, as the sidecar's: a process of the wrapped container reads
+/// the socket-delivered secret, and a watch open across a rotation in OpenBao sees it change;
+/// the next read has the new value. Returns the new value (for the log checks).
+async fn the_socket_api_serves_a_container_and_its_watch_sees_a_rotation(
+    env: &Env,
+    pod: &Pod,
+    socket: &Path,
+    ns: &str,
+    value: &str,
+) -> anyhow::Result<String> {
+    let read = output_of(
+        client_in_container(env, pod, socket, "/v1/secrets/password", "")?,
+        "reading the socket secret",
+    )
+    .await?;
+    ensure!(
+        read.starts_with("HTTP/1.1 200") && read.contains(value),
+        "the container's read of its socket secret: {}",
+        read.replace(value, "<value>")
+    );
+    let watch = client_in_container(env, pod, socket, "/v1/watch", "\"changed\"")?;
+    // Let the watch subscribe before the rotation.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rotated = format!("s3cr3t-{}", phantom_conformance::random_hex(16));
+    env.openbao()
+        .kv_put(
+            "secret",
+            &format!("{ns}/db"),
+            json!({ "password": rotated }),
+        )
+        .await?;
+    let events = output_of(watch, "watching across a rotation").await?;
+    ensure!(
+        events.contains("\"changed\"") && events.contains("password"),
+        "the watch saw no change: {events}"
+    );
+    ensure!(
+        !events.contains(value) && !events.contains(rotated.as_str()),
+        "a watch event carries a value"
+    );
+    let reread = output_of(
+        client_in_container(env, pod, socket, "/v1/secrets/password", "")?,
+        "reading the rotated socket secret",
+    )
+    .await?;
+    ensure!(
+        reread.contains(rotated.as_str()),
+        "after the rotation the socket serves: {}",
+        reread.replace(value, "<old value>")
+    );
+    Ok(rotated)
 }
