@@ -100,6 +100,19 @@ impl CountingProxy {
             .unwrap_or(0)
     }
 
+    /// How many requests whose `METHOD /path?query` satisfies `matches` were forwarded.
+    pub fn count_where(&self, matches: impl Fn(&str) -> bool) -> usize {
+        self.counts
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|(key, _)| !key.starts_with("status ") && matches(key))
+                    .map(|(_, n)| n)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     /// How many answers had HTTP status `code`.
     pub fn status_count(&self, code: u16) -> usize {
         self.counts

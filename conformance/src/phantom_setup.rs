@@ -67,10 +67,30 @@ impl Env {
         injection: Value,
         deliveries: Value,
     ) -> Result<AppNamespace> {
+        self.phantom_app_namespace_refreshed(hook, prefix, label, injection, deliveries, "2s")
+            .await
+    }
+
+    /// [`Env::phantom_app_namespace`] with the binding refreshed every `refresh` (a duration
+    /// such as `"10m"`): benches counting OpenBao requests keep refreshes out of the count.
+    pub async fn phantom_app_namespace_refreshed(
+        &self,
+        hook: &Webhook,
+        prefix: &str,
+        label: &str,
+        injection: Value,
+        deliveries: Value,
+        refresh: &str,
+    ) -> Result<AppNamespace> {
         let ns = self.create_namespace(prefix, &[(label, "enabled")]).await?;
         self.wait_for_default_service_account(&ns).await?;
         let (path, value) = self.provision_app_secret(&ns).await?;
-        self.bind_app_secret(hook, &ns, label, injection, &path, deliveries)
+        let spec = json!({
+            "selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")},
+            "refresh": {"interval": refresh, "jitterPercent": 0},
+            "secrets": [{"name": "password", "path": path, "key": "password", "delivery": deliveries}]
+        });
+        self.bind_app_secret(hook, &ns, label, injection, spec)
             .await?;
         Ok(AppNamespace { ns, path, value })
     }
@@ -81,8 +101,7 @@ impl Env {
         ns: &str,
         label: &str,
         injection: Value,
-        path: &str,
-        deliveries: Value,
+        binding_spec: Value,
     ) -> Result<()> {
         self.ensure_service_account(ns, "app").await?;
         let policy_name = format!("{ns}-phantom");
@@ -103,10 +122,7 @@ impl Env {
         let binding: SecretBinding = serde_json::from_value(json!({
             "apiVersion": "phantom.dev/v1alpha1", "kind": "SecretBinding",
             "metadata": {"name": "db", "namespace": ns},
-            "spec": {"selector": {"serviceAccountName": "app"}, "openbao": {"role": format!("{ns}-app")},
-                     "refresh": {"interval": "2s", "jitterPercent": 0},
-                     "secrets": [{"name": "password", "path": path, "key": "password",
-                                  "delivery": deliveries}]}
+            "spec": binding_spec
         }))
         .map_err(|e| Error::Io {
             context: "building the SecretBinding".into(),
