@@ -271,6 +271,10 @@ async fn daemonset_mode(env: &Env, pods: usize) -> Figures {
                 format!("--socket-dir={}", socket_dir.display()),
                 format!("--openbao-addr={}", proxy.url()),
                 format!("--kubelet-pods-dir={}", env.kubelet_pods_dir().display()),
+                format!(
+                    "--containerd-tasks-dir={}",
+                    env.containerd_tasks_dir().display()
+                ),
                 format!("--status-addr=127.0.0.1:{status}"),
                 format!("--enable-label={label}=enabled"),
             ],

@@ -369,6 +369,12 @@ impl Env {
         crate::node::kubelet_pods_dir(self.dir())
     }
 
+    /// The node's containerd task directory (each container's OCI bundle), as the node agent
+    /// reads it.
+    pub fn containerd_tasks_dir(&self) -> std::path::PathBuf {
+        crate::node::containerd_tasks_dir(self.dir())
+    }
+
     /// The cached tool binaries.
     pub fn tools(&self) -> &Tools {
         &self.tools

@@ -33,6 +33,12 @@ pub(crate) fn kubelet_pods_dir(env_dir: &Path) -> PathBuf {
     env_dir.join("node/kubelet/pods")
 }
 
+/// containerd's task directory for Kubernetes' containers on the node started in `env_dir` (each
+/// container's OCI bundle), as the node agent reads it.
+pub(crate) fn containerd_tasks_dir(env_dir: &Path) -> PathBuf {
+    env_dir.join("node/containerd/state/io.containerd.runtime.v2.task/k8s.io")
+}
+
 /// Binaries the node needs, reported by the install script.
 #[derive(Debug, Clone)]
 pub struct NodeTools {

@@ -62,6 +62,10 @@ async fn start_agent(env: &Env, socket_dir: &Path) -> anyhow::Result<Agent> {
             format!("--socket-dir={}", socket_dir.display()),
             format!("--openbao-addr={}", env.openbao().addr()),
             format!("--kubelet-pods-dir={}", env.kubelet_pods_dir().display()),
+            format!(
+                "--containerd-tasks-dir={}",
+                env.containerd_tasks_dir().display()
+            ),
             format!("--status-addr=127.0.0.1:{status}"),
             format!("--enable-label={LABEL}=enabled"),
             // A host process is in no pod: refuse it after a short wait, not the default 20 s.
@@ -210,6 +214,27 @@ async fn scenario(env: &Env, log: &std::sync::Mutex<Option<PathBuf>>) -> anyhow:
             &format!("env-sha={}", sha256_hex(&value)),
         )
         .await?;
+    }
+    // containerd names each container in its bundle, which is how the agent identifies callers
+    // before the kubelet reports them.
+    for pod in &running {
+        let id = pod
+            .status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+            .find(|c| c.name == "app")
+            .and_then(|c| c.container_id.as_deref())
+            .context("the app container's ID")?
+            .trim_start_matches("containerd://");
+        let recorded = phantom_identity::runtime::lookup(&env.containerd_tasks_dir(), id);
+        ensure!(
+            recorded
+                == Some(phantom_identity::runtime::RuntimeContainer {
+                    pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
+                    container: "app".into(),
+                }),
+            "containerd's bundle of {id} names {recorded:?}"
+        );
     }
     // One identity, one login for both pods.
     ensure!(

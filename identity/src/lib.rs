@@ -1,4 +1,4 @@
-//! Who is asking. Three answers, each used by more than one component:
+//! Who is asking. Four answers, the first three used by more than one component:
 //!
 //! - [`cgroup`]: which pod and container a process belongs to, from its cgroup path and the
 //!   pods' container IDs (the memory guard names attackers with it, the node agent its callers);
@@ -6,11 +6,14 @@
 //!   kernel hands over (`SO_PEERPIDFD`), so that what is read about it is about that process and
 //!   not one that later got its PID;
 //! - [`review`]: what a pod-bound ServiceAccount token proves, as the API server's TokenReview
-//!   says (the broker and the node agent).
+//!   says (the broker and the node agent);
+//! - [`runtime`]: which pod and container a container ID is, from the container runtime's own
+//!   record on the node (the node agent, before the kubelet has reported the container).
 
 pub mod cgroup;
 pub mod peer;
 pub mod review;
+pub mod runtime;
 
 /// Errors of identity checks. None carries a token.
 #[derive(Debug, thiserror::Error)]

@@ -54,6 +54,8 @@ pub struct Settings {
     pub proc_root: PathBuf,
     pub cgroup_root: PathBuf,
     pub kubelet_pods_dir: PathBuf,
+    /// containerd's task directory: callers' containers named from their bundles.
+    pub containerd_tasks_dir: PathBuf,
     /// How long a KV v2 read is served again to pods of the same identity.
     pub keep_reads: Duration,
     /// How long a caller's container may be missing from its pod's status (the kubelet reports
@@ -147,9 +149,21 @@ impl Agent {
     /// container.
     pub async fn process_pod(&self, cgroup_text: &str) -> Result<(Arc<Pod>, String), Refusal> {
         let path = phantom_identity::cgroup::cgroup_path(cgroup_text, self.cgroup_mode).to_owned();
+        // The runtime names the container at once; the pod's status only once the kubelet has
+        // reported it through the API server (seconds, in a burst of starts).
+        let recorded = phantom_identity::runtime::container_id(&path).and_then(|id| {
+            phantom_identity::runtime::lookup(&self.settings.containerd_tasks_dir, id)
+        });
         let deadline = Instant::now() + self.settings.identify_timeout;
         loop {
             let pods = self.pods.state();
+            if let Some(recorded) = &recorded
+                && let Some(pod) = pods
+                    .iter()
+                    .find(|p| p.uid().as_deref() == Some(recorded.pod_uid.as_str()))
+            {
+                return Ok((pod.clone(), recorded.container.clone()));
+            }
             if let Some((pod, container)) = caller::pod_of_process(&pods, &path) {
                 let pod = pods
                     .iter()

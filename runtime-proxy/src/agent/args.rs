@@ -65,6 +65,15 @@ pub struct Args {
         default_value = "/var/lib/kubelet/pods"
     )]
     pub kubelet_pods_dir: PathBuf,
+    /// containerd's task directory for Kubernetes' containers, read-only: a caller's container
+    /// is named from its bundle (`<dir>/<container id>/config.json`) as soon as it runs, without
+    /// waiting for the kubelet to report it in the pod's status (which remains the fallback).
+    #[arg(
+        long,
+        env = "PHANTOM_CONTAINERD_TASKS_DIR",
+        default_value = "/run/containerd/io.containerd.runtime.v2.task/k8s.io"
+    )]
+    pub containerd_tasks_dir: PathBuf,
     /// Seconds a KV v2 read is served again to other pods of the same identity (0: never; every
     /// pod's rounds read OpenBao).
     #[arg(long, env = "PHANTOM_KEEP_READS_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
@@ -109,6 +118,10 @@ impl TryFrom<Args> for Settings {
                 "PHANTOM_KUBELET_PODS_DIR (--kubelet-pods-dir)",
                 &args.kubelet_pods_dir,
             ),
+            (
+                "PHANTOM_CONTAINERD_TASKS_DIR (--containerd-tasks-dir)",
+                &args.containerd_tasks_dir,
+            ),
         ] {
             if !dir.is_absolute() {
                 return Err(config(format!(
@@ -134,6 +147,7 @@ impl TryFrom<Args> for Settings {
             proc_root: args.proc_root,
             cgroup_root: args.cgroup_root,
             kubelet_pods_dir: args.kubelet_pods_dir,
+            containerd_tasks_dir: args.containerd_tasks_dir,
             keep_reads: Duration::from_secs(args.keep_reads_seconds),
             identify_timeout: Duration::from_secs(args.identify_timeout_seconds),
             grace: Duration::from_secs(args.grace_seconds),
@@ -165,6 +179,10 @@ mod tests {
         assert_eq!(s.socket_dir, PathBuf::from("/var/run/phantom-agent"));
         assert_eq!(s.audience, "phantom-agent");
         assert_eq!(s.kubelet_pods_dir, PathBuf::from("/var/lib/kubelet/pods"));
+        assert_eq!(
+            s.containerd_tasks_dir,
+            PathBuf::from("/run/containerd/io.containerd.runtime.v2.task/k8s.io")
+        );
         assert_eq!(s.keep_reads, Duration::from_secs(10));
         assert_eq!(s.identify_timeout, Duration::from_secs(20));
         assert_eq!(s.grace, Duration::from_secs(900));
