@@ -218,15 +218,8 @@ async fn scenario(env: &Env, log: &std::sync::Mutex<Option<PathBuf>>) -> anyhow:
     // containerd names each container in its bundle, which is how the agent identifies callers
     // before the kubelet reports them.
     for pod in &running {
-        let id = pod
-            .status
-            .iter()
-            .flat_map(|s| s.container_statuses.iter().flatten())
-            .find(|c| c.name == "app")
-            .and_then(|c| c.container_id.as_deref())
-            .context("the app container's ID")?
-            .trim_start_matches("containerd://");
-        let recorded = phantom_identity::runtime::lookup(&env.containerd_tasks_dir(), id);
+        let id = app_container_id(pod)?;
+        let recorded = phantom_identity::runtime::lookup(&env.containerd_tasks_dir(), &id);
         ensure!(
             recorded
                 == Some(phantom_identity::runtime::RuntimeContainer {
@@ -589,6 +582,18 @@ fn container_cgroup_dir(container_id: &str) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// The ID of `pod`'s `app` container, from its status, without the `containerd://` scheme.
+fn app_container_id(pod: &Pod) -> anyhow::Result<String> {
+    let id = pod
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .find(|c| c.name == "app")
+        .and_then(|c| c.container_id.as_deref())
+        .context("the app container's ID")?;
+    Ok(id.trim_start_matches("containerd://").to_owned())
+}
+
 /// Starts [`SOCKET_CLIENT`] inside `pod`'s `app` container's cgroup, asking `path`.
 fn client_in_container(
     env: &Env,
@@ -598,15 +603,7 @@ fn client_in_container(
     until: &str,
 ) -> anyhow::Result<tokio::process::Child> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let container_id = pod
-        .status
-        .iter()
-        .flat_map(|s| s.container_statuses.iter().flatten())
-        .find(|c| c.name == "app")
-        .and_then(|c| c.container_id.clone())
-        .context("the app container's ID")?;
-    let container_id = container_id.trim_start_matches("containerd://");
-    let procs = container_cgroup_dir(container_id)?.join("cgroup.procs");
+    let procs = container_cgroup_dir(&app_container_id(pod)?)?.join("cgroup.procs");
     let token_file = agent_token_dir(env, &uid).join("token");
     Ok(tokio::process::Command::new("sh")
         .arg("-c")

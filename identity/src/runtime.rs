@@ -22,13 +22,20 @@ pub struct RuntimeContainer {
 }
 
 /// The container ID a cgroup path ends with (`…/<id>` with cgroupfs,
-/// `…/cri-containerd-<id>.scope` with systemd): 64 lowercase hex digits, else `None`.
+/// `…/cri-containerd-<id>.scope` with systemd): 64 lowercase hex digits, else `None`. A path
+/// with a container ID above the last segment is `None` too: a container allowed to make child
+/// cgroups could name one after another container and move into it, and is still only itself.
 pub fn container_id(cgroup_path: &str) -> Option<&str> {
-    let last = cgroup_path.rsplit('/').next()?;
-    let id = last
+    let mut segments = cgroup_path.rsplit('/');
+    let id = segment_id(segments.next()?)?;
+    segments.all(|s| segment_id(s).is_none()).then_some(id)
+}
+
+fn segment_id(segment: &str) -> Option<&str> {
+    let id = segment
         .strip_prefix("cri-containerd-")
         .and_then(|rest| rest.strip_suffix(".scope"))
-        .unwrap_or(last);
+        .unwrap_or(segment);
     (id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(id)
 }
 
@@ -79,6 +86,12 @@ mod tests {
             "/kubepods/besteffort/pod1",
             &format!("/{}", ID.to_uppercase()),
             &format!("/{ID}0"),
+            // A child cgroup of one container named after another.
+            &format!("/{}/{ID}", ID.replace('0', "1")),
+            &format!(
+                "/kubepods.slice/cri-containerd-{}.scope/cri-containerd-{ID}.scope",
+                ID.replace('0', "1")
+            ),
         ] {
             assert_eq!(container_id(not_an_id), None, "{not_an_id}");
         }
