@@ -20,7 +20,8 @@ use phantom_conformance::bins::{
     build_release, measured_copy, static_built, status_kib, target_dir,
 };
 use phantom_conformance::counting_proxy::CountingProxy;
-use phantom_conformance::node::{BUSYBOX_IMAGE, NODE_NAME, unsupported_reason};
+use phantom_conformance::node::{BUSYBOX_IMAGE, unsupported_reason};
+use phantom_conformance::webhook::Webhook;
 use phantom_conformance::{Env, EnvOptions, free_port, wait};
 use serde_json::json;
 
@@ -211,35 +212,17 @@ async fn sidecar_mode(env: &Env, pods: usize) -> Figures {
         .node_webhook("phantom-bench-burst-sidecar", label, proxy.url())
         .await
         .expect("webhook");
-    let ns = env
-        .phantom_app_namespace_refreshed(
-            &hook,
-            "burst-sidecar",
-            label,
-            json!({"mode": "sidecar"}),
-            json!([{"kind": "env", "name": "DB_PASSWORD", "containers": ["app"]}]),
-            "10m",
+    let figures = measured_burst(env, &hook, &proxy, label, "sidecar", pods, || {
+        let sidecars = pids_named("phantom-proxy");
+        (
+            sidecars.iter().map(|&p| status_kib(p, "VmRSS:")).sum(),
+            sidecars.iter().map(|&p| pss_kib(p)).sum(),
+            format!("{} sidecars", sidecars.len()),
         )
-        .await
-        .expect("namespace, secret, policy and binding")
-        .ns;
-    let took = burst(env, &ns, pods).await;
-    let (requests, logins, reads) = counts(&proxy);
-    let sidecars = pids_named("phantom-proxy");
-    let rss_kib = sidecars.iter().map(|&p| status_kib(p, "VmRSS:")).sum();
-    let pss_kib = sidecars.iter().map(|&p| pss_kib(p)).sum();
-    let memory_of = format!("{} sidecars", sidecars.len());
-    remove(env, &ns).await;
+    })
+    .await;
     drop(hook);
-    Figures {
-        requests,
-        logins,
-        reads,
-        took,
-        rss_kib,
-        pss_kib,
-        memory_of,
-    }
+    figures
 }
 
 async fn daemonset_mode(env: &Env, pods: usize) -> Figures {
@@ -266,18 +249,7 @@ async fn daemonset_mode(env: &Env, pods: usize) -> Figures {
         .spawn_phantom_at(
             "phantom-agent-bench",
             &binary,
-            &[
-                format!("--node-name={NODE_NAME}"),
-                format!("--socket-dir={}", socket_dir.display()),
-                format!("--openbao-addr={}", proxy.url()),
-                format!("--kubelet-pods-dir={}", env.kubelet_pods_dir().display()),
-                format!(
-                    "--containerd-tasks-dir={}",
-                    env.containerd_tasks_dir().display()
-                ),
-                format!("--status-addr=127.0.0.1:{status}"),
-                format!("--enable-label={label}=enabled"),
-            ],
+            &env.node_agent_args(&socket_dir, &proxy.url(), label, status),
         )
         .expect("start phantom-agent");
     agent
@@ -295,12 +267,38 @@ async fn daemonset_mode(env: &Env, pods: usize) -> Figures {
         })
         .await
         .expect("webhook");
+    let pid = agent.id();
+    let figures = measured_burst(env, &hook, &proxy, label, "daemonset", pods, || {
+        (
+            status_kib(pid, "VmRSS:"),
+            pss_kib(pid),
+            format!("one agent, release build of {}", short(&binary)),
+        )
+    })
+    .await;
+    drop(hook);
+    figures
+}
+
+/// A namespace in injection mode `mode` (its binding refreshed every 10 minutes, so refresh
+/// rounds stay out of the count), a burst of `pods` replicas, OpenBao's requests as `proxy`
+/// counted them, and Phantom's memory as `memory` samples it (RSS KiB, PSS KiB, of what) while
+/// the replicas run; the Deployment is removed afterwards.
+async fn measured_burst(
+    env: &Env,
+    hook: &Webhook,
+    proxy: &CountingProxy,
+    label: &str,
+    mode: &str,
+    pods: usize,
+    memory: impl FnOnce() -> (u64, u64, String),
+) -> Figures {
     let ns = env
         .phantom_app_namespace_refreshed(
-            &hook,
-            "burst-agent",
+            hook,
+            &format!("burst-{mode}"),
             label,
-            json!({"mode": "daemonset"}),
+            json!({ "mode": mode }),
             json!([{"kind": "env", "name": "DB_PASSWORD", "containers": ["app"]}]),
             "10m",
         )
@@ -308,20 +306,18 @@ async fn daemonset_mode(env: &Env, pods: usize) -> Figures {
         .expect("namespace, secret, policy and binding")
         .ns;
     let took = burst(env, &ns, pods).await;
-    let (requests, logins, reads) = counts(&proxy);
-    let pid = agent.id();
-    let figures = Figures {
+    let (requests, logins, reads) = counts(proxy);
+    let (rss_kib, pss_kib, memory_of) = memory();
+    remove(env, &ns).await;
+    Figures {
         requests,
         logins,
         reads,
         took,
-        rss_kib: status_kib(pid, "VmRSS:"),
-        pss_kib: pss_kib(pid),
-        memory_of: format!("one agent, release build of {}", short(&binary)),
-    };
-    remove(env, &ns).await;
-    drop(hook);
-    figures
+        rss_kib,
+        pss_kib,
+        memory_of,
+    }
 }
 
 fn short(path: &Path) -> String {

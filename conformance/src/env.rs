@@ -375,6 +375,30 @@ impl Env {
         crate::node::containerd_tasks_dir(self.dir())
     }
 
+    /// `phantom-agent`'s flags for this node: its socket in `socket_dir`, OpenBao at `openbao`,
+    /// serving namespaces labelled `enable_label=enabled`, status on `127.0.0.1:<status_port>`,
+    /// and the node's kubelet and containerd directories.
+    pub fn node_agent_args(
+        &self,
+        socket_dir: &Path,
+        openbao: &str,
+        enable_label: &str,
+        status_port: u16,
+    ) -> Vec<String> {
+        vec![
+            format!("--node-name={}", crate::node::NODE_NAME),
+            format!("--socket-dir={}", socket_dir.display()),
+            format!("--openbao-addr={openbao}"),
+            format!("--kubelet-pods-dir={}", self.kubelet_pods_dir().display()),
+            format!(
+                "--containerd-tasks-dir={}",
+                self.containerd_tasks_dir().display()
+            ),
+            format!("--status-addr=127.0.0.1:{status_port}"),
+            format!("--enable-label={enable_label}=enabled"),
+        ]
+    }
+
     /// The cached tool binaries.
     pub fn tools(&self) -> &Tools {
         &self.tools

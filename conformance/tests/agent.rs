@@ -24,7 +24,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use phantom_conformance::harness::{Case, run};
 use phantom_conformance::local::LocalProcess;
-use phantom_conformance::node::{BUSYBOX_IMAGE, EXEC_IMAGE, NODE_NAME};
+use phantom_conformance::node::{BUSYBOX_IMAGE, EXEC_IMAGE};
 use phantom_conformance::{AppNamespace, Env, EnvOptions, free_port, wait};
 use phantom_crds::wellknown::injected::{
     AGENT_TOKEN_HEADER, AGENT_TOKEN_VOLUME, INIT_CONTAINER, PROXY_CONTAINER,
@@ -54,24 +54,10 @@ struct Agent {
 
 async fn start_agent(env: &Env, socket_dir: &Path) -> anyhow::Result<Agent> {
     let status = free_port()?;
-    let mut process = env.spawn_phantom(
-        "phantom-agent",
-        "phantom-agent",
-        &[
-            format!("--node-name={NODE_NAME}"),
-            format!("--socket-dir={}", socket_dir.display()),
-            format!("--openbao-addr={}", env.openbao().addr()),
-            format!("--kubelet-pods-dir={}", env.kubelet_pods_dir().display()),
-            format!(
-                "--containerd-tasks-dir={}",
-                env.containerd_tasks_dir().display()
-            ),
-            format!("--status-addr=127.0.0.1:{status}"),
-            format!("--enable-label={LABEL}=enabled"),
-            // A host process is in no pod: refuse it after a short wait, not the default 20 s.
-            "--identify-timeout-seconds=3".into(),
-        ],
-    )?;
+    let mut args = env.node_agent_args(socket_dir, env.openbao().addr(), LABEL, status);
+    // A host process is in no pod: refuse it after a short wait, not the default 20 s.
+    args.push("--identify-timeout-seconds=3".into());
+    let mut process = env.spawn_phantom("phantom-agent", "phantom-agent", &args)?;
     process
         .wait_ready(
             "phantom-agent",

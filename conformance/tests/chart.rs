@@ -230,15 +230,7 @@ async fn apply_and_rbac(env: Arc<Env>) -> anyhow::Result<()> {
         )
         .await
         .context("the guard applies its heartbeat Lease")?;
-    let secrets = Api::<Secret>::namespaced(guard_client, &ns)
-        .list(&Default::default())
-        .await;
-    ensure!(
-        secrets
-            .as_ref()
-            .is_err_and(|e| e.to_string().contains("403")),
-        "the guard's ServiceAccount may list Secrets: {secrets:?}"
-    );
+    cannot_list_secrets(guard_client, &ns, "the guard").await?;
 
     agent_rbac(&env, &ns).await?;
 
@@ -472,14 +464,19 @@ async fn agent_rbac(env: &Env, ns: &str) -> anyhow::Result<()> {
         .create(&PostParams::default(), &review)
         .await
         .context("the agent reviews a pod's token")?;
-    let secrets = Api::<Secret>::namespaced(agent, ns)
+    cannot_list_secrets(agent, ns, "the agent").await
+}
+
+/// Listing Secrets in `ns` as `client` is refused with 403 (`who`'s ServiceAccount).
+async fn cannot_list_secrets(client: kube::Client, ns: &str, who: &str) -> anyhow::Result<()> {
+    let secrets = Api::<Secret>::namespaced(client, ns)
         .list(&Default::default())
         .await;
     ensure!(
         secrets
             .as_ref()
             .is_err_and(|e| e.to_string().contains("403")),
-        "the agent's ServiceAccount may list Secrets: {secrets:?}"
+        "{who}'s ServiceAccount may list Secrets: {secrets:?}"
     );
     Ok(())
 }
